@@ -1,0 +1,268 @@
+"""Typed settings: one object built at start-up from the environment, a ``.env`` file and a YAML
+config file, then passed down. Nothing below the app reads the environment.
+
+Precedence, highest first: explicit overrides, ``CALLBRIDGE_*`` variables (nested with ``__``, e.g.
+``CALLBRIDGE_AUDIOSOCKET__PORT``), the variable names existing deployments use (``OPENAI_API_KEY``,
+``PORT``, ``SUPABASE_URL`` ...), the ``.env`` file, the YAML config file, defaults.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the setting."""
+
+
+class AppEnv(enum.StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class ModelProvider(enum.StrEnum):
+    AUTO = "auto"  # openai when an API key is set, else the built-in simulator
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure_openai"
+    AZURE_VOICELIVE = "azure_voicelive"
+    SIMULATOR = "simulator"
+
+
+class ModelSettings(BaseModel):
+    provider: ModelProvider = ModelProvider.AUTO
+    api_key: SecretStr | None = None
+    # Base URLs of the HTTP and WebSocket endpoints; unset means the SDK's own defaults, which
+    # honour OPENAI_BASE_URL.
+    base_url: str | None = None
+    websocket_base_url: str | None = None
+    model: str = "gpt-realtime"
+    azure_endpoint: str | None = None  # https://<resource>.openai.azure.com
+    azure_api_key: SecretStr | None = None
+    azure_deployment: str | None = None
+    voicelive_endpoint: str | None = None
+    voicelive_api_key: SecretStr | None = None
+    voicelive_model: str = "gpt-realtime"
+    voicelive_api_version: str = "2025-10-01"
+    connect_timeout: float = Field(10.0, gt=0)
+    # Built-in simulator (started in-process when the provider resolves to it).
+    simulator_host: str = "127.0.0.1"
+    simulator_port: int = Field(0, ge=0, le=65535)
+
+
+class ListenerSettings(BaseModel):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(..., ge=0, le=65535)
+
+
+class AudioSocketSettings(ListenerSettings):
+    port: int = Field(9092, ge=0, le=65535)
+    # Host:port Asterisk should dial back for AudioSocket (what FastAGI tells it); defaults to the
+    # address the AGI request arrived on.
+    advertise: str | None = None
+
+
+class AgiSettings(ListenerSettings):
+    port: int = Field(4573, ge=0, le=65535)
+    # Seconds a call registered over FastAGI may wait for its AudioSocket connection.
+    claim_timeout: float = Field(10.0, gt=0)
+
+
+class HttpSettings(ListenerSettings):
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class UnknownNumberPolicy(enum.StrEnum):
+    REFUSE = "refuse"
+    DEFAULT = "default"
+
+
+class TenantBackend(enum.StrEnum):
+    FILE = "file"
+    POSTGRES = "postgres"
+    SUPABASE = "supabase"
+
+
+class TenantSettings(BaseModel):
+    backend: TenantBackend = TenantBackend.FILE
+    file: Path | None = None  # None: the embedded example tenants file
+    database_url: SecretStr | None = None
+    supabase_url: str | None = None
+    supabase_key: SecretStr | None = None
+    default_country: str = "BR"
+    unknown_number: UnknownNumberPolicy = UnknownNumberPolicy.REFUSE
+    default_tenant: str | None = None  # slug used when unknown_number == default
+    cache_ttl: float = Field(30.0, ge=0)
+    lookup_timeout: float = Field(2.0, gt=0)
+    # What a refused FastAGI call hears before hangup (an Asterisk sound name), or none.
+    refuse_announcement: str | None = "ss-noservice"
+
+
+class RecordingSettings(BaseModel):
+    enabled: bool = True
+    directory: Path = Path("var/recordings")
+    retention_days: int = Field(90, ge=0)
+
+
+class CallLimits(BaseModel):
+    max_calls: int = Field(200, ge=1)
+    drain_timeout: float = Field(60.0, ge=0)
+    max_call_duration: float = Field(3600.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLBRIDGE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    app_env: AppEnv = AppEnv.DEVELOPMENT
+    log_level: str = "INFO"
+    log_json: bool = False
+    # Per-module levels, e.g. {"bridge.realtime": "DEBUG"}.
+    log_levels: dict[str, str] = Field(default_factory=dict)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
+    agi: AgiSettings = Field(default_factory=AgiSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    limits: CallLimits = Field(default_factory=CallLimits)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return upper
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _LegacyEnvSource(settings_cls, _legacy_env.get()),
+            dotenv_settings,
+        ]
+        yaml_path = _yaml_path.get()
+        if yaml_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    @property
+    def resolved_provider(self) -> ModelProvider:
+        if self.model.provider is not ModelProvider.AUTO:
+            return self.model.provider
+        if self.model.voicelive_endpoint and self.model.voicelive_api_key:
+            return ModelProvider.AZURE_VOICELIVE
+        if self.model.azure_endpoint and self.model.azure_api_key:
+            return ModelProvider.AZURE_OPENAI
+        if self.model.api_key is not None:
+            return ModelProvider.OPENAI
+        return ModelProvider.SIMULATOR
+
+
+# Names used by existing deployments of this kind of bridge, mapped into the nested settings.
+LEGACY_ENV: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("model", "api_key"),
+    "OPENAI_BASE_URL": ("model", "base_url"),
+    "OPENAI_REALTIME_MODEL": ("model", "model"),
+    "AZURE_OPENAI_ENDPOINT": ("model", "azure_endpoint"),
+    "AZURE_OPENAI_API_KEY": ("model", "azure_api_key"),
+    "AZURE_OPENAI_DEPLOYMENT": ("model", "azure_deployment"),
+    "AZURE_VOICELIVE_ENDPOINT": ("model", "voicelive_endpoint"),
+    "AZURE_VOICELIVE_API_KEY": ("model", "voicelive_api_key"),
+    "AZURE_VOICELIVE_MODEL": ("model", "voicelive_model"),
+    "SUPABASE_URL": ("tenants", "supabase_url"),
+    "SUPABASE_SERVICE_ROLE_KEY": ("tenants", "supabase_key"),
+    "DATABASE_URL": ("tenants", "database_url"),
+    "APP_ENV": ("app_env",),
+    "PORT": ("http", "port"),
+    "LOG_LEVEL": ("log_level",),
+}
+
+_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
+_legacy_env: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "legacy_env", default=None
+)
+
+
+class _LegacyEnvSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
+        super().__init__(settings_cls)
+        self._environ = os.environ if environ is None else environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for name, path in LEGACY_ENV.items():
+            value = self._environ.get(name)
+            if value is None or value == "":
+                continue
+            node = result
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        return result
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    *,
+    env_file: Path | str | None = ".env",
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings; raises ConfigError with one message naming each bad setting."""
+    if config_file is None:
+        env = os.environ if environ is None else environ
+        named = env.get("CALLBRIDGE_CONFIG")
+        config_file = Path(named) if named else None
+    path = Path(config_file) if config_file is not None else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    yaml_token = _yaml_path.set(path)
+    env_token = _legacy_env.set(environ)
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{where}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    finally:
+        _yaml_path.reset(yaml_token)
+        _legacy_env.reset(env_token)
+
+
+LogFormat = Literal["text", "json"]

@@ -1,0 +1,1 @@
+"""Tenant directory: which agent answers a dialled number."""
