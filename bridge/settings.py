@@ -165,11 +165,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ: dict[str, str] = dict(os.environ if _legacy_env.get() is None else _legacy_env.get() or {})
+        dotenv_vars = getattr(dotenv_settings, "env_vars", {}) or {}
         sources: list[PydanticBaseSettingsSource] = [
             init_settings,
             env_settings,
-            _LegacyEnvSource(settings_cls, _legacy_env.get()),
-            dotenv_settings,
+            _LegacyEnvSource(settings_cls, environ),
+            _FieldsOnly(settings_cls, dotenv_settings),
+            _LegacyEnvSource(settings_cls, {k.upper(): v for k, v in dotenv_vars.items() if v is not None}),
         ]
         yaml_path = _yaml_path.get()
         if yaml_path is not None:
@@ -233,6 +236,22 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
                 node = node.setdefault(key, {})
             node[path[-1]] = value
         return result
+
+
+class _FieldsOnly(PydanticBaseSettingsSource):
+    """The .env source, keeping only ``CALLBRIDGE_*`` settings: other names in a shared .env file
+    (the legacy ones included, handled separately) are not errors."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {k: v for k, v in self._inner().items() if k in fields}
 
 
 def load_settings(

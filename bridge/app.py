@@ -1,0 +1,137 @@
+"""Application lifecycle: build every part from the settings, serve, drain, stop.
+
+Shutdown follows the usual server pattern: the shutdown trigger (an awaitable, so tests need no
+signals) flips readiness to false at once; listeners stay up only to refuse new calls the
+transport's proper way; active calls get ``limits.drain_timeout`` seconds to finish; what is left
+is ended with outcome ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bridge.agi import FastAgiServer
+from bridge.audiosocket import AudioSocketServer
+from bridge.call import CallInfo, CallTap, Outcome
+from bridge.http import HttpServer
+from bridge.metrics import Metrics
+from bridge.realtime import endpoint_from_settings
+from bridge.settings import ModelProvider, Settings
+from bridge.switchboard import Switchboard
+from tenants.directory import TenantDirectory
+from tenants.factory import open_directory
+
+log = logging.getLogger(__name__)
+
+LOOP_PROBE_PERIOD = 0.5
+END_GRACE = 5.0
+
+TapFactory = Callable[[CallInfo], CallTap | None]
+
+
+class Application:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        directory: TenantDirectory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics(registry)
+        self.clock = clock
+        self._directory = directory
+        self._started = asyncio.Event()
+        self.switchboard: Switchboard | None = None
+        self.audiosocket: AudioSocketServer | None = None
+        self.agi: FastAgiServer | None = None
+        self.http: HttpServer | None = None
+        self.simulator: Any = None
+        self.tap_factory: TapFactory | None = None
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self, shutdown: Awaitable[Any]) -> None:
+        settings = self.settings
+        async with AsyncExitStack() as stack:
+            directory = self._directory
+            if directory is None:
+                opened = open_directory(settings.tenants)
+                directory = await opened if inspect.isawaitable(opened) else opened
+                stack.push_async_callback(directory.close)
+            simulator_url = None
+            if settings.resolved_provider is ModelProvider.SIMULATOR:
+                from bridge.simulator import SimulatorServer
+
+                self.simulator = SimulatorServer(settings.model.simulator_host, settings.model.simulator_port)
+                await self.simulator.start()
+                stack.push_async_callback(self.simulator.close)
+                simulator_url = self.simulator.url
+                log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
+            endpoint = endpoint_from_settings(settings, simulator_url)
+            switchboard = self.switchboard = Switchboard(
+                settings, directory, endpoint, self.metrics, tap_factory=self.tap_factory, clock=self.clock
+            )
+            if settings.http.enabled:
+                self.http = HttpServer(settings.http, switchboard, self.metrics)
+                await self.http.start()
+                stack.push_async_callback(self.http.close)
+            if settings.audiosocket.enabled:
+                self.audiosocket = AudioSocketServer(switchboard, settings.audiosocket)
+                await self.audiosocket.start()
+                stack.push_async_callback(self.audiosocket.close)
+                if settings.agi.enabled:
+                    self.agi = FastAgiServer(switchboard, settings.agi, settings.audiosocket,
+                                             settings.tenants, self.audiosocket.port)
+                    await self.agi.start()
+                    stack.push_async_callback(self.agi.close)
+            self.metrics.ready.set(1)
+            async with asyncio.TaskGroup() as tg:
+                background = [tg.create_task(self._probe_loop_lag())]
+                watch = getattr(directory, "watch", None)
+                if callable(watch):
+                    background.append(tg.create_task(watch()))
+                self._started.set()
+                log.info("callbridge ready")
+                await shutdown
+                await self._drain(switchboard)
+                for task in background:
+                    task.cancel()
+        log.info("callbridge stopped")
+
+    async def _drain(self, switchboard: Switchboard) -> None:
+        switchboard.start_draining()
+        active = switchboard.active_calls
+        log.info("draining: %d active call(s), up to %.0f s", active, self.settings.limits.drain_timeout)
+        try:
+            async with asyncio.timeout(self.settings.limits.drain_timeout):
+                await switchboard.wait_idle()
+        except TimeoutError:
+            log.warning("drain timeout: ending %d call(s)", switchboard.active_calls)
+            switchboard.end_all(Outcome.SHUTDOWN)
+            try:
+                async with asyncio.timeout(END_GRACE):
+                    await switchboard.wait_idle()
+            except TimeoutError:
+                log.error("%d call(s) did not end in time", switchboard.active_calls)
+        for server in (self.audiosocket, self.agi):
+            if server is not None:
+                server.stop_accepting()
+
+    async def _probe_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        lag = self.metrics.event_loop_lag
+        while True:
+            expected = loop.time() + LOOP_PROBE_PERIOD
+            await asyncio.sleep(LOOP_PROBE_PERIOD)
+            lag.observe(max(0.0, loop.time() - expected))

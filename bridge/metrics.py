@@ -1,0 +1,122 @@
+"""Prometheus metrics: one registry built by the app and passed down.
+
+Naming follows the Prometheus guide: prefix ``callbridge_``, base units, counters end in
+``_total``. Labels come only from small fixed sets (transport, outcome, direction, reason,
+provider, kind); never a call id or a phone number.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge import __version__
+
+# Buckets sized for telephony: tens of milliseconds matter, seconds are a failure.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+_FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
+_DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
+OUTCOMES = (
+    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
+    "refused", "protocol_error", "shutdown", "timeout", "error",
+)
+
+
+class Metrics:
+    """Every metric family callbridge exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.build_info = Info("callbridge_build", "Version of the running callbridge", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.ready = Gauge("callbridge_ready", "1 while accepting new calls, 0 while draining", registry=r)
+        self.calls_active = Gauge(
+            "callbridge_calls_active", "Calls currently bridged", ["transport"], registry=r
+        )
+        self.calls = Counter(
+            "callbridge_calls_total", "Calls ended, by outcome", ["transport", "outcome"], registry=r
+        )
+        self.calls_refused = Counter(
+            "callbridge_calls_refused_total",
+            "Calls refused before reaching the model",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.call_duration = Histogram(
+            "callbridge_call_duration_seconds", "Duration of bridged calls", ["transport"],
+            buckets=_DURATION_BUCKETS, registry=r,
+        )
+        self.tenant_lookup = Histogram(
+            "callbridge_tenant_lookup_seconds", "Time to resolve a dialled number to a tenant",
+            buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.tenant_cache = Counter(
+            "callbridge_tenant_cache_total", "Tenant lookups by cache result (hit, miss, stale)",
+            ["result"], registry=r,
+        )
+        self.model_connect = Histogram(
+            "callbridge_model_connect_seconds", "Time to open a realtime model session", ["provider"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.model_errors = Counter(
+            "callbridge_model_errors_total", "Model session errors by kind", ["provider", "kind"], registry=r
+        )
+        self.model_reconnects = Counter(
+            "callbridge_model_reconnects_total", "Model sessions re-established during a call",
+            ["provider"], registry=r,
+        )
+        self.response_latency = Histogram(
+            "callbridge_response_latency_seconds",
+            "Caller end of speech (model speech_stopped) to the first agent frame sent to the phone",
+            ["transport"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.barge_in_reaction = Histogram(
+            "callbridge_barge_in_reaction_seconds",
+            "speech_started received to agent audio stopped toward the caller",
+            ["transport"], buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.barge_ins = Counter(
+            "callbridge_barge_ins_total", "Agent speech interrupted by the caller", ["transport"], registry=r
+        )
+        self.pacer_lateness = Histogram(
+            "callbridge_pacer_lateness_seconds", "How late each 20 ms frame left for the caller",
+            buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.playout_underruns = Counter(
+            "callbridge_playout_underruns_total",
+            "Frames due during agent speech with no agent audio buffered", ["transport"], registry=r,
+        )
+        self.frames_dropped = Counter(
+            "callbridge_frames_dropped_total", "Audio frames dropped, by direction and reason",
+            ["direction", "reason"], registry=r,
+        )
+        self.rtp_lost = Counter(
+            "callbridge_rtp_packets_lost_total", "RTP packets lost on receive (RFC 3550 A.3)", registry=r
+        )
+        self.rtp_jitter = Histogram(
+            "callbridge_rtp_jitter_seconds", "RTP interarrival jitter at call end (RFC 3550 A.8)",
+            buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.dtmf = Counter("callbridge_dtmf_digits_total", "DTMF digits received", ["transport"], registry=r)
+        self.recordings = Counter(
+            "callbridge_recordings_total", "Call recordings by result (written, failed, repaired)",
+            ["result"], registry=r,
+        )
+        self.recording_bytes = Counter(
+            "callbridge_recording_bytes_total", "Bytes of recordings written", registry=r
+        )
+        self.uploads_pending = Gauge(
+            "callbridge_uploads_pending", "Recordings waiting to be uploaded to object storage", registry=r
+        )
+        self.event_loop_lag = Histogram(
+            "callbridge_event_loop_lag_seconds", "Delay of a periodic event-loop probe past its deadline",
+            buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.inbound_chain_latency = Gauge(
+            "callbridge_inbound_chain_latency_seconds",
+            "Algorithmic latency of the caller-to-model audio chain of the last call set up",
+            registry=r,
+        )

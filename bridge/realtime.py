@@ -1,0 +1,179 @@
+"""The model leg: one realtime session per call, through the official ``openai`` SDK.
+
+The SDK owns the WebSocket handshake, authentication and URL building (it honours
+``OPENAI_BASE_URL`` and ``websocket_base_url``). Frames are sent and received raw
+(``send_raw`` / ``recv_bytes``): the audio path runs 50 times a second per direction per call and
+does not need a pydantic model per frame. Unknown server events pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from bridge.settings import ModelProvider, Settings
+from sip import realtime as rt
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """The model session failed (connect, protocol or remote error)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind  # small fixed set: connect, closed, protocol, error
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEndpoint:
+    """Where and how to reach a realtime model (one per provider, shared by calls)."""
+
+    provider: ModelProvider
+    model: str
+    api_key: str
+    websocket_base_url: str | None = None
+    base_url: str | None = None
+    dialect: rt.Dialect = rt.Dialect.GA
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = 10.0
+
+    def with_model(self, model: str | None) -> ModelEndpoint:
+        if not model or model == self.model:
+            return self
+        return ModelEndpoint(
+            self.provider, model, self.api_key, self.websocket_base_url, self.base_url,
+            self.dialect, self.headers, self.query, self.connect_timeout,
+        )
+
+
+def endpoint_from_settings(settings: Settings, simulator_url: str | None = None) -> ModelEndpoint:
+    m = settings.model
+    provider = settings.resolved_provider
+    timeout = m.connect_timeout
+    if provider is ModelProvider.SIMULATOR:
+        if simulator_url is None:
+            raise ValueError("the simulator provider needs the simulator's URL")
+        return ModelEndpoint(provider, m.model, "simulator", websocket_base_url=simulator_url,
+                             connect_timeout=timeout)
+    if provider is ModelProvider.OPENAI:
+        assert m.api_key is not None
+        return ModelEndpoint(provider, m.model, m.api_key.get_secret_value(),
+                             websocket_base_url=m.websocket_base_url, base_url=m.base_url,
+                             connect_timeout=timeout)
+    if provider is ModelProvider.AZURE_OPENAI:
+        # Azure's v1 surface speaks the GA protocol: wss://<resource>.openai.azure.com/openai/v1
+        if not m.azure_endpoint or m.azure_api_key is None:
+            raise ValueError("azure_openai needs model.azure_endpoint and model.azure_api_key")
+        base = m.azure_endpoint.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
+        if not base.endswith("/openai/v1"):
+            base += "/openai/v1"
+        key = m.azure_api_key.get_secret_value()
+        return ModelEndpoint(provider, m.azure_deployment or m.model, key, websocket_base_url=base,
+                             headers={"api-key": key}, connect_timeout=timeout)
+    # Azure Voice Live: wss://<resource>.services.ai.azure.com/voice-live/realtime?api-version=...
+    if not m.voicelive_endpoint or m.voicelive_api_key is None:
+        raise ValueError("azure_voicelive needs model.voicelive_endpoint and model.voicelive_api_key")
+    base = m.voicelive_endpoint.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
+    if not base.endswith("/voice-live"):
+        base += "/voice-live"
+    key = m.voicelive_api_key.get_secret_value()
+    return ModelEndpoint(provider, m.voicelive_model, key, websocket_base_url=base,
+                         dialect=rt.Dialect.BETA, headers={"api-key": key},
+                         query={"api-version": m.voicelive_api_version}, connect_timeout=timeout)
+
+
+class RealtimeSession:
+    """A connected realtime-model session. Create with ``await RealtimeSession.connect(...)``."""
+
+    def __init__(self, client: AsyncOpenAI, manager: Any, connection: Any, dialect: rt.Dialect) -> None:
+        self._client = client
+        self._manager = manager
+        self._conn = connection
+        self.dialect = dialect
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
+        client = AsyncOpenAI(
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            websocket_base_url=endpoint.websocket_base_url,
+            max_retries=0,
+        )
+        manager = client.realtime.connect(
+            model=endpoint.model,
+            extra_headers=endpoint.headers,
+            extra_query=endpoint.query,
+        )
+        try:
+            async with asyncio.timeout(endpoint.connect_timeout):
+                connection = await manager.__aenter__()
+        except TimeoutError:
+            await client.close()
+            raise ModelError("timed out connecting to the model", "connect") from None
+        except asyncio.CancelledError:
+            await client.close()
+            raise
+        except Exception as exc:  # the SDK raises websockets/httpx/OSError variants
+            await client.close()
+            raise ModelError(f"cannot connect to the model: {type(exc).__name__}: {exc}", "connect") from exc
+        return cls(client, manager, connection, endpoint.dialect)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.send_raw(json.dumps(event, separators=(",", ":")))
+
+    async def send_audio_b64(self, b64_audio: str) -> None:
+        await self.send_raw(rt.append_audio_json(b64_audio))
+
+    async def send_raw(self, data: str) -> None:
+        try:
+            await self._conn.send_raw(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model connection lost while sending: {type(exc).__name__}", "closed") from exc
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Server events as dicts with GA type names; ends when the model closes normally."""
+        while True:
+            try:
+                raw = await self._conn.recv_bytes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                if code == 1000:
+                    return
+                raise ModelError(f"model connection closed: {type(exc).__name__} {code or ''}".strip(),
+                                 "closed") from exc
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                raise ModelError("model sent a frame that is not JSON", "protocol") from None
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise ModelError("model sent an event without a type", "protocol")
+            if self.dialect is rt.Dialect.BETA:
+                event["type"] = rt.normalize_event_type(event["type"])
+            yield event
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            async with asyncio.timeout(2.0):
+                await self._conn.close()
+        except (TimeoutError, Exception) as exc:  # closing a dead socket: nothing more to do
+            log.debug("model session close: %s", type(exc).__name__)
+        finally:
+            await self._client.close()

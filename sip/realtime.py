@@ -1,0 +1,212 @@
+"""OpenAI Realtime (GA) client event builders and server event names.
+
+Pure functions: tenant settings in, JSON-ready dicts out. The GA shape nests audio settings under
+``session.audio.input`` / ``session.audio.output`` and requires ``session.type = "realtime"``
+(openai-python ``types/realtime/realtime_session_create_request.py``). Azure Voice Live speaks the
+older beta-style dialect (flat ``input_audio_format``, ``response.audio.delta``); ``Dialect.BETA``
+builds that shape and ``normalize_event_type`` maps its server event names onto the GA ones so the
+call logic handles one vocabulary.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenants.config import AudioMode, NoiseSuppression, SemanticVad, ServerVad, TenantConfig
+
+
+class Dialect(enum.Enum):
+    GA = "ga"
+    BETA = "beta"  # Azure Voice Live and preview deployments
+
+
+# Server event types the bridge acts on (GA names).
+SESSION_CREATED = "session.created"
+SESSION_UPDATED = "session.updated"
+SPEECH_STARTED = "input_audio_buffer.speech_started"
+SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
+COMMITTED = "input_audio_buffer.committed"
+AUDIO_DELTA = "response.output_audio.delta"
+AUDIO_DONE = "response.output_audio.done"
+OUTPUT_TRANSCRIPT_DONE = "response.output_audio_transcript.done"
+INPUT_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+RESPONSE_CREATED = "response.created"
+RESPONSE_DONE = "response.done"
+FUNCTION_ARGS_DONE = "response.function_call_arguments.done"
+OUTPUT_ITEM_DONE = "response.output_item.done"
+ERROR = "error"
+
+_BETA_TO_GA = {
+    "response.audio.delta": AUDIO_DELTA,
+    "response.audio.done": AUDIO_DONE,
+    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.done": OUTPUT_TRANSCRIPT_DONE,
+    "response.text.delta": "response.output_text.delta",
+    "response.text.done": "response.output_text.done",
+    "conversation.item.created": "conversation.item.added",
+}
+
+
+def normalize_event_type(event_type: str) -> str:
+    """GA name for a server event type of either dialect; unknown types pass through."""
+    return _BETA_TO_GA.get(event_type, event_type)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters or {"type": "object", "properties": {}},
+        }
+
+
+def _turn_detection(tenant: TenantConfig) -> dict[str, Any]:
+    td = tenant.turn_detection
+    if isinstance(td, SemanticVad):
+        return {
+            "type": "semantic_vad",
+            "eagerness": td.eagerness,
+            "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response,
+        }
+    assert isinstance(td, ServerVad)
+    out: dict[str, Any] = {
+        "type": "server_vad",
+        "threshold": td.threshold,
+        "prefix_padding_ms": td.prefix_padding_ms,
+        "silence_duration_ms": td.silence_duration_ms,
+        "create_response": td.create_response,
+        "interrupt_response": td.interrupt_response,
+    }
+    if td.idle_timeout_ms is not None:
+        out["idle_timeout_ms"] = td.idle_timeout_ms
+    return out
+
+
+def audio_format_json(tenant: TenantConfig, dialect: Dialect = Dialect.GA) -> dict[str, Any] | str:
+    """The model-side audio format for this tenant's calls."""
+    passthrough = tenant.audio_mode is AudioMode.PASSTHROUGH
+    if dialect is Dialect.BETA:
+        return "g711_ulaw" if passthrough else "pcm16"
+    if passthrough:
+        return {"type": "audio/pcmu"}
+    return {"type": "audio/pcm", "rate": 24000}
+
+
+def session_update(
+    tenant: TenantConfig,
+    *,
+    model: str,
+    tools: tuple[ToolSpec, ...] = (),
+    dialect: Dialect = Dialect.GA,
+) -> dict[str, Any]:
+    """The ``session.update`` event that configures the model for one tenant's call."""
+    fmt = audio_format_json(tenant, dialect)
+    noise: dict[str, Any] | None = None
+    if tenant.noise_suppression is NoiseSuppression.MODEL:
+        noise = (
+            {"type": "azure_deep_noise_suppression"}
+            if dialect is Dialect.BETA
+            else {"type": tenant.model_noise_reduction}
+        )
+    transcription: dict[str, Any] | None = None
+    if tenant.transcription:
+        transcription = {"model": tenant.transcription_model}
+        if tenant.language:
+            transcription["language"] = tenant.language
+    tool_list = [t.to_json() for t in tools]
+    if dialect is Dialect.BETA:
+        session: dict[str, Any] = {
+            "modalities": ["audio", "text"],
+            "instructions": tenant.instructions,
+            "voice": tenant.voice,
+            "input_audio_format": fmt,
+            "output_audio_format": fmt,
+            "turn_detection": _turn_detection(tenant),
+            "input_audio_transcription": transcription,
+            "temperature": tenant.temperature,
+            "max_response_output_tokens": tenant.max_output_tokens,
+        }
+        if noise is not None:
+            session["input_audio_noise_reduction"] = noise
+    else:
+        audio_in: dict[str, Any] = {
+            "format": fmt,
+            "turn_detection": _turn_detection(tenant),
+            "transcription": transcription,
+            "noise_reduction": noise,
+        }
+        session = {
+            "type": "realtime",
+            "model": model,
+            "instructions": tenant.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_in,
+                "output": {"format": fmt, "voice": tenant.voice, "speed": tenant.speed},
+            },
+            "max_output_tokens": tenant.max_output_tokens,
+        }
+    if tool_list:
+        session["tools"] = tool_list
+        session["tool_choice"] = "auto"
+    return {"type": "session.update", "session": session}
+
+
+def greeting_response(greeting: str) -> dict[str, Any]:
+    """``response.create`` asking the model to say the tenant's greeting first."""
+    return {
+        "type": "response.create",
+        "response": {
+            "instructions": (
+                "Start the call by greeting the caller with exactly these words, then wait: "
+                + greeting
+            ),
+        },
+    }
+
+
+def append_audio_json(b64_audio: str) -> str:
+    """``input_audio_buffer.append`` serialised directly: this runs 50 times a second per call."""
+    return '{"type":"input_audio_buffer.append","audio":"' + b64_audio + '"}'
+
+
+def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": max(0, int(audio_end_ms)),
+    }
+
+
+def user_text(text: str) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
+def function_output(call_id: str, output: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": call_id, "output": json.dumps(output)},
+    }
+
+
+def response_create() -> dict[str, Any]:
+    return {"type": "response.create"}
+
+
+def response_cancel() -> dict[str, Any]:
+    return {"type": "response.cancel"}
