@@ -230,7 +230,7 @@ class AudioSocketProtocol:
             payload = bytes(buffer[start : start + length])
             pos = start + length
             self._handle(kind, payload)
-            if self._state is State.CLOSED:
+            if self.closed:  # _handle may have closed the protocol
                 buffer.clear()
                 return
         if pos:
