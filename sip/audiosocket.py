@@ -259,9 +259,8 @@ class AudioSocketProtocol:
 
     def _handle(self, kind: int, payload: bytes) -> None:
         if kind == Kind.HANGUP:
-            if payload:
-                self._fail(f"hangup carries {len(payload)} payload bytes")
-                return
+            # Asterisk acts on the kind alone and never reads a hangup's payload
+            # (res_audiosocket.c ast_audiosocket_receive_frame_with_hangup), so neither do we.
             self._events.append(Hangup())
             self._state = State.CLOSED
             return

@@ -185,7 +185,6 @@ def test_eof_is_reported_once_and_later_input_ignored() -> None:
         (frame(0x01, CALL_UUID.bytes) + frame(0x03, b"12"), "DTMF"),
         (frame(0x01, CALL_UUID.bytes) + frame(0x03), "DTMF"),
         (frame(0x01, CALL_UUID.bytes) + frame(0x01, CALL_UUID.bytes), "twice"),
-        (frame(0x01, CALL_UUID.bytes) + frame(0x00, b"\x01"), "hangup carries"),
     ],
 )
 def test_protocol_errors(
@@ -234,6 +233,12 @@ def test_hangup_from_peer_closes() -> None:
     proto.receive_data(frame(0x01, CALL_UUID.bytes) + frame(0x00) + frame(0x10, b"\x00\x00"))
     assert proto.events_received() == [Uuid(CALL_UUID), Hangup()]
     assert proto.closed
+
+
+def test_hangup_with_payload_is_still_a_hangup() -> None:
+    proto = AudioSocketProtocol()
+    proto.receive_data(frame(0x01, CALL_UUID.bytes) + frame(0x00, b"\x01"))
+    assert proto.events_received() == [Uuid(CALL_UUID), Hangup()]
 
 
 def test_hangup_before_uuid_is_a_hangup() -> None:
