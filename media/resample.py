@@ -66,12 +66,20 @@ def kaiser_beta(attenuation_db: float) -> float:
     return 0.0
 
 
-def lowpass_taps(rate_hz: float, passband_hz: float, stopband_hz: float, attenuation_db: float) -> _Doubles:
-    """Linear-phase Kaiser-windowed sinc low-pass with unit gain at DC."""
+def lowpass_taps(
+    rate_hz: float, passband_hz: float, stopband_hz: float, attenuation_db: float, delay_multiple: int = 1
+) -> _Doubles:
+    """Linear-phase Kaiser-windowed sinc low-pass with unit gain at DC.
+
+    The length is rounded up so that the delay, ``(N - 1) / 2`` samples, is a multiple of
+    ``delay_multiple``.
+    """
     if not 0.0 < passband_hz < stopband_hz <= rate_hz / 2:
         raise ResampleError(f"bad band edges {passband_hz} / {stopband_hz} Hz at {rate_hz} Hz")
     transition = 2.0 * math.pi * (stopband_hz - passband_hz) / rate_hz
     num_taps = math.ceil((attenuation_db - 7.95) / (2.285 * transition)) + 1
+    step = 2 * delay_multiple
+    num_taps = -(-(num_taps - 1) // step) * step + 1
     cutoff = (passband_hz + stopband_hz) / 2.0 / rate_hz  # cycles per sample
     n = np.arange(num_taps, dtype=np.float64) - (num_taps - 1) / 2.0
     taps = 2.0 * cutoff * np.sinc(2.0 * cutoff * n) * np.kaiser(num_taps, kaiser_beta(attenuation_db))
@@ -79,11 +87,15 @@ def lowpass_taps(rate_hz: float, passband_hz: float, stopband_hz: float, attenua
     return taps
 
 
+_INT16_MAX = np.float32(32767.0)
+_INT16_MIN = np.float32(-32768.0)
+
+
 def _to_int16(y: npt.NDArray[np.floating]) -> Samples:
-    # ufuncs with out= rather than np.clip: fewer temporaries, and this runs on every frame.
-    np.minimum(y, 32767.0, out=y)
-    np.maximum(y, -32768.0, out=y)
+    # In place, with bounds of the array's own type: this runs on every frame of every call.
     np.rint(y, out=y)
+    np.minimum(y, _INT16_MAX, out=y)
+    np.maximum(y, _INT16_MIN, out=y)
     return y.astype(np.int16)
 
 
@@ -114,7 +126,9 @@ class _Polyphase:
         if stopband_hz is None:
             stopband_hz = nyquist if out_rate_hz < in_rate_hz else 2.0 * nyquist - passband
         common_rate = float(in_rate_hz * up)
-        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB) * up
+        # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
+        # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
+        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * up
         self.num_taps = len(taps)
         self.latency_seconds = (len(taps) - 1) / 2.0 / common_rate
 
@@ -135,8 +149,9 @@ class _Polyphase:
                 group[s - s_min, r] = coefficient(s, r)
         self._group = group.astype(np.float32)
 
-        # Whole blocks of B groups: block k's outputs are prev @ self._prev + cur @ self._cur where
-        # prev/cur are the input blocks k-1 and k (B*M samples each).
+        # Whole blocks of B groups: block k's outputs are [prev | cur] @ self._span, prev and cur
+        # being the input blocks k-1 and k (B*M samples each), which lie next to each other in the
+        # buffer, so the rows are an overlapping view and need no copy.
         self.block_in = self._choose_block(round(in_rate_hz * _BLOCK_SPAN_SECONDS))
         groups_per_block = self.block_in // down
         span = np.zeros((2 * self.block_in, groups_per_block * up))
@@ -145,8 +160,7 @@ class _Polyphase:
             span[first : first + self._window, q * up : (q + 1) * up] = group
         # float32: halves the memory the products stream through; int16 audio needs far less
         # precision than its 24-bit mantissa.
-        self._prev = np.ascontiguousarray(span[: self.block_in], dtype=np.float32)
-        self._cur = np.ascontiguousarray(span[self.block_in :], dtype=np.float32)
+        self._span = np.ascontiguousarray(span, dtype=np.float32)
 
         self._history = np.zeros(self.block_in, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
@@ -175,10 +189,9 @@ class _Polyphase:
         rest = groups - whole * (block // self.down)
         parts = []
         if whole:
-            rows = buf[: (whole + 1) * block].reshape(whole + 1, block)
-            y = rows[1:] @ self._cur
-            y += rows[:-1] @ self._prev
-            parts.append(y.ravel())
+            item = buf.itemsize
+            rows = np.ndarray((whole, 2 * block), np.float32, buffer=buf, strides=(block * item, item))
+            parts.append((rows @ self._span).ravel())
         if rest:
             start = block + whole * block - self._lookback
             step = buf.strides[0]
