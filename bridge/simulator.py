@@ -863,6 +863,8 @@ class SimulatedConnection:
                 task.cancel()
 
     async def close(self, code: int, message: str) -> None:
+        if self.record.close_code is None:
+            self.record.close_code = code
         await self._ws.close(code=code, message=message.encode())
 
     async def _session_limit(self) -> None:
@@ -1645,7 +1647,8 @@ class SimulatorServer:
         finally:
             self._live.discard(conn)
             record.closed_at = self.clock()
-            record.close_code = ws.close_code
+            if record.close_code is None:
+                record.close_code = ws.close_code
             log.debug("simulated session %s closed (%s)", record.id, ws.close_code)
         return ws
 
