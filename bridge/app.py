@@ -79,6 +79,7 @@ class Application:
                 simulator_url = self.simulator.url
                 log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
             endpoint = endpoint_from_settings(settings, simulator_url)
+            stack.push_async_callback(endpoint.close)
             switchboard = self.switchboard = Switchboard(
                 settings, directory, endpoint, self.metrics, tap_factory=self.tap_factory, clock=self.clock
             )

@@ -4,6 +4,10 @@ The SDK owns the WebSocket handshake, authentication and URL building (it honour
 ``OPENAI_BASE_URL`` and ``websocket_base_url``). Frames are sent and received raw
 (``send_raw`` / ``recv_bytes``): the audio path runs 50 times a second per direction per call and
 does not need a pydantic model per frame. Unknown server events pass through untouched.
+
+One ``AsyncOpenAI`` client serves every call of an endpoint. Building one builds an HTTP client
+and loads the CA bundle into a TLS context, 100-200 ms of CPU on the event loop: per call, that
+stalled every other call's audio at each call set-up. The client holds no per-call state.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ class ModelError(Exception):
         self.kind = kind  # small fixed set: connect, closed, protocol, error
 
 
+class _SharedClient:
+    """The endpoint's ``AsyncOpenAI`` client, built on first use and shared by its model variants."""
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: AsyncOpenAI | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelEndpoint:
     """Where and how to reach a realtime model (one per provider, shared by calls)."""
@@ -44,14 +57,33 @@ class ModelEndpoint:
     headers: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
+    _shared: _SharedClient = field(default_factory=_SharedClient, compare=False, repr=False)
 
     def with_model(self, model: str | None) -> ModelEndpoint:
         if not model or model == self.model:
             return self
         return ModelEndpoint(
             self.provider, model, self.api_key, self.websocket_base_url, self.base_url,
-            self.dialect, self.headers, self.query, self.connect_timeout,
+            self.dialect, self.headers, self.query, self.connect_timeout, self._shared,
         )
+
+    def client(self) -> AsyncOpenAI:
+        """The SDK client every session of this endpoint connects through."""
+        shared = self._shared
+        if shared.client is None:
+            shared.client = AsyncOpenAI(
+                api_key=self.api_key,
+                base_url=self.base_url,
+                websocket_base_url=self.websocket_base_url,
+                max_retries=0,
+            )
+        return shared.client
+
+    async def close(self) -> None:
+        """Release the shared client (at shutdown, once no session uses it)."""
+        client, self._shared.client = self._shared.client, None
+        if client is not None:
+            await client.close()
 
 
 def endpoint_from_settings(settings: Settings, simulator_url: str | None = None) -> ModelEndpoint:
@@ -93,8 +125,7 @@ def endpoint_from_settings(settings: Settings, simulator_url: str | None = None)
 class RealtimeSession:
     """A connected realtime-model session. Create with ``await RealtimeSession.connect(...)``."""
 
-    def __init__(self, client: AsyncOpenAI, manager: Any, connection: Any, dialect: rt.Dialect) -> None:
-        self._client = client
+    def __init__(self, manager: Any, connection: Any, dialect: rt.Dialect) -> None:
         self._manager = manager
         self._conn = connection
         self.dialect = dialect
@@ -102,13 +133,7 @@ class RealtimeSession:
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
-        client = AsyncOpenAI(
-            api_key=endpoint.api_key,
-            base_url=endpoint.base_url,
-            websocket_base_url=endpoint.websocket_base_url,
-            max_retries=0,
-        )
-        manager = client.realtime.connect(
+        manager = endpoint.client().realtime.connect(
             model=endpoint.model,
             extra_headers=endpoint.headers,
             extra_query=endpoint.query,
@@ -117,15 +142,10 @@ class RealtimeSession:
             async with asyncio.timeout(endpoint.connect_timeout):
                 connection = await manager.__aenter__()
         except TimeoutError:
-            await client.close()
             raise ModelError("timed out connecting to the model", "connect") from None
-        except asyncio.CancelledError:
-            await client.close()
-            raise
         except Exception as exc:  # the SDK raises websockets/httpx/OSError variants
-            await client.close()
             raise ModelError(f"cannot connect to the model: {type(exc).__name__}: {exc}", "connect") from exc
-        return cls(client, manager, connection, endpoint.dialect)
+        return cls(manager, connection, endpoint.dialect)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(event, separators=(",", ":")))
@@ -175,5 +195,3 @@ class RealtimeSession:
                 await self._conn.close()
         except (TimeoutError, Exception) as exc:  # closing a dead socket: nothing more to do
             log.debug("model session close: %s", type(exc).__name__)
-        finally:
-            await self._client.close()

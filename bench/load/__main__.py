@@ -20,6 +20,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,6 +84,7 @@ class RunConfig:
     keep: bool
     out_dir: Path
     seed: int = 1
+    profile: bool = False
 
 
 def _ramp_seconds(calls: int) -> float:
@@ -143,7 +145,10 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         del worker_pids
         sim_cpu0 = _cpu(simulator.pid)
         collected: list[dict[str, Any]] = []
+        profiler: subprocess.Popen[bytes] | None = None
         while len(collected) < len(workers):
+            if cfg.profile and profiler is None and time.monotonic() >= steady[0]:
+                profiler = _start_profiler(bridge.pid, steady[1] - steady[0], run_dir, harness_cpus)
             bridge.sample()
             simulator.sample()
             try:
@@ -153,6 +158,8 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
                     raise RuntimeError("a load generator process died") from None
         worker_cpu = sum(w["cpu_seconds"] for w in collected)
         sim_cpu = _cpu(simulator.pid) - sim_cpu0
+        if profiler is not None:
+            profiler.wait(30)
         metrics_text = scrape_metrics(ports.http)
         bridge_peak = peak_rss(bridge.pid)
         wall = time.monotonic() - t_base
@@ -173,6 +180,20 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     if not cfg.keep:
         shutil.rmtree(run_dir / "recordings", ignore_errors=True)
     return result
+
+
+def _start_profiler(
+    pid: int, seconds: float, run_dir: Path, cpus: set[int] | None
+) -> subprocess.Popen[bytes]:
+    """py-spy (when installed) samples the daemon over the steady window: collapsed stacks, one
+    line per distinct stack with its sample count (flamegraph.pl / speedscope input)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+           "--format", "raw", "--output", str(run_dir / "bridge-profile.txt"), "--nonblocking"]
+    with open(run_dir / "py-spy.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    pin(proc.pid, cpus)
+    return proc
 
 
 def _cpu(pid: int) -> float:
@@ -345,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", action="store_true",
                         help="then look for the largest N meeting the delivery and latency targets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
     parser.add_argument("--out", type=Path, default=None, help="keep run directories here")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
@@ -369,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(transport: str, n: int) -> dict[str, Any]:
         cfg = RunConfig(transport, n, duration, args.uvloop, not args.no_pin, args.fixtures,
-                        keep=args.out is not None, out_dir=out_dir)
+                        keep=args.out is not None, out_dir=out_dir, profile=args.profile)
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)
