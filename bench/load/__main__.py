@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -145,10 +146,11 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         del worker_pids
         sim_cpu0 = _cpu(simulator.pid)
         collected: list[dict[str, Any]] = []
-        profiler: subprocess.Popen[bytes] | None = None
+        profilers: list[subprocess.Popen[bytes]] = []
         while len(collected) < len(workers):
-            if cfg.profile and profiler is None and time.monotonic() >= steady[0]:
-                profiler = _start_profiler(bridge.pid, steady[1] - steady[0], run_dir, harness_cpus)
+            if cfg.profile and not profilers and time.monotonic() >= steady[0]:
+                profilers = [_start_profiler(proc, steady[1] - steady[0], run_dir, harness_cpus)
+                             for proc in (bridge, simulator)]
             bridge.sample()
             simulator.sample()
             try:
@@ -158,7 +160,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
                     raise RuntimeError("a load generator process died") from None
         worker_cpu = sum(w["cpu_seconds"] for w in collected)
         sim_cpu = _cpu(simulator.pid) - sim_cpu0
-        if profiler is not None:
+        for profiler in profilers:
             profiler.wait(30)
         metrics_text = scrape_metrics(ports.http)
         bridge_peak = peak_rss(bridge.pid)
@@ -172,7 +174,12 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
             bridge.stop()
         simulator.stop()
 
+    if cfg.keep:
+        with open(run_dir / "callers.pickle", "wb") as f:
+            pickle.dump({"collected": collected, "samples": bridge.samples, "idle": idle, "steady": steady,
+                         "metrics": metrics_text, "peak": bridge_peak}, f)
     result = summarise(cfg, collected, events_log, bridge, idle, steady, metrics_text, bridge_peak)
+    result["simulator_runqueue_wait_share"] = _wait_share(simulator, steady)
     result["harness_cpu_share"] = (worker_cpu + sim_cpu) / wall if wall > 0 else math.nan
     result["simulator_cpu_share"] = sim_cpu / wall if wall > 0 else math.nan
     result["bridge_log_errors"] = _log_errors(bridge.log_path)
@@ -183,17 +190,24 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _start_profiler(
-    pid: int, seconds: float, run_dir: Path, cpus: set[int] | None
+    proc: Process, seconds: float, run_dir: Path, cpus: set[int] | None
 ) -> subprocess.Popen[bytes]:
-    """py-spy (when installed) samples the daemon over the steady window: collapsed stacks, one
+    """py-spy (when installed) samples a process over the steady window: collapsed stacks, one
     line per distinct stack with its sample count (flamegraph.pl / speedscope input)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
-           "--format", "raw", "--output", str(run_dir / "bridge-profile.txt"), "--nonblocking"]
-    with open(run_dir / "py-spy.log", "wb") as log:
+    cmd = [exe, "record", "--pid", str(proc.pid), "--duration", str(max(1, int(seconds))), "--rate", "200",
+           "--format", "raw", "--output", str(run_dir / f"{proc.name}-profile.txt"), "--nonblocking"]
+    with open(run_dir / f"py-spy-{proc.name}.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     pin(proc.pid, cpus)
     return proc
+
+
+def _wait_share(proc: Process, window: tuple[float, float]) -> float:
+    inside = [s for s in proc.samples if window[0] <= s.at <= window[1]]
+    if len(inside) < 2:
+        return math.nan
+    return (inside[-1].wait_seconds - inside[0].wait_seconds) / (inside[-1].at - inside[0].at)
 
 
 def _cpu(pid: int) -> float:
@@ -260,11 +274,12 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
 
     # CPU and memory over the window where every call was up.
     window = [s for s in bridge.samples if steady[0] <= s.at <= steady[1]]
-    cpu_per_call_minute = cpu_share = rss_steady = math.nan
+    cpu_per_call_minute = cpu_share = rss_steady = wait_share = math.nan
     if len(window) >= 2:
         span = window[-1].at - window[0].at
         used = window[-1].cpu_seconds - window[0].cpu_seconds
         cpu_share = used / span
+        wait_share = (window[-1].wait_seconds - window[0].wait_seconds) / span
         cpu_per_call_minute = used / (cfg.calls * span / 60.0)
         rss_steady = max(s.rss_bytes for s in window)
     lateness = np.concatenate([c.lateness for c in callers]) if callers else np.zeros(0)
@@ -279,6 +294,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "steady_seconds": (window[-1].at - window[0].at) if len(window) >= 2 else 0.0,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
+        "bridge_runqueue_wait_share": wait_share,
         "rss_idle_mb": idle.rss_bytes / 2**20,
         "rss_steady_mb": rss_steady / 2**20,
         "rss_peak_mb": bridge_peak / 2**20,

@@ -38,6 +38,9 @@ class ProcSample:
     at: float  # monotonic
     cpu_seconds: float  # user + system, all threads
     rss_bytes: int
+    # Time the main thread (the event loop) spent runnable but waiting for a CPU: other processes
+    # on its core. High values mean the machine, not the process, set the pace.
+    wait_seconds: float = 0.0
 
 
 def sample(pid: int) -> ProcSample:
@@ -49,7 +52,10 @@ def sample(pid: int) -> ProcSample:
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     with open(f"/proc/{pid}/statm", "rb") as f:
         rss = int(f.read().split()[1]) * PAGE_BYTES
-    return ProcSample(now, cpu, rss)
+    wait = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/schedstat", "rb") as f:
+        wait = int(f.read().split()[1]) / 1e9
+    return ProcSample(now, cpu, rss, wait)
 
 
 def peak_rss(pid: int) -> int:
