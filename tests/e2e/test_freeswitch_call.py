@@ -110,7 +110,8 @@ async def test_audio_fork_bidirectional_kill_audio_and_marks(tmp_path, fixtures_
         reported = session.truncates[0]["audio_end_ms"]
         assert abs(reported - heard_ms) <= 40, (reported, heard_ms)
         assert len([at for at, _ in binary if at > kill_at + 0.5]) > 50, "no answer after the caller's turn"
-        assert _sample(app, "callbridge_calls_total", {"transport": "freeswitch", "outcome": "caller_hangup"}) == 1
+        outcome = {"transport": "freeswitch", "outcome": "caller_hangup"}
+        assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
         await peer.close()
         await _stop(stop, task)

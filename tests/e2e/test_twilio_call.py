@@ -101,7 +101,8 @@ async def test_call_marks_clear_and_truncate_at_what_was_heard(tmp_path, fixture
         assert peer.clear_at, "no clear on barge-in"
         clear_at = peer.clear_at[0]
         assert 0 <= clear_at - barge_at <= 0.060, clear_at - barge_at
-        loud_after = [at for at, p in peer.media if clear_at < at < clear_at + 0.4 and rms(p, ulaw=True) > 200]
+        loud_after = [at for at, p in peer.media
+                      if clear_at < at < clear_at + 0.4 and rms(p, ulaw=True) > 200]
         assert loud_after == [], "greeting audio kept coming after the clear"
         # The truncation is what the caller heard (played by "Twilio"), not what was sent.
         heard_ms = peer.player.heard_seconds(until=clear_at) * 1000
@@ -114,7 +115,8 @@ async def test_call_marks_clear_and_truncate_at_what_was_heard(tmp_path, fixture
         texts = [json.dumps(item) for item in session.items_created]
         assert any("telephone key 5" in t for t in texts), texts
         await _until(lambda: app.switchboard.active_calls == 0)
-        assert _sample(app, "callbridge_calls_total", {"transport": "twilio", "outcome": "caller_hangup"}) == 1
+        outcome = {"transport": "twilio", "outcome": "caller_hangup"}
+        assert _sample(app, "callbridge_calls_total", outcome) == 1
         assert _sample(app, "callbridge_barge_ins_total", {"transport": "twilio"}) == 1
     finally:
         await peer.close()
