@@ -259,6 +259,9 @@ class WebSocketLeg:
             if self._frames_since_mark >= MARK_EVERY_FRAMES:
                 await self._place_mark()
 
+    async def send_audio(self, payload: bytes) -> None:
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- playback marks
     def _mark_message(self, name: str) -> str:
         raise NotImplementedError
