@@ -352,3 +352,27 @@ async def test_fast_sender_is_bounded_not_cut_off(tmp_path):
         assert session.input_audio_ms / 1000 < elapsed + 2.5, (session.input_audio_ms, elapsed)
     finally:
         await _stop(stop, task)
+
+
+async def test_shutdown_refuses_new_calls_and_ends_active_ones_with_1001(tmp_path):
+    app, stop, task = await _start(tmp_path, limits={"drain_timeout": 1.0})
+    active = WsPeer()
+    await active.connect(_url(app))
+    frame = base64.b64encode(bytes(1920)).decode()
+    talking = asyncio.create_task(active.send_paced([frame] * 150, 0.04))
+    await _until(lambda: app.switchboard.active_calls == 1)
+    stop.set()
+    await _until(lambda: app.switchboard.draining)
+    # While draining, the endpoint is up but takes no new call.
+    late = WsPeer()
+    await late.connect(_url(app))
+    assert await late.close_code_within(5) == 1013
+    # The active call runs on until the drain timeout, then is ended with "going away".
+    assert await active.close_code_within(5) == 1001
+    await asyncio.wait_for(task, 15)
+    await talking
+    await active.close()
+    await late.close()
+    refused = {"transport": "ws_audio", "reason": "draining"}
+    assert _sample(app, "callbridge_calls_refused_total", refused) == 1
+    assert _sample(app, "callbridge_calls_total", {"transport": "ws_audio", "outcome": "shutdown"}) == 1
