@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 TRANSPORT = "twilio"
 DIALLED_PARAMETERS = ("to", "called", "dialled")
 CALLER_PARAMETERS = ("from", "caller")
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _FORMATS = {("audio/x-mulaw", 8000): ULAW_8K, ("audio/x-alaw", 8000): ALAW_8K}
 
 
@@ -178,7 +179,11 @@ class TwilioEndpoint(MediaEndpoint):
                 elif isinstance(event, tw.Mark):
                     leg.mark_echoed(event.name)
                 elif isinstance(event, tw.Dtmf):
-                    call.receive_dtmf(event.digit)
+                    # The digit is told to the model in words: only a real keypad digit may pass.
+                    if len(event.digit) == 1 and event.digit in DTMF_DIGITS:
+                        call.receive_dtmf(event.digit)
+                    else:
+                        call.log.warning("ignoring a dtmf event that is not a keypad digit")
                 elif isinstance(event, tw.Stop):
                     call.caller_hung_up()
                     return

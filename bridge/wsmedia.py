@@ -223,8 +223,8 @@ class WebSocketLeg:
         self._dropped = metrics.frames_dropped.labels("outbound", "socket_backlog")
         self.playback = RemotePlayback()
         self._frames_since_mark = 0
-        self._final_mark: str | None = None
-        self._final_played = asyncio.Event()
+        self._awaiting_playout = False
+        self._played_out = asyncio.Event()
         self.close_reason = ""
 
     # ----------------------------------------------------------------- sending
@@ -279,8 +279,8 @@ class WebSocketLeg:
 
     def mark_echoed(self, name: str) -> None:
         self.playback.echoed(name, self._clock())
-        if name == self._final_mark or (self._final_mark is not None and self.playback.pending_marks == 0):
-            self._final_played.set()
+        if self._awaiting_playout and self.playback.pending_marks == 0:
+            self._played_out.set()
 
     def unplayed_ms(self) -> float:
         return self.playback.unplayed_ms(self._clock())
@@ -303,13 +303,15 @@ class WebSocketLeg:
 
     async def hangup(self) -> None:
         outcome = self.info.outcome
-        if self.marks and outcome in (Outcome.AGENT_HANGUP, Outcome.NORMAL, Outcome.TIMEOUT):
-            # Let the far end play the goodbye it holds before the stream goes away.
-            self._final_mark = await self._place_mark()
-            if self._final_mark is not None and self.playback.delay is not None:
+        if self.marks and outcome in (Outcome.AGENT_HANGUP, Outcome.NORMAL, Outcome.TIMEOUT) \
+                and self.playback.delay is not None:
+            # The far end echoes marks: let it play the goodbye it holds before the stream goes.
+            await self._place_mark()
+            if self.playback.pending_marks:
+                self._awaiting_playout = True
                 try:
                     async with asyncio.timeout(FINAL_PLAYOUT_TIMEOUT):
-                        await self._final_played.wait()
+                        await self._played_out.wait()
                 except TimeoutError:
                     pass
         await self._before_close()
