@@ -423,23 +423,61 @@ async def test_caller_speech_is_detected_committed_and_echoed(server: SimulatorS
     assert record.responses[-1]["kind"] == "echo"
 
 
-async def test_pcmu_input_and_output(server: SimulatorServer, fixtures_dir: Path) -> None:
-    speech = _speech_8k(fixtures_dir)
-    ulaw = g711.ulaw_encode(speech)
+@pytest.mark.parametrize(
+    ("fmt", "encode", "decode", "turn_detection", "silence_ms"),
+    [
+        ("audio/pcmu", g711.ulaw_encode, g711.ulaw_decode, {"type": "server_vad"}, 500),
+        ("audio/pcma", g711.alaw_encode, g711.alaw_decode, {"type": "server_vad", "silence_duration_ms": 300,
+                                                            "prefix_padding_ms": 100}, 300),
+        ("audio/pcmu", g711.ulaw_encode, g711.ulaw_decode,
+         {"type": "semantic_vad", "eagerness": "high"}, 400),
+    ],
+)
+async def test_g711_input_and_output(server: SimulatorServer, fixtures_dir: Path, fmt: str,
+                                     encode: Any, decode: Any, turn_detection: dict[str, Any],
+                                     silence_ms: int) -> None:
+    coded = encode(_speech_8k(fixtures_dir))
     async with connect(server) as peer:
         await peer.conn.session.update(session={"type": "realtime", "audio": {
-            "input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}})
+            "input": {"format": {"type": fmt}, "turn_detection": turn_detection},
+            "output": {"format": {"type": fmt}}}})
         await peer.until("session.updated")
-        await peer.append(ulaw, chunk_bytes=160, compact=True)
+        await peer.append(coded, chunk_bytes=160, compact=True)
         events = await peer.until("response.done")
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
     stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
     assert 500 <= started["audio_start_ms"] <= 1100
-    assert 2800 <= stopped["audio_end_ms"] <= 3600
+    assert 2700 <= stopped["audio_end_ms"] <= 3600
     echo = _audio_of(events)
     start = started["audio_start_ms"] * 8
-    np.testing.assert_array_equal(g711.ulaw_decode(echo), g711.ulaw_decode(ulaw[start:start + len(echo)]))
-    assert abs(len(echo) / 8 - (stopped["audio_end_ms"] - started["audio_start_ms"] - 500)) <= 20
+    np.testing.assert_array_equal(decode(echo), decode(coded[start:start + len(echo)]))
+    assert abs(len(echo) / 8 - (stopped["audio_end_ms"] - started["audio_start_ms"] - silence_ms)) <= 20
+
+
+async def test_bridge_session_updates_are_accepted(server: SimulatorServer) -> None:
+    """What callbridge's own event builders send is valid GA input."""
+    from sip import realtime as rt
+    from tenants.config import AudioMode, NoiseSuppression, SemanticVad, ServerVad, TenantConfig
+
+    tenants = [
+        TenantConfig(tenant_id="1", slug="pcm"),
+        TenantConfig(tenant_id="2", slug="passthrough", audio_mode=AudioMode.PASSTHROUGH,
+                     turn_detection=SemanticVad(eagerness="low"), noise_suppression=NoiseSuppression.MODEL,
+                     transcription=False, max_output_tokens=800, language="pt"),
+        TenantConfig(tenant_id="3", slug="idle",
+                     turn_detection=ServerVad(idle_timeout_ms=8000, threshold=0.7),
+                     model_noise_reduction="far_field", noise_suppression=NoiseSuppression.MODEL),
+    ]
+    tools = (rt.ToolSpec("transfer_call", "Transfer the caller"),)
+    async with connect(server) as peer:
+        for tenant in tenants:
+            await peer.send(rt.session_update(tenant, model="gpt-realtime", tools=tools))
+            event = (await peer.until("session.updated"))[-1]
+            assert event["session"]["audio"]["output"]["voice"] == tenant.voice
+        await peer.send(rt.greeting_response("Welcome to Acme."))
+        events = await peer.until("response.done")
+        assert events[-1]["response"]["status"] == "completed"
+    assert not server.sessions[-1].errors_sent
 
 
 async def test_pcmu_input_echoed_as_24k_pcm(server: SimulatorServer, fixtures_dir: Path) -> None:
