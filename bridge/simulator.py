@@ -51,25 +51,41 @@ simulator cannot recognise words: the transcript reads ``[caller speech 2.3 s]``
 streaming cancels it when ``interrupt_response`` is true (the default): ``response.done`` with
 status ``cancelled`` and reason ``turn_detected``.
 
-One response streams at a time. Its audio is sent as ``response.output_audio.delta`` events of
-``delta_ms`` each in the session's output format: the first two at once, then one per
-``delta_ms / pace`` on the monotonic clock, so ``pace=1.0`` is real time. What a response says is
-deterministic; the last user-side conversation item decides:
+One response streams at a time (a second ``response.create`` gets
+``conversation_already_has_active_response``). Its events come in the service's order:
+``response.created``, ``rate_limits.updated``, ``response.output_item.added``,
+``conversation.item.added``, ``response.content_part.added``, then ``response.output_audio.delta``
+interleaved with ``response.output_audio_transcript.delta``, then ``response.output_audio.done``,
+``response.output_audio_transcript.done``, ``response.content_part.done``,
+``response.output_item.done``, ``conversation.item.done`` and ``response.done`` (also after a
+cancellation, with the item ``incomplete``). Audio deltas carry ``delta_ms`` each in the session's
+output format: the first two at once, then one per ``delta_ms / pace`` seconds of ``clock`` (which
+must advance in real time), so ``pace=1.0`` is real time. With ``output_modalities: ["text"]`` the
+same words come as ``response.output_text.delta`` / ``.done`` instead.
 
-* nothing heard from the caller yet: the greeting, a recorded voice saying
+What a response says is deterministic; the latest user-side conversation item decides:
+
+* a ``function_call_output`` item: a short spoken confirmation, transcript ``[tool result received]``;
+* a text item with the tool hook below: a function call;
+* no caller turn in the conversation yet: the greeting, a recorded voice saying
   "Hello, this is the callbridge test line. Say something and I will repeat it.";
 * a caller turn: the caller's own audio played back (at most 10 s), transcript
   ``[echo of caller speech 2.3 s]``;
-* a ``function_call_output`` item: a short spoken confirmation, transcript ``[tool result received]``;
-* a user text item: the same short clip, transcript ``[reply to text message]``.
+* a text item after the caller has spoken: the short clip, transcript ``[reply to text message]``.
+
+With ``server_vad`` ``idle_timeout_ms`` set, silence that long after the last response finished
+playing emits ``input_audio_buffer.timeout_triggered`` and a short prompt, transcript
+``[are you still there?]``.
 
 Test hook for function calling: when the last user item is a text message containing
 ``call_tool:<name> <arguments>`` and the session (or the ``response.create``) declares a function
 tool ``<name>``, the response is a ``function_call`` item instead of audio
 (``response.output_item.added``, ``response.function_call_arguments.delta`` / ``.done``,
 ``response.output_item.done``, ``response.done``). ``<arguments>`` is passed on verbatim (``{}`` when
-empty), so malformed JSON can be sent on purpose. A bridge that forwards DTMF digits as text lets a
-phone keypad trigger tools this way. ``conversation.item.create`` alone never starts a response.
+empty), so malformed JSON can be sent on purpose. An undeclared tool (or ``tool_choice: "none"``)
+gets the short clip with transcript ``[tool <name> is not available]``; each hook fires once. A
+bridge that forwards DTMF digits as text lets a phone keypad trigger tools this way.
+``conversation.item.create`` alone never starts a response.
 
 ``SimulatorServer.sessions`` keeps a ``SimulatedSession`` record per accepted connection with what the
 client sent (session updates, truncations, cancellations, response requests, speech timestamps on
