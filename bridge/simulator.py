@@ -734,6 +734,7 @@ class _Item:
     audio_ms: int = 0
     # Assistant audio produced so far, in ms, and whether a tool hook in this item was used.
     produced_ms: int = 0
+    truncated: bool = False
     hook_used: bool = False
 
     def to_json(self) -> Json:
@@ -905,6 +906,7 @@ class SimulatedConnection:
     async def _session_limit(self) -> None:
         limit = self._server.max_session_seconds
         await asyncio.sleep(limit)
+        self._limit_task = None  # from here on the close handshake must not be cancelled by teardown
         minutes = limit / 60
         shown = f"{minutes:.0f}" if minutes == int(minutes) else f"{minutes:g}"
         await self.close(1001, f"Your session hit the maximum duration of {shown} minutes.")
@@ -1042,8 +1044,6 @@ class SimulatedConnection:
         item.audio = turn.audio[: turn.rate_hz * min(span_ms, ECHO_CAP_MS) // 1000]
         item.audio_rate_hz = turn.rate_hz
         item.audio_ms = span_ms
-        for older in self._items:
-            older.audio = None  # only the latest turn's audio is kept
         previous = self._items[-1].id if self._items else None
         self._insert(item, previous)
         await self._send(
@@ -1095,6 +1095,9 @@ class SimulatedConnection:
     # -- conversation items --------------------------------------------------------------------
 
     def _insert(self, item: _Item, previous_item_id: str | None) -> None:
+        if item.audio is not None:
+            for older in self._items:
+                older.audio = None  # only the latest caller audio is kept
         if previous_item_id is None:
             self._items.append(item)
         elif previous_item_id == "root":
@@ -1237,6 +1240,7 @@ class SimulatedConnection:
                                  f"{audio_end_ms}ms", param="audio_end_ms")
         entry["accepted"] = True
         item.produced_ms = audio_end_ms
+        item.truncated = True
         # The model forgets what the caller never heard, transcript included.
         for part in item.content:
             if part.get("type") == "output_audio":
@@ -1439,7 +1443,8 @@ class SimulatedConnection:
             piece = audio[n * chunk:(n + 1) * chunk]
             if piece:
                 resp.sent_bytes += len(piece)
-                resp.item.produced_ms = int(codec.duration_ms(resp.sent_bytes))
+                if not resp.item.truncated:
+                    resp.item.produced_ms = int(codec.duration_ms(resp.sent_bytes))
                 if resp.first_audio_at is None:
                     resp.first_audio_at = self._clock()
                     self._voice_locked = True
