@@ -59,9 +59,9 @@ interleaved with ``response.output_audio_transcript.delta``, then ``response.out
 ``response.output_audio_transcript.done``, ``response.content_part.done``,
 ``response.output_item.done``, ``conversation.item.done`` and ``response.done`` (also after a
 cancellation, with the item ``incomplete``). Audio deltas carry ``delta_ms`` each in the session's
-output format: the first two at once, then one per ``delta_ms / pace`` seconds of ``clock`` (which
-must advance in real time), so ``pace=1.0`` is real time. With ``output_modalities: ["text"]`` the
-same words come as ``response.output_text.delta`` / ``.done`` instead.
+output format: the first ``LEAD_MS`` (200 ms) at once, then one per ``delta_ms / pace`` seconds of
+``clock`` (which must advance in real time), so ``pace=1.0`` is real time. With
+``output_modalities: ["text"]`` the same words come as ``response.output_text.delta`` / ``.done``.
 
 What a response says is deterministic; the latest user-side conversation item decides:
 
@@ -141,8 +141,9 @@ MAX_SESSION_SECONDS = 3600.0
 # A manual commit needs at least this much audio (the service's "buffer too small" rule).
 MIN_COMMIT_MS = 100
 ECHO_CAP_MS = 10_000
-# Audio deltas sent before pacing starts, so a client's jitter buffer is primed at once.
-_LEAD_CHUNKS = 1
+# Audio sent at once when a response starts, before real-time pacing: the service also runs
+# ahead of playback, and the client's playout buffer is primed against event-loop jitter.
+LEAD_MS = 200
 # Energy VAD: threshold 0.5 -> -45 dBFS, 5 dB per 0.1; hysteresis while a turn is open.
 _VAD_DB_AT_ZERO = -70.0
 _VAD_DB_PER_UNIT = 50.0
@@ -1422,10 +1423,13 @@ class SimulatedConnection:
         prefix = (f'{{"type":"response.output_audio.delta","response_id":"{resp.id}",'
                   f'"item_id":"{resp.item.id}","output_index":0,"content_index":0,"event_id":"')
         base = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
-        pacer = Pacer(self._clock(), period=self._server.delta_ms / 1000 / self._server.pace)
+        period = self._server.delta_ms / 1000 / self._server.pace
+        lead = max(1, LEAD_MS // self._server.delta_ms)  # chunks sent at once
+        # Chunk number ``lead`` is due one period after the start, the next one period later, ...
+        pacer = Pacer(self._clock() + period, period=period)
         word_index = 0
         for n in range(nchunks):
-            if n > _LEAD_CHUNKS:
+            if n >= lead:
                 delay = pacer.delay(self._clock())
                 if delay > 0:
                     await self._pause(resp, delay)
@@ -1451,7 +1455,7 @@ class SimulatedConnection:
                 frames.append(prefix + self._new_id("event") + '","delta":"'
                               + base64.b64encode(piece).decode("ascii") + '"}')
             await self._send_raw(frames)
-            if n >= _LEAD_CHUNKS:
+            if n >= lead:
                 pacer.frame_sent(self._clock())
         await self._finish(resp, "completed", None)
 
