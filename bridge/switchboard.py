@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
-from media.codec import AudioFormat
 from bridge.metrics import Metrics
 from bridge.realtime import ModelEndpoint
 from bridge.settings import Settings
+from media.codec import AudioFormat
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
 from tenants.routing import route
