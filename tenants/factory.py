@@ -31,7 +31,8 @@ async def open_backend(settings: TenantSettings) -> TenantDirectory:
         from tenants.postgres import PostgresDirectory
 
         url = settings.database_url.get_secret_value()
-        return await PostgresDirectory.open(url, settings.default_country, timeout=settings.lookup_timeout)
+        timeout = settings.lookup_timeout
+        return await PostgresDirectory.open(url, settings.default_country, query_timeout=timeout)
     if backend == "supabase":
         if not settings.supabase_url or settings.supabase_key is None:
             raise DirectoryConfigError(
