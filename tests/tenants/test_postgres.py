@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from bridge.settings import TenantSettings
 from tenants.cache import CachingDirectory
 from tenants.config import TenantError
 from tenants.directory import DirectoryUnavailable
+from tenants.factory import open_directory
 from tenants.file import FileDirectory, embedded_tenants_file, load_tenants_file
 from tenants.postgres import (
     NOTIFY_CHANNEL,
@@ -23,6 +25,7 @@ from tenants.postgres import (
     import_tenants,
     migrate,
 )
+from tenants.routing import route
 from tests.pg import PostgresCluster
 from tests.tenants.conftest import LOOKUPS
 
@@ -296,3 +299,47 @@ async def test_import_yaml_answers_like_the_file(pg_database: str) -> None:
         assert moved_to is not None and moved_to.slug == "pizzaria-bella"
     finally:
         await db_directory.close()
+
+
+async def test_open_directory_from_settings(pg_tenants: str) -> None:
+    settings = TenantSettings(
+        backend="postgres", database_url=pg_tenants, unknown_number="default", default_tenant="plantao"
+    )
+    directory = await open_directory(settings)
+    try:
+        found = await route(directory, "+5511999990001", settings)
+        assert found is not None and found.tenant.slug == "demo"
+        fallback = await route(directory, "+5521999990001", settings)
+        assert fallback is not None and fallback.tenant.slug == "plantao" and fallback.match == "default"
+        assert await directory.reload() is True
+    finally:
+        await directory.close()
+
+
+async def test_open_directory_without_tables_says_migrate(pg_database: str) -> None:
+    with pytest.raises(TenantError, match="callbridge tenants migrate"):
+        await open_directory(TenantSettings(backend="postgres", database_url=pg_database))
+
+
+async def test_open_directory_with_server_down_still_opens(caplog: pytest.LogCaptureFixture) -> None:
+    settings = TenantSettings(
+        backend="postgres",
+        database_url=f"postgresql://postgres@127.0.0.1:{_closed_port()}/x",
+        lookup_timeout=0.5,
+    )
+    with caplog.at_level(logging.WARNING, logger="tenants.postgres"):
+        directory = await open_directory(settings)
+    try:
+        assert "not reachable at start-up" in caplog.text
+        with pytest.raises(DirectoryUnavailable):
+            await directory.resolve("+5511999990001")
+    finally:
+        await directory.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
