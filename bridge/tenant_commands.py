@@ -19,6 +19,7 @@ from bridge.settings import ConfigError, Settings, load_settings
 from tenants.config import TenantConfig, TenantError
 from tenants.directory import DirectoryUnavailable
 from tenants.factory import DirectoryConfigError, open_directory
+from tenants.file import TenantFileError, load_tenants_file
 from tenants.numbers import NumberError, normalize_number
 
 OK = 0
@@ -149,18 +150,20 @@ def _validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return USAGE
-    from tenants.file import load_tenants_file
-
     try:
         table = load_tenants_file(args.file, settings.tenants.default_country)
-    except TenantError as exc:
-        for problem in str(exc).split("; "):
-            print(problem, file=sys.stderr)
+    except TenantFileError as exc:
+        _print_problems(exc)
         return NEGATIVE
     numbers = sum(len(t.numbers) for t in table.tenants)
     print(f"{args.file}: {len(table.tenants)} tenant(s), {numbers} number(s) and pattern(s): valid")
     _print_tenants(list(table.tenants), sys.stdout)
     return OK
+
+
+def _print_problems(error: TenantFileError) -> None:
+    for problem in error.problems:
+        print(f"{error.source}: {problem}", file=sys.stderr)
 
 
 def _database_url(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -182,13 +185,10 @@ def _import(args: argparse.Namespace) -> int:
     dsn = _database_url(args, settings)
     if dsn is None:
         return USAGE
-    from tenants.file import load_tenants_file
-
     try:
         table = load_tenants_file(args.file, settings.tenants.default_country)
-    except TenantError as exc:
-        for problem in str(exc).split("; "):
-            print(problem, file=sys.stderr)
+    except TenantFileError as exc:
+        _print_problems(exc)
         return NEGATIVE
 
     async def work() -> int:

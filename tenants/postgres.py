@@ -30,13 +30,14 @@ import asyncpg
 from tenants.config import TenantConfig, TenantError
 from tenants.directory import ChangeListener, DirectoryUnavailable, Resolution
 from tenants.file import TenantTable
-from tenants.numbers import NumberError, covering_patterns, normalize_number, stored_forms
+from tenants.numbers import NumberError, normalize_number
 from tenants.schema import (
     CONFIGURATIONS,
     Notes,
     NumberRow,
     TenantRecord,
     configuration_values,
+    lookup_keys,
     resolve_rows,
     tenant_from_record,
 )
@@ -48,6 +49,7 @@ MIGRATIONS_TABLE = "callbridge_schema_migrations"
 # pg_advisory_lock key serialising concurrent "callbridge tenants migrate" runs.
 _MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"callbridge migrations").digest()[:8], "big", signed=True)
 LISTEN_KEEPALIVE_SECONDS = 30.0
+RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
 POOL_MAX_SIZE = 4
 
@@ -82,11 +84,6 @@ SELECT to_jsonb(c) AS client,
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for kind in ("json", "jsonb"):
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-def lookup_keys(number: str, default_country: str) -> list[str]:
-    """The sip_number values a lookup of ``number`` asks for (spellings, then covering patterns)."""
-    return [*stored_forms(number, default_country), *covering_patterns(number)]
 
 
 @dataclass(slots=True)
@@ -219,7 +216,7 @@ class PostgresDirectory:
         ``interval`` is the keep-alive period: how often an idle LISTEN connection is checked.
         """
         keepalive = LISTEN_KEEPALIVE_SECONDS if interval is None else interval
-        backoff = 0.5
+        backoff = RECONNECT_MIN_SECONDS
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self.timeout)
@@ -227,19 +224,20 @@ class PostgresDirectory:
                 log.warning(
                     "cannot LISTEN for tenant changes (%s); retrying in %.1f s", _describe(exc), backoff
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
-                continue
-            backoff = 0.5
-            try:
-                await self._listen(conn, keepalive)
-            finally:
-                self.listening.clear()
-                if not conn.is_closed():
-                    conn.terminate()
-            log.warning("tenant change notifications interrupted; reconnecting")
+            else:
+                try:
+                    if await self._listen(conn, keepalive):
+                        backoff = RECONNECT_MIN_SECONDS
+                finally:
+                    self.listening.clear()
+                    if not conn.is_closed():
+                        conn.terminate()
+                log.warning("tenant change notifications interrupted; reconnecting in %.1f s", backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
 
-    async def _listen(self, conn: asyncpg.Connection, keepalive: float) -> None:
+    async def _listen(self, conn: asyncpg.Connection, keepalive: float) -> bool:
+        """Listen on ``conn`` until it is lost; False if LISTEN could not even be set up."""
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
 
@@ -251,7 +249,7 @@ class PostgresDirectory:
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
         except _DB_ERRORS as exc:
             log.warning("LISTEN %s failed: %s", NOTIFY_CHANNEL, _describe(exc))
-            return
+            return False
         self._changed()  # anything may have changed while nobody was listening
         self.listening.set()
         log.info("listening for tenant changes")
@@ -263,7 +261,8 @@ class PostgresDirectory:
                 try:
                     await conn.fetchval("SELECT 1", timeout=self.timeout)
                 except _DB_ERRORS:
-                    return
+                    break
+        return True
 
     async def close(self) -> None:
         if self._closed:

@@ -20,7 +20,14 @@ from typing import Any
 
 from tenants.config import TenantConfig, TenantError, parse_tenant
 from tenants.directory import Resolution
-from tenants.numbers import NumberError, is_pattern, match_number, normalize_pattern
+from tenants.numbers import (
+    NumberError,
+    covering_patterns,
+    is_pattern,
+    match_number,
+    normalize_pattern,
+    stored_forms,
+)
 
 CLIENTS = "clients"
 NUMBERS = "client_sip_numbers"
@@ -139,6 +146,12 @@ def tenant_from_record(
         return parse_tenant({**merged, **values})
     except TenantError as exc:
         raise TenantError(f"client {slug}: {exc}") from None
+
+
+def lookup_keys(number: str, default_country: str) -> list[str]:
+    """The sip_number values a lookup of ``number`` asks for: its likely stored spellings, then
+    every prefix pattern that could cover it (``resolve_rows`` decides among what comes back)."""
+    return [*stored_forms(number, default_country), *covering_patterns(number)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 from tenants.config import TenantConfig, TenantError
 from tenants.directory import DirectoryUnavailable, Resolution
 from tenants.numbers import NumberError, normalize_number
-from tenants.postgres import lookup_keys
 from tenants.schema import (
     CLIENTS,
     CONFIGURATIONS,
@@ -33,6 +32,7 @@ from tenants.schema import (
     NumberRow,
     TenantRecord,
     is_active,
+    lookup_keys,
     resolve_rows,
     tenant_from_record,
 )
