@@ -295,10 +295,21 @@ class FileDirectory:
         and configuration management write files); a change is picked up within one interval.
         """
         period = self.watch_interval if interval is None else interval
+        missing = False
         while True:
             await asyncio.sleep(period)
             signature = await asyncio.to_thread(_signature, self.path)
-            if signature is not None and signature != self._signature:
+            if signature is None:
+                if not missing:
+                    log.warning(
+                        "tenants file %s is missing; keeping the %d tenant(s) loaded",
+                        self.path,
+                        len(self._table.tenants),
+                    )
+                missing = True
+                continue
+            missing = False
+            if signature != self._signature:
                 await self.reload()
 
     async def close(self) -> None:

@@ -179,13 +179,22 @@ async def test_watch_reloads_on_edit_and_on_replace(tmp_path: Path) -> None:
         await asyncio.wait_for(changed.wait(), 5)
         tenant = await directory.resolve("+5511988880001")
         assert tenant is not None and tenant.voice == "sage1"
+        # A file that disappears for a while (replaced by a slow deploy) is waited for.
+        changed.clear()
+        path.unlink()
+        await asyncio.sleep(0.1)
+        assert not watcher.done() and not changed.is_set()
+        path.write_text(ONE_TENANT.replace("voice: alloy", "voice: ballad"))
+        await asyncio.wait_for(changed.wait(), 5)
+        tenant = await directory.resolve("+5511988880001")
+        assert tenant is not None and tenant.voice == "ballad"
         # An invalid edit is not applied; the watcher keeps running.
         path.write_text("tenants: [")
         await asyncio.sleep(0.2)
         assert not watcher.done()
         assert directory.last_error is not None
         tenant = await directory.resolve("+5511988880001")
-        assert tenant is not None and tenant.voice == "sage1"
+        assert tenant is not None and tenant.voice == "ballad"
         watcher.cancel()
 
 
