@@ -33,6 +33,7 @@ from tenants.file import TenantTable
 from tenants.numbers import NumberError, normalize_number
 from tenants.schema import (
     CONFIGURATIONS,
+    NoteReporter,
     Notes,
     NumberRow,
     TenantRecord,
@@ -86,24 +87,6 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-@dataclass(slots=True)
-class _Reported:
-    """Logs each note about the stored data once per process, not on every lookup."""
-
-    seen: set[str] = field(default_factory=set)
-
-    def report(self, notes: Notes) -> None:
-        for table, column in sorted(notes.ignored_columns):
-            message = f"column {table}.{column} is not a tenant setting; ignored"
-            if message not in self.seen:
-                self.seen.add(message)
-                log.warning("%s", message)
-        for problem in notes.problems:
-            if problem not in self.seen:
-                self.seen.add(problem)
-                log.warning("%s", problem)
-
-
 class PostgresDirectory:
     """TenantDirectory over the three tenant tables in PostgreSQL."""
 
@@ -115,7 +98,7 @@ class PostgresDirectory:
         self.default_country = default_country
         self.timeout = timeout
         self._listeners: list[ChangeListener] = []
-        self._reported = _Reported()
+        self._reported = NoteReporter(log)
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self._closed = False
 

@@ -12,6 +12,7 @@ YAML file: an unknown key makes the record invalid (TenantError).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -84,6 +85,23 @@ class Notes:
 
     ignored_columns: set[tuple[str, str]] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+
+
+class NoteReporter:
+    """Logs each note about the stored data once per process, not on every lookup."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.seen: set[str] = set()
+
+    def report(self, notes: Notes) -> None:
+        messages = [
+            f"column {t}.{c} is not a tenant setting; ignored" for t, c in sorted(notes.ignored_columns)
+        ]
+        for message in [*messages, *notes.problems]:
+            if message not in self.seen:
+                self.seen.add(message)
+                self.logger.warning("%s", message)
 
 
 def tenant_from_record(

@@ -28,6 +28,7 @@ from tenants.schema import (
     CLIENTS,
     CONFIGURATIONS,
     NUMBERS,
+    NoteReporter,
     Notes,
     NumberRow,
     TenantRecord,
@@ -74,7 +75,7 @@ class SupabaseDirectory:
         self._http = http
         self.default_country = default_country
         self.page_rows = page_rows
-        self._reported: set[str] = set()
+        self._reported = NoteReporter(log)
 
     @classmethod
     async def open(
@@ -109,15 +110,6 @@ class SupabaseDirectory:
         rows = cast(list[dict[str, Any]], response.data)
         return rows
 
-    def _report(self, notes: Notes) -> None:
-        messages = [
-            f"column {t}.{c} is not a tenant setting; ignored" for t, c in sorted(notes.ignored_columns)
-        ]
-        for message in [*messages, *notes.problems]:
-            if message not in self._reported:
-                self._reported.add(message)
-                log.warning("%s", message)
-
     async def explain(self, dialled: str) -> Resolution | None:
         try:
             number = normalize_number(dialled, self.default_country)
@@ -136,7 +128,7 @@ class SupabaseDirectory:
         try:
             return resolve_rows(number, candidates, self.default_country, notes)
         finally:
-            self._report(notes)
+            self._reported.report(notes)
 
     async def resolve(self, dialled: str) -> TenantConfig | None:
         found = await self.explain(dialled)
@@ -170,7 +162,7 @@ class SupabaseDirectory:
                 tenants.append(tenant_from_record(_record(client), self.default_country, notes))
             except TenantError as exc:
                 log.error("%s", exc)
-        self._report(notes)
+        self._reported.report(notes)
         return sorted(tenants, key=lambda t: (t.slug, t.tenant_id))
 
     async def tenant_by_slug(self, slug: str) -> TenantConfig | None:
