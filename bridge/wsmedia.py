@@ -379,10 +379,10 @@ class MediaEndpoint:
         """Run the call on ``leg`` with ``read`` feeding it; close the socket with the outcome."""
         try:
             call = self.switchboard.open_call(info, leg)
-        except ValueError as exc:  # e.g. a passthrough tenant on a stream that is not 8 kHz
-            log.error("%s: cannot bridge this stream for tenant %s: %s",
-                      self.transport, info.tenant.slug, exc)
-            await close_socket(ws, CloseCode.INTERNAL_ERROR, "tenant audio mode does not fit this stream")
+        except ValueError as exc:  # the tenant's model or audio settings cannot be served here
+            log.error("%s: cannot set up call for tenant %s: %s", self.transport, info.tenant.slug, exc)
+            self.metrics.model_errors.labels(self.switchboard.endpoint.provider.value, "config").inc()
+            await close_socket(ws, CloseCode.INTERNAL_ERROR, "the tenant cannot be served on this stream")
             return None
         intake = CallerIntake(call, self.metrics, self.clock)
         outcome = await run_call(self.switchboard, call, intake, read(call, intake))

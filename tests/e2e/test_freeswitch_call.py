@@ -48,7 +48,7 @@ async def _stop(stop, task):
 async def _until(predicate, within=5.0):
     # Daemon state (metrics, call registry) has no event to wait on: poll it.
     async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await asyncio.sleep(0.02)
 
 

@@ -60,7 +60,7 @@ def _sample(app, name, labels):
 async def _until(predicate, within=5.0):
     # Daemon state (metrics, call registry) has no event to wait on: poll it.
     async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await asyncio.sleep(0.02)
 
 
@@ -376,3 +376,31 @@ async def test_shutdown_refuses_new_calls_and_ends_active_ones_with_1001(tmp_pat
     refused = {"transport": "ws_audio", "reason": "draining"}
     assert _sample(app, "callbridge_calls_refused_total", refused) == 1
     assert _sample(app, "callbridge_calls_total", {"transport": "ws_audio", "outcome": "shutdown"}) == 1
+
+
+async def test_passthrough_tenant_needs_a_mu_law_stream(tmp_path):
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(
+        "version: 1\n"
+        "tenants:\n"
+        "  - {slug: g711, name: G711, numbers: ['+5511999990001'], instructions: hi,\n"
+        "     audio_mode: passthrough, greeting: Hello}\n",
+        encoding="utf-8",
+    )
+    app, stop, task = await _start(tmp_path, tenants={"file": str(tenants)})
+    try:
+        # mu-law 8 kHz goes to the model untouched.
+        ulaw = WsPeer()
+        await ulaw.connect(_url(app, query="?format=ulaw_8k"))
+        await ulaw.send_paced([bytes([g711.MULAW_SILENCE]) * 320] * 25, 0.04)
+        await ulaw.close()
+        assert app.simulator.sessions[-1].session_config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert ulaw.received and {len(r.data) for r in ulaw.received} == {160}
+        # A 24 kHz PCM stream cannot be passed through: refused before any model connection.
+        sessions = len(app.simulator.sessions)
+        pcm = WsPeer()
+        await pcm.connect(_url(app))
+        assert await pcm.close_code_within(5) == 1011
+        assert len(app.simulator.sessions) == sessions
+    finally:
+        await _stop(stop, task)
