@@ -245,7 +245,7 @@ class WebSocketLeg:
                 await ws.send_str(message)
             else:
                 await ws.send_bytes(message)
-        except (ConnectionError, OSError, RuntimeError):
+        except (ConnectionError, OSError):
             # The peer went away mid-send; the reader sees the close and ends the call.
             return False
         return True
