@@ -116,7 +116,12 @@ class _Polyphase:
     """Exact rational-ratio FIR resampler (see the module docstring)."""
 
     def __init__(
-        self, in_rate_hz: int, out_rate_hz: int, passband_hz: float | None, stopband_hz: float | None
+        self,
+        in_rate_hz: int,
+        out_rate_hz: int,
+        passband_hz: float | None,
+        stopband_hz: float | None,
+        gain: float,
     ) -> None:
         g = math.gcd(in_rate_hz, out_rate_hz)
         up, down = out_rate_hz // g, in_rate_hz // g
@@ -128,7 +133,7 @@ class _Polyphase:
         common_rate = float(in_rate_hz * up)
         # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
         # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
-        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * up
+        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * (up * gain)
         self.num_taps = len(taps)
         self.latency_seconds = (len(taps) - 1) / 2.0 / common_rate
 
@@ -261,12 +266,22 @@ class _SoxrSteady:
         return out
 
 
+def is_polyphase_pair(in_rate_hz: int, out_rate_hz: int) -> bool:
+    """True when this module's own filter serves the pair (otherwise soxr does, or nothing)."""
+    g = math.gcd(in_rate_hz, out_rate_hz)
+    return in_rate_hz != out_rate_hz and max(in_rate_hz, out_rate_hz) // g <= _MAX_POLYPHASE_FACTOR
+
+
 class StreamResampler:
     """int16 mono resampler for one direction of one call; rates fixed at construction.
 
     Each call of ``process`` with ``n`` samples returns ``n * out / in`` samples, the fractional
     part carried to later calls, so 20 ms in gives 20 ms out. ``reset()`` forgets the history
     (barge-in); ``flush()`` returns the audio still held back by the filter (hang-up).
+
+    ``passband_hz`` / ``stopband_hz`` override the default band edges (module docstring) and
+    ``gain`` scales the output; both serve stages that know more about their input than a
+    general resampler may assume (see ``zero_stuff``).
     """
 
     def __init__(
@@ -276,18 +291,22 @@ class StreamResampler:
         *,
         passband_hz: float | None = None,
         stopband_hz: float | None = None,
+        gain: float = 1.0,
     ) -> None:
         if in_rate_hz <= 0 or out_rate_hz <= 0:
             raise ResampleError(f"sample rates must be positive, got {in_rate_hz} -> {out_rate_hz}")
         self.in_rate_hz = in_rate_hz
         self.out_rate_hz = out_rate_hz
-        g = math.gcd(in_rate_hz, out_rate_hz)
         self._impl: _Polyphase | _SoxrSteady | None
         if in_rate_hz == out_rate_hz:
+            if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
+                raise ResampleError("equal rates are an identity; no filter or gain is applied")
             self._impl = None
-        elif max(in_rate_hz, out_rate_hz) // g <= _MAX_POLYPHASE_FACTOR:
-            self._impl = _Polyphase(in_rate_hz, out_rate_hz, passband_hz, stopband_hz)
+        elif is_polyphase_pair(in_rate_hz, out_rate_hz):
+            self._impl = _Polyphase(in_rate_hz, out_rate_hz, passband_hz, stopband_hz, gain)
         else:
+            if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
+                raise ResampleError(f"{in_rate_hz} -> {out_rate_hz} Hz goes through soxr: no custom filter")
             self._impl = _SoxrSteady(in_rate_hz, out_rate_hz)
 
     @property
@@ -321,3 +340,16 @@ class StreamResampler:
         y = impl.process(np.zeros(pad, dtype=np.int16))
         impl.reset()
         return _to_int16(y[:owed].copy())
+
+
+def zero_stuff(samples: Samples) -> Samples:
+    """Double the rate by inserting a zero after every sample: no filter, no delay, no arithmetic.
+
+    The result holds the original spectrum at half amplitude plus its mirror image above the old
+    Nyquist frequency. That is all a 16 kHz block processor fed from an 8 kHz leg needs when the
+    stage after it removes the image band anyway: a ``StreamResampler`` from 16 kHz with
+    ``stopband_hz`` at the first image of the passband edge (4.6 kHz) and ``gain=2``.
+    """
+    out = np.zeros(2 * len(samples), dtype=np.int16)
+    out[::2] = samples
+    return out
