@@ -162,22 +162,41 @@ def measure_cpu(variant: Variant, received: Samples) -> float:
     return cpu_per_frame(lambda: pipeline.stages[0](next(it)), len(frames))
 
 
-def measure_call_cpu(received: Samples, model_audio: Samples) -> float:
-    """Decode + inbound chain + outbound chain + encode for one 20 ms frame each way."""
+def measure_call_cpu(received: Samples, model_audio: Samples) -> dict[str, float]:
+    """CPU per 20 ms frame each way: decode + inbound chain + outbound chain + encode, and its parts."""
     inbound = InboundChain(RATE_HZ)
     outbound = OutboundChain(24000, RATE_HZ)
     payloads = [ULAW_8K.encode(received[i : i + FRAME]) for i in range(0, len(received) - FRAME + 1, FRAME)]
     replies = [model_audio[i : i + 3 * FRAME] for i in range(0, len(model_audio) - 3 * FRAME + 1, 3 * FRAME)]
     n = min(len(payloads), len(replies))
-    state = {"i": 0}
+    decoded = [ULAW_8K.decode(p) for p in payloads]
+    back = [outbound.process(r) for r in replies]
+    outbound.reset()
 
-    def step() -> None:
-        i = state["i"] % n
-        state["i"] += 1
+    def cycle(fn: Callable[[int], object]) -> Callable[[], None]:
+        state = {"i": 0}
+
+        def step() -> None:
+            i = state["i"] % n
+            state["i"] += 1
+            fn(i)
+
+        return step
+
+    def whole(i: int) -> None:
         inbound.process(ULAW_8K.decode(payloads[i]))
         ULAW_8K.encode(outbound.process(replies[i]))
 
-    return cpu_per_frame(step, n)
+    small = np.zeros(FRAME, dtype=np.float32)
+    return {
+        "call": cpu_per_frame(cycle(whole), n),
+        "decode": cpu_per_frame(cycle(lambda i: ULAW_8K.decode(payloads[i])), n),
+        "inbound": cpu_per_frame(cycle(lambda i: inbound.process(decoded[i])), n),
+        "outbound": cpu_per_frame(cycle(lambda i: outbound.process(replies[i])), n),
+        "encode": cpu_per_frame(cycle(lambda i: ULAW_8K.encode(back[i])), n),
+        # How slow is this machine at the kind of work above: one tiny numpy call.
+        "numpy_call": cpu_per_frame(lambda: np.add(small, 1.0), 5 * n),
+    }
 
 
 def fmt_row(cells: Iterable[str], widths: list[int]) -> str:
@@ -209,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             measured_delay(probe.received.astype(float), run(pipe, probe.received)),
         )
     model_audio = InboundChain(RATE_HZ, suppression="off").process(probe.received)
-    call_cpu = measure_call_cpu(probe.received, model_audio)
+    call = measure_call_cpu(probe.received, model_audio)
+    call_cpu = call["call"]
 
     jobs = [(v, c, args.quick) for v in range(len(vs)) for c in range(len(CONDITIONS))]
     results: dict[tuple[int, int], Scores] = {}
@@ -334,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{call_cpu * 1e6:.1f} us",
         ),
     ]
+    print(
+        "CPU per 20 ms frame each way (thread time, best of 5 passes): "
+        + ", ".join(f"{k} {call[k] * 1e6:.1f} us" for k in ("decode", "inbound", "outbound", "encode"))
+        + f"; together {call_cpu * 1e6:.1f} us. For scale: one numpy call on 160 samples "
+        f"(np.add) takes {call['numpy_call'] * 1e6:.2f} us here.\n"
+    )
     print(f"default chain targets ({DEFAULT_CHAIN}):")
     for label, ok, value in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {label}: {value}")
