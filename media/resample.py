@@ -9,11 +9,12 @@ products that are not zero are computed.
 
 Output samples are handled in *groups* of ``L`` that consume exactly ``M`` input samples, so the
 pattern of taps repeats from group to group and a block of ``B`` groups is a fixed linear map of the
-block's input and of the block before it (the filter's look-back). One block is therefore two small
-matrix products against precomputed matrices; numpy hands those to BLAS, which keeps a 20 ms frame in
-the tens of microseconds without any compiled code of our own. Groups left over when a chunk is not
-a whole number of blocks go through the same taps one group at a time (slower, exact), so any chunk
-size works and streaming output equals one-shot output sample for sample.
+block's input and of the samples just before it (the filter's look-back). All whole blocks of a
+chunk are therefore one small matrix product against a precomputed matrix; numpy hands it to BLAS,
+which keeps a 20 ms frame in the tens of microseconds without any compiled code of our own. Groups
+left over when a chunk is not a whole number of blocks go through the same taps one group at a time
+(slower, exact), so any chunk size works and streaming output equals one-shot output sample for
+sample.
 
 The prototype is a Kaiser-windowed sinc (Kaiser, "Nonrecursive digital filter design using the
 I0-sinh window function", 1974) computed here with numpy, so the runtime needs nothing else. Its
@@ -154,58 +155,64 @@ class _Polyphase:
                 group[s - s_min, r] = coefficient(s, r)
         self._group = group.astype(np.float32)
 
-        # Whole blocks of B groups: block k's outputs are [prev | cur] @ self._span, prev and cur
-        # being the input blocks k-1 and k (B*M samples each), which lie next to each other in the
-        # buffer, so the rows are an overlapping view and need no copy.
+        # Whole blocks of B groups: block k's outputs are its input block (B*M samples) together
+        # with the `lookback` samples before it, times self._span. In the buffer those rows overlap
+        # (each starts B*M after the previous one), so they are a strided view and need no copy.
         self.block_in = self._choose_block(round(in_rate_hz * _BLOCK_SPAN_SECONDS))
         groups_per_block = self.block_in // down
-        span = np.zeros((2 * self.block_in, groups_per_block * up))
+        span = np.zeros((self._lookback + self.block_in, groups_per_block * up))
         for q in range(groups_per_block):
-            first = self.block_in + q * down + s_min
+            first = q * down  # the group's first input is at lookback + q*M, its window s_min before
             span[first : first + self._window, q * up : (q + 1) * up] = group
         # float32: halves the memory the products stream through; int16 audio needs far less
         # precision than its 24-bit mantissa.
         self._span = np.ascontiguousarray(span, dtype=np.float32)
 
-        self._history = np.zeros(self.block_in, dtype=np.float32)
+        self._history = np.zeros(self._lookback, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
     def _choose_block(self, span_samples: int) -> int:
+        # Blocks about half the look-back long measured fastest: longer rows multiply more zeros,
+        # shorter ones pay numpy's per-row overhead. A divisor of 10 ms keeps frames on the fast path.
         m = self.down
-        need = max(self._lookback, m)
+        need = max(self._lookback // 2, m)
         for size in range(need, span_samples + 1):
             if size % m == 0 and span_samples % size == 0:
                 return size
         return -(-need // m) * m
 
     def reset(self) -> None:
-        self._history = np.zeros(self.block_in, dtype=np.float32)
+        self._history = np.zeros(self._lookback, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
     def process(self, x: npt.NDArray[np.integer]) -> _Floats:
         block = self.block_in
+        lookback = self._lookback
         if len(self._pending):
             buf = np.concatenate((self._history, self._pending, x), dtype=np.float32)
         else:
             buf = np.concatenate((self._history, x), dtype=np.float32)
-        groups = (len(buf) - block) // self.down
+        groups = (len(buf) - lookback) // self.down
         consumed = groups * self.down
         whole = consumed // block
         rest = groups - whole * (block // self.down)
+        item = buf.itemsize
         parts = []
         if whole:
-            item = buf.itemsize
-            rows = np.ndarray((whole, 2 * block), np.float32, buffer=buf, strides=(block * item, item))
+            rows = np.ndarray((whole, lookback + block), np.float32, buffer=buf, strides=(block * item, item))
             parts.append((rows @ self._span).ravel())
         if rest:
-            start = block + whole * block - self._lookback
-            step = buf.strides[0]
-            windows = np.lib.stride_tricks.as_strided(
-                buf[start:], shape=(rest, self._window), strides=(self.down * step, step), writeable=False
+            # Group g's window starts at buffer index lookback + g*M + s_min = g*M.
+            windows = np.ndarray(
+                (rest, self._window),
+                np.float32,
+                buffer=buf,
+                offset=whole * block * item,
+                strides=(self.down * item, item),
             )
             parts.append((windows @ self._group).ravel())
-        self._history = buf[consumed : consumed + block]
-        self._pending = buf[block + consumed :]
+        self._history = buf[consumed : consumed + lookback]
+        self._pending = buf[lookback + consumed :]
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
