@@ -36,6 +36,7 @@ to hold back.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,7 @@ Samples = npt.NDArray[np.int16]
 _Floats = npt.NDArray[np.float32]
 _Doubles = npt.NDArray[np.float64]
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
 # Design attenuation; the requirement is 60 dB, the margin covers int16 rounding of the output.
 _STOPBAND_DB = 70.0
 _PASSBAND_FRACTION = 0.85
@@ -357,6 +359,10 @@ def zero_stuff(samples: Samples) -> Samples:
     stage after it removes the image band anyway: a ``StreamResampler`` from 16 kHz with
     ``stopband_hz`` at the first image of the passband edge (4.6 kHz) and ``gain=2``.
     """
-    out = np.zeros(2 * len(samples), dtype=np.int16)
-    out[::2] = samples
+    x = np.asarray(samples, dtype=np.int16)
+    if _LITTLE_ENDIAN:
+        # Zero-extending each 16-bit sample to 32 bits lays out (sample, 0) pairs in memory.
+        return x.view(np.uint16).astype(np.uint32).view(np.int16)
+    out = np.zeros(2 * len(x), dtype=np.int16)
+    out[::2] = x
     return out

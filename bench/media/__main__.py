@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from bench.media.resampling import report as resampler_report
 from bench.media.scores import Scores, align, measured_delay, score
 from bench.media.signals import (
     NOISE_TYPES,
@@ -140,12 +141,13 @@ def conditions(quick: bool) -> list[Condition]:
 CONDITIONS: list[Condition] = []
 
 
-def cpu_per_frame(step: Callable[[], None], frames: int, passes: int = 5) -> float:
+def cpu_per_frame(step: Callable[[], None], frames: int, passes: int = 15) -> float:
     """CPU seconds (this thread's, not wall clock) per call of ``step``, best of ``passes`` passes.
 
-    Thread CPU time leaves out time the scheduler gave to other processes; the best pass further
-    estimates the cost on an idle core, as a shared machine only adds cache misses to it.
+    Thread CPU time leaves out time the scheduler gave to other processes; the best of many short
+    passes further estimates the cost on an idle core, as a busy machine only adds cache misses.
     """
+    frames = min(frames, 100)
     best = math.inf
     for _ in range(passes):
         t0 = time.thread_time()
@@ -158,7 +160,7 @@ def cpu_per_frame(step: Callable[[], None], frames: int, passes: int = 5) -> flo
 def measure_cpu(variant: Variant, received: Samples) -> float:
     pipeline = variant.build()
     frames = [received[i : i + FRAME] for i in range(0, len(received) - FRAME + 1, FRAME)]
-    it = iter(frames * 5)
+    it = iter(frames * 20)
     return cpu_per_frame(lambda: pipeline.stages[0](next(it)), len(frames))
 
 
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     model_audio = InboundChain(RATE_HZ, suppression="off").process(probe.received)
     call = measure_call_cpu(probe.received, model_audio)
     call_cpu = call["call"]
+    resampler_lines = resampler_report()
 
     jobs = [(v, c, args.quick) for v in range(len(vs)) for c in range(len(CONDITIONS))]
     results: dict[tuple[int, int], Scores] = {}
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nlat = algorithmic latency reported by the object (inbound only for chains);\n"
         "meas = cross-correlation lag of output vs input (chains: including the loop back to 8 kHz);\n"
-        "us/20ms = thread CPU time of the stage alone per 20 ms frame (best of 5 passes over the clip);\n"
+        "us/20ms = thread CPU time of the stage alone per 20 ms frame (best of 15 passes of 100 frames);\n"
         "d* = mean change vs the noisy input over white, pink and hum at all SNRs and clips.\n"
     )
 
@@ -354,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{call_cpu * 1e6:.1f} us",
         ),
     ]
+    print("\n".join(resampler_lines) + "\n")
     print(
-        "CPU per 20 ms frame each way (thread time, best of 5 passes): "
+        "CPU per 20 ms frame each way (thread time, best of 15 passes of 100 frames): "
         + ", ".join(f"{k} {call[k] * 1e6:.1f} us" for k in ("decode", "inbound", "outbound", "encode"))
         + f"; together {call_cpu * 1e6:.1f} us. For scale: one numpy call on 160 samples "
         f"(np.add) takes {call['numpy_call'] * 1e6:.2f} us here.\n"
