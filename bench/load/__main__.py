@@ -274,7 +274,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
 
     # CPU and memory over the window where every call was up.
     window = [s for s in bridge.samples if steady[0] <= s.at <= steady[1]]
-    cpu_per_call_minute = cpu_share = rss_steady = wait_share = math.nan
+    cpu_per_call_minute = cpu_share = rss_steady = wait_share = cpu_per_frame = math.nan
     if len(window) >= 2:
         span = window[-1].at - window[0].at
         used = window[-1].cpu_seconds - window[0].cpu_seconds
@@ -282,6 +282,15 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         wait_share = (window[-1].wait_seconds - window[0].wait_seconds) / span
         cpu_per_call_minute = used / (cfg.calls * span / 60.0)
         rss_steady = max(s.rss_bytes for s in window)
+        # Frames the bridge actually moved in the window, both ways: a starved bridge moves fewer,
+        # so CPU per frame compares runs taken under different machine load.
+        t0, t1 = window[0].at, window[-1].at
+        moved = 0
+        for c in callers:
+            sent_at = c.raw["media_at"] + 0.020 * np.arange(len(c.lateness)) + c.lateness
+            moved += int(np.count_nonzero((sent_at >= t0) & (sent_at < t1)))
+            moved += int(np.count_nonzero((c.recv_t >= t0) & (c.recv_t < t1)))
+        cpu_per_frame = used / (moved / 2) if moved else math.nan
     lateness = np.concatenate([c.lateness for c in callers]) if callers else np.zeros(0)
     pacer = an.histogram_summary(metrics_text, "callbridge_pacer_lateness_seconds")
     loop = an.histogram_summary(metrics_text, "callbridge_event_loop_lag_seconds")
@@ -295,6 +304,8 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
         "bridge_runqueue_wait_share": wait_share,
+        # CPU per 20 ms of call audio moved (one frame in and one out): 1/3000 of a call-minute.
+        "cpu_us_per_frame_pair": 1e6 * cpu_per_frame,
         "rss_idle_mb": idle.rss_bytes / 2**20,
         "rss_steady_mb": rss_steady / 2**20,
         "rss_peak_mb": bridge_peak / 2**20,
