@@ -274,12 +274,13 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
 
     # CPU and memory over the window where every call was up.
     window = [s for s in bridge.samples if steady[0] <= s.at <= steady[1]]
-    cpu_per_call_minute = cpu_share = rss_steady = wait_share = cpu_per_frame = math.nan
+    cpu_per_call_minute = cpu_share = rss_steady = wait_share = cpu_per_frame = system_share = math.nan
     if len(window) >= 2:
         span = window[-1].at - window[0].at
         used = window[-1].cpu_seconds - window[0].cpu_seconds
         cpu_share = used / span
         wait_share = (window[-1].wait_seconds - window[0].wait_seconds) / span
+        system_share = (window[-1].system_seconds - window[0].system_seconds) / used if used else math.nan
         cpu_per_call_minute = used / (cfg.calls * span / 60.0)
         rss_steady = max(s.rss_bytes for s in window)
         # Frames the bridge actually moved in the window, both ways: a starved bridge moves fewer,
@@ -304,6 +305,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
         "bridge_runqueue_wait_share": wait_share,
+        "bridge_cpu_in_kernel_share": system_share,
         # CPU per 20 ms of call audio moved (one frame in and one out): 1/3000 of a call-minute.
         "cpu_us_per_frame_pair": 1e6 * cpu_per_frame,
         "rss_idle_mb": idle.rss_bytes / 2**20,

@@ -41,6 +41,7 @@ class ProcSample:
     # Time the main thread (the event loop) spent runnable but waiting for a CPU: other processes
     # on its core. High values mean the machine, not the process, set the pace.
     wait_seconds: float = 0.0
+    system_seconds: float = 0.0  # the kernel's share of cpu_seconds (system calls)
 
 
 def sample(pid: int) -> ProcSample:
@@ -50,12 +51,13 @@ def sample(pid: int) -> ProcSample:
     # Fields after the parenthesised command name (which may hold spaces): utime is field 14.
     fields = stat[stat.rindex(b")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    system = int(fields[12]) / CLOCK_TICKS
     with open(f"/proc/{pid}/statm", "rb") as f:
         rss = int(f.read().split()[1]) * PAGE_BYTES
     wait = 0.0
     with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/schedstat", "rb") as f:
         wait = int(f.read().split()[1]) / 1e9
-    return ProcSample(now, cpu, rss, wait)
+    return ProcSample(now, cpu, rss, wait, system)
 
 
 def peak_rss(pid: int) -> int:
