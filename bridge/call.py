@@ -8,7 +8,8 @@ what it reads: ``receive_audio``, ``receive_dtmf``, ``caller_hung_up``, ``protoc
 connects the model and runs three tasks in one TaskGroup, so none outlives the call:
 
 * model sender: caller audio, already decoded, suppressed and resampled on arrival, waits in a
-  bounded queue (oldest dropped and counted) and is appended to the model's input buffer;
+  bounded queue (oldest dropped and counted) and is appended to the model's input buffer; when
+  frames have piled up (the model link was slow) they go out together in one append;
 * model receiver: server events; agent audio is resampled to the caller's rate into the playout
   buffer; ``speech_started`` triggers barge-in; tool calls are carried out;
 * pacer: exactly one frame per 20 ms against ``t0 + n * 20 ms`` on the monotonic clock, agent
@@ -226,7 +227,7 @@ class Call:
         frame_samples = fmt.samples_for_ms(20)
         self.playout = PlayoutBuffer(fmt.rate_hz, frame_samples)
 
-        self._inbound_queue: deque[str] = deque()
+        self._inbound_queue: deque[bytes] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
         self._inbound_ready = asyncio.Event()
         self._ended = asyncio.Event()
@@ -242,6 +243,7 @@ class Call:
         self._playing = False  # agent audio of the current response has started toward the caller
         self._action_deadline = 0.0
         self._started = clock()
+        self._backlog_drops = metrics.frames_dropped.labels("inbound", "model_backlog")
         self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
         self._leg_end_of_segment: Callable[[], Any] | None = getattr(leg, "end_of_segment", None)
 
@@ -262,7 +264,7 @@ class Call:
                 ulaw = g711.ulaw_encode(samples)
                 if self.tap is not None:
                     self.tap.caller_audio(samples, fmt.rate_hz)
-            b64 = base64.b64encode(ulaw).decode("ascii")
+            chunk = ulaw
         else:
             assert self.inbound is not None
             samples = fmt.decode(payload)
@@ -271,13 +273,13 @@ class Call:
             out = self.inbound.process(samples)
             if len(out) == 0:
                 return
-            b64 = base64.b64encode(out.tobytes()).decode("ascii")
+            chunk = out.tobytes()
         queue = self._inbound_queue
         if len(queue) >= INBOUND_QUEUE_FRAMES:
             queue.popleft()
             self.stats.inbound_dropped += 1
-            self.metrics.frames_dropped.labels("inbound", "model_backlog").inc()
-        queue.append(b64)
+            self._backlog_drops.inc()
+        queue.append(chunk)
         self._inbound_ready.set()
 
     def receive_dtmf(self, digit: str) -> None:
@@ -400,8 +402,13 @@ class Call:
             while control or queue:
                 if control:
                     await session.send_raw(control.popleft())
+                elif len(queue) == 1:
+                    await session.send_audio(queue.popleft())
                 else:
-                    await session.send_audio_b64(queue.popleft())
+                    # Frames piled up while a send waited: one append carries them all, in order.
+                    chunk = b"".join(queue)
+                    queue.clear()
+                    await session.send_audio(chunk)
 
     async def _model_receiver(self, session: RealtimeSession) -> None:
         async for event in session.events():

@@ -5,6 +5,12 @@ The SDK owns the WebSocket handshake, authentication and URL building (it honour
 (``send_raw`` / ``recv_bytes``): the audio path runs 50 times a second per direction per call and
 does not need a pydantic model per frame. Unknown server events pass through untouched.
 
+Audio appends, 50 a second per call, are written to the SDK's underlying ``websockets`` connection
+directly. The SDK's own ``send_raw`` first offers each frame to a queue that exists for its
+reconnection feature; sessions here never reconnect (no ``on_reconnecting`` handler, so that queue
+is always empty and the frame goes on to the same ``send``), and the detour cost as much CPU as
+the send itself. When an SDK release no longer exposes the connection this way, ``send_raw`` is used.
+
 One ``AsyncOpenAI`` client serves every call of an endpoint. Building one builds an HTTP client
 and loads the CA bundle into a TLS context, 100-200 ms of CPU on the event loop: per call, that
 stalled every other call's audio at each call set-up. The client holds no per-call state.
@@ -13,9 +19,10 @@ stalled every other call's audio at each call set-up. The client holds no per-ca
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +136,15 @@ def endpoint_from_settings(
                          query={"api-version": m.voicelive_api_version}, connect_timeout=timeout)
 
 
+def _socket_send(connection: Any) -> Callable[[str], Awaitable[Any]] | None:
+    """``send`` of the ``websockets`` connection under an SDK realtime connection, if exposed."""
+    socket = getattr(connection, "_connection", None)
+    send = getattr(socket, "send", None)
+    if send is None or not asyncio.iscoroutinefunction(send):
+        return None
+    return send  # type: ignore[no-any-return]
+
+
 class RealtimeSession:
     """A connected realtime-model session. Create with ``await RealtimeSession.connect(...)``."""
 
@@ -137,6 +153,7 @@ class RealtimeSession:
         self._conn = connection
         self.dialect = dialect
         self._closed = False
+        self._send_text: Callable[[str], Awaitable[Any]] = _socket_send(connection) or connection.send_raw
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
@@ -158,11 +175,23 @@ class RealtimeSession:
         await self.send_raw(json.dumps(event, separators=(",", ":")))
 
     async def send_audio_b64(self, b64_audio: str) -> None:
-        await self.send_raw(rt.append_audio_json(b64_audio))
+        await self._send(rt.append_audio_json(b64_audio))
+
+    async def send_audio(self, audio: bytes) -> None:
+        """Append audio, already in the session's input format, to the model's input buffer."""
+        await self._send(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
 
     async def send_raw(self, data: str) -> None:
         try:
             await self._conn.send_raw(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model connection lost while sending: {type(exc).__name__}", "closed") from exc
+
+    async def _send(self, data: str) -> None:
+        try:
+            await self._send_text(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
