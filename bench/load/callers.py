@@ -27,7 +27,7 @@ import time
 import uuid
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bench.load.audio import FRAME_SECONDS, Utterance
 from sip import audiosocket as aso
@@ -215,7 +215,7 @@ class _AudioSocketMedia(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
