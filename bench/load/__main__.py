@@ -34,6 +34,7 @@ import numpy as np
 from bench.load import analysis as an
 from bench.load.audio import default_fixtures_dir
 from bench.load.processes import (
+    REPO_ROOT,
     BridgePorts,
     Process,
     bridge_environment,
@@ -86,6 +87,7 @@ class RunConfig:
     out_dir: Path
     seed: int = 1
     profile: bool = False
+    source: Path = REPO_ROOT
 
 
 def _ramp_seconds(calls: int) -> float:
@@ -112,7 +114,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     workers: list[mp.Process] = []  # type: ignore[type-arg]
     try:
         env = bridge_environment(run_dir, ports, sim_port, tenants, max_calls=max(200, 2 * cfg.calls))
-        bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.uvloop)
+        bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.uvloop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
 
@@ -398,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
+    parser.add_argument("--source", type=Path, default=REPO_ROOT,
+                        help="run callbridge from this source tree (default: this checkout), to compare versions")
     parser.add_argument("--out", type=Path, default=None, help="keep run directories here")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     args = parser.parse_args(argv)
@@ -421,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(transport: str, n: int) -> dict[str, Any]:
         cfg = RunConfig(transport, n, duration, args.uvloop, not args.no_pin, args.fixtures,
-                        keep=args.out is not None, out_dir=out_dir, profile=args.profile)
+                        keep=args.out is not None, out_dir=out_dir, profile=args.profile,
+                        source=args.source.resolve())
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)

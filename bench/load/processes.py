@@ -68,9 +68,9 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
+def _env(extra: dict[str, str], source: Path = REPO_ROOT) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "OPENAI_"))}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = str(source)
     env.update(extra)
     return env
 
@@ -180,13 +180,15 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
 
 
 def start_bridge(run_dir: Path, env: dict[str, str], ports: BridgePorts, cpus: set[int] | None,
-                 uvloop: bool) -> Process:
+                 uvloop: bool, source: Path = REPO_ROOT) -> Process:
+    """callbridge from the source tree ``source`` (another checkout, to compare versions)."""
     log_path = run_dir / "callbridge.log"
     cmd = [sys.executable, "-m", "bridge.cli", "serve"]
     if uvloop:
         cmd.append("--uvloop")
     with open(log_path, "wb") as log:
-        popen = subprocess.Popen(cmd, cwd=run_dir, env=_env(env), stdout=log, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(cmd, cwd=run_dir, env=_env(env, source), stdout=log,
+                                 stderr=subprocess.STDOUT)
     proc = Process("callbridge", popen, log_path)
     pin(proc.pid, cpus)
     _wait_http(f"http://127.0.0.1:{ports.http}/ready", proc, 60)
