@@ -52,7 +52,7 @@ DIALLED = "+5511990000001"
 CALLS_PER_WORKER = 25
 MAX_WORKERS = 6
 SAMPLE_PERIOD = 0.5
-WS_TRANSPORTS: tuple[str, ...] = ()
+WS_TRANSPORTS = ("twilio", "ws_audio", "freeswitch")
 
 # The targets at 100 calls.
 TARGET_CPU_PER_CALL_MINUTE = 0.5
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 calls x 15 s over AudioSocket")
     parser.add_argument("--calls", default="10,50,100", help="comma-separated N (default 10,50,100)")
     parser.add_argument("--duration", type=float, default=45.0, help="seconds per call (default 45)")
-    parser.add_argument("--transports", default="audiosocket",
+    parser.add_argument("--transports", default="audiosocket,twilio",
                         help="comma-separated: audiosocket, twilio, ws_audio, freeswitch")
     parser.add_argument("--uvloop", action="store_true", help="run callbridge with --uvloop")
     parser.add_argument("--search", action="store_true",

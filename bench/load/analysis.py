@@ -91,42 +91,42 @@ class CallerView:
 
 
 def _onset_cost(onsets: Floats, started: Floats) -> float:
+    """How badly a caller's utterance onsets and a session's ``speech_started`` times line up:
+    each onset should be followed, about ``_TYPICAL_ONSET_DELAY`` later, by a speech_started and
+    each speech_started preceded by an onset. 0 is a perfect match, 1 no match at all."""
     if not len(onsets) or not len(started):
-        return math.inf
-    idx = np.searchsorted(started, onsets)
-    cost = np.ones(len(onsets))
-    ok = idx < len(started)
-    d = started[np.minimum(idx, len(started) - 1)] - onsets
-    good = ok & (d <= _MATCH_WINDOW)
-    cost[good] = np.abs(d[good] - _TYPICAL_ONSET_DELAY)
+        return 1.0
+    return (_one_way(onsets, started) + _one_way(-started[::-1], -onsets[::-1])) / 2
+
+
+def _one_way(earlier: Floats, later: Floats) -> float:
+    idx = np.searchsorted(later, earlier)
+    ok = idx < len(later)
+    d = later[np.minimum(idx, len(later) - 1)] - earlier
+    cost = np.where(ok & (d <= _MATCH_WINDOW), np.minimum(1.0, np.abs(d - _TYPICAL_ONSET_DELAY)), 1.0)
     return float(cost.mean())
 
 
 def pair_sessions(callers: list[CallerView], sessions: dict[str, Session]) -> dict[int, Session]:
-    """Caller index -> its model session, greedily by how well turns line up."""
-    candidates: list[tuple[float, int, str]] = []
-    started = {sid: np.array(sorted(t for t, _ in s.speech_started)) for sid, s in sessions.items()}
-    for c in callers:
+    """Caller index -> its model session: the assignment that lines turns up best overall."""
+    from scipy.optimize import linear_sum_assignment
+
+    ids = list(sessions)
+    started = [np.array(sorted(t for t, _ in sessions[sid].speech_started)) for sid in ids]
+    opened = np.array([sessions[sid].opened for sid in ids])
+    rows = [c for c in callers if c.raw["onsets"]]
+    if not rows or not ids:
+        return {}
+    cost = np.ones((len(rows), len(ids)))
+    for i, c in enumerate(rows):
         onsets = np.array(c.raw["onsets"], dtype=np.float64)
-        if not len(onsets):
-            continue
         start = c.raw["start"]
         media_at = c.raw["media_at"] or start
-        for sid, s in sessions.items():
-            if not start - 1.0 <= s.opened <= media_at + 5.0:
-                continue
-            cost = _onset_cost(onsets, started[sid])
-            if cost < 0.5:
-                candidates.append((cost, c.raw["index"], sid))
-    candidates.sort()
-    paired: dict[int, Session] = {}
-    used: set[str] = set()
-    for _cost, index, sid in candidates:
-        if index in paired or sid in used:
-            continue
-        paired[index] = sessions[sid]
-        used.add(sid)
-    return paired
+        for j in np.flatnonzero((opened >= start - 1.0) & (opened <= media_at + 5.0)):
+            cost[i, j] = _onset_cost(onsets, started[j])
+    chosen_rows, chosen_cols = linear_sum_assignment(cost)
+    return {rows[i].raw["index"]: sessions[ids[j]] for i, j in zip(chosen_rows, chosen_cols, strict=True)
+            if cost[i, j] < 0.5}
 
 
 @dataclass

@@ -142,7 +142,7 @@ class ScriptedCaller:
             r.ok = not r.closed_by_bridge
             if r.closed_by_bridge:
                 r.error = "the bridge ended the call early"
-        except (OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
+        except Exception as exc:  # whatever stopped this caller is its result, not the run's end
             r.error = f"{type(exc).__name__}: {exc}"
             r.ok = False
         finally:
@@ -150,7 +150,7 @@ class ScriptedCaller:
                 self._handle.cancel()
             try:
                 await asyncio.wait_for(self.close(), 10)
-            except (OSError, ConnectionError, TimeoutError) as exc:
+            except Exception as exc:
                 if r.error is None:
                     r.error = f"hangup: {type(exc).__name__}: {exc}"
                     r.ok = False

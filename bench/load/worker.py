@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.load.audio import load_utterances, noise_frames
+from bench.load.audio import Utterance, load_utterances, noise_frames
 from bench.load.callers import AudioSocketCaller, ScriptedCaller
 
 LAG_PROBE_SECONDS = 0.05
@@ -52,9 +52,7 @@ async def _probe_lag(samples: list[float], stop: asyncio.Event) -> None:
         samples.append(max(0.0, time.monotonic() - due))
 
 
-async def _run(job: WorkerJob) -> dict[str, Any]:
-    utterances = load_utterances(Path(job.fixtures_dir))
-    noise = noise_frames(50, seed=job.seed + job.worker)
+async def _run(job: WorkerJob, utterances: list[Utterance], noise: list[bytes]) -> dict[str, Any]:
     lag: list[float] = []
     stop = asyncio.Event()
     probe = asyncio.create_task(_probe_lag(lag, stop))
@@ -75,17 +73,26 @@ async def _run(job: WorkerJob) -> dict[str, Any]:
             "cpu_seconds": times.user + times.system}
 
 
-def run_worker(job: WorkerJob) -> dict[str, Any]:
-    """Entry point in the child process."""
+def run_worker(job: WorkerJob, utterances: list[Utterance] | None = None,
+               noise: list[bytes] | None = None) -> dict[str, Any]:
+    """Run the job's callers to the end (in this process)."""
+    if utterances is None:
+        utterances = load_utterances(Path(job.fixtures_dir))
+    if noise is None:
+        noise = noise_frames(50, seed=job.seed + job.worker)
     if job.uvloop:
         import uvloop
 
-        return uvloop.run(_run(job))  # type: ignore[no-any-return]
-    return asyncio.run(_run(job))
+        return uvloop.run(_run(job, utterances, noise))  # type: ignore[no-any-return]
+    return asyncio.run(_run(job, utterances, noise))
 
 
 def worker_process(job: WorkerJob, ready: Any, go: Any, results: Any) -> None:
-    """Child process body: report ready, wait for the common start time, run, hand back results."""
+    """Child process body: get ready, report it, wait for the common start time, run, hand back
+    the results."""
+    utterances = load_utterances(Path(job.fixtures_dir))
+    noise = noise_frames(50, seed=job.seed + job.worker)
     ready.put(os.getpid())
     start = go.get()
-    results.put(run_worker(replace(job, starts=tuple(start + offset for offset in job.starts))))
+    job = replace(job, starts=tuple(start + offset for offset in job.starts))
+    results.put(run_worker(job, utterances, noise))
