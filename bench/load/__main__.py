@@ -2,7 +2,7 @@
 
     python -m bench.load                      # AudioSocket and WebSocket, N = 10, 50, 100, 45 s calls
     python -m bench.load --quick              # 10 calls x 15 s, AudioSocket only
-    python -m bench.load --calls 100 --transports audiosocket --uvloop
+    python -m bench.load --calls 100 --transports audiosocket --loop asyncio
     python -m bench.load --search             # largest N that meets the delivery and latency targets
 
 Each run starts the realtime-protocol simulator and callbridge as separate processes (the daemon as
@@ -15,6 +15,7 @@ bench/README.md. Nothing here runs in the test suite.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -52,6 +53,8 @@ DIALLED = "+5511990000001"
 CALLS_PER_WORKER = 25
 MAX_WORKERS = 6
 SAMPLE_PERIOD = 0.5
+# The simulator and the load generator run on uvloop when it is installed: less CPU on their core.
+HARNESS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 WS_TRANSPORTS = ("twilio", "ws_audio", "freeswitch")
 
 # The targets at 100 calls.
@@ -80,7 +83,7 @@ class RunConfig:
     transport: str
     calls: int
     duration: float
-    uvloop: bool
+    loop: str  # callbridge's event loop: auto (its default), asyncio or uvloop
     pin: bool
     fixtures_dir: Path
     keep: bool
@@ -109,12 +112,12 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     sim_port = free_port()
     events_log = run_dir / "simulator-events.jsonl"
     ports = BridgePorts(free_port(), free_port(), free_port())
-    simulator = start_simulator(run_dir, sim_port, events_log, harness_cpus, uvloop=cfg.uvloop)
+    simulator = start_simulator(run_dir, sim_port, events_log, harness_cpus, uvloop=HARNESS_UVLOOP)
     bridge: Process | None = None
     workers: list[mp.Process] = []  # type: ignore[type-arg]
     try:
         env = bridge_environment(run_dir, ports, sim_port, tenants, max_calls=max(200, 2 * cfg.calls))
-        bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.uvloop, cfg.source)
+        bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.loop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
 
@@ -127,7 +130,8 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         for w in range(n_workers):
             indices = tuple(range(w, cfg.calls, n_workers))
             job = WorkerJob(w, cfg.transport, indices, tuple(offsets[i] for i in indices), cfg.duration,
-                            str(cfg.fixtures_dir), ports.agi, ports.http, DIALLED, cfg.seed)
+                            str(cfg.fixtures_dir), ports.agi, ports.http, DIALLED, cfg.seed,
+                            uvloop=HARNESS_UVLOOP)
             go = ctx.Queue()
             p = ctx.Process(target=worker_process, args=(job, ready, go, results), daemon=True)
             p.start()
@@ -302,7 +306,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "transport": cfg.transport,
         "calls": cfg.calls,
         "duration": cfg.duration,
-        "uvloop": cfg.uvloop,
+        "event_loop": cfg.loop,
         "steady_seconds": (window[-1].at - window[0].at) if len(window) >= 2 else 0.0,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
@@ -393,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=45.0, help="seconds per call (default 45)")
     parser.add_argument("--transports", default="audiosocket,twilio",
                         help="comma-separated: audiosocket, twilio, ws_audio, freeswitch")
-    parser.add_argument("--uvloop", action="store_true", help="run callbridge with --uvloop")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="callbridge's event loop (default: its own default, uvloop when installed)")
     parser.add_argument("--search", action="store_true",
                         help="then look for the largest N meeting the delivery and latency targets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
 
     def run(transport: str, n: int) -> dict[str, Any]:
-        cfg = RunConfig(transport, n, duration, args.uvloop, not args.no_pin, args.fixtures,
+        cfg = RunConfig(transport, n, duration, args.loop, not args.no_pin, args.fixtures,
                         keep=args.out is not None, out_dir=out_dir, profile=args.profile,
                         source=args.source.resolve())
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)

@@ -180,12 +180,13 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
 
 
 def start_bridge(run_dir: Path, env: dict[str, str], ports: BridgePorts, cpus: set[int] | None,
-                 uvloop: bool, source: Path = REPO_ROOT) -> Process:
-    """callbridge from the source tree ``source`` (another checkout, to compare versions)."""
+                 loop: str = "auto", source: Path = REPO_ROOT) -> Process:
+    """``callbridge serve`` from the source tree ``source`` (another checkout, to compare versions);
+    ``loop`` "auto" leaves the event loop to the daemon's default."""
     log_path = run_dir / "callbridge.log"
     cmd = [sys.executable, "-m", "bridge.cli", "serve"]
-    if uvloop:
-        cmd.append("--uvloop")
+    if loop != "auto":
+        cmd.append(f"--{loop}")
     with open(log_path, "wb") as log:
         popen = subprocess.Popen(cmd, cwd=run_dir, env=_env(env, source), stdout=log,
                                  stderr=subprocess.STDOUT)
