@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from typing import Any
 
 from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
 from bridge.switchboard import Refusal, Switchboard
@@ -81,6 +82,9 @@ class FastAgiServer:
         self.audiosocket_port = audiosocket_port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        # An AMI connection (bridge.ami.AmiConnection) when configured: transfers then use the
+        # Redirect action if ``ami.redirect_transfers`` is set.
+        self.ami: Any = None
 
     @property
     def port(self) -> int:
@@ -177,14 +181,24 @@ class FastAgiServer:
             switchboard.forget(call_id)
         after = pending.after_call.result() if pending.after_call.done() else None
         if isinstance(after, TransferTarget):
-            await self._transfer(session, after)
+            await self._transfer(session, after, request.channel)
         else:
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "DONE")
 
-    async def _transfer(self, session: _Session, target: TransferTarget) -> None:
+    async def _transfer(self, session: _Session, target: TransferTarget, channel: str = "") -> None:
         log.info("transferring channel to %s@%s", target.destination, target.context)
         await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "TRANSFER")
         await session.command("SET VARIABLE", "CALLBRIDGE_TRANSFER_KIND", target.kind)
+        ami = self.ami
+        if ami is not None and ami.settings.redirect_transfers and channel:
+            from bridge.ami import AmiError
+
+            try:
+                # Redirect moves the channel at once, whatever the dialplan after AGI() does.
+                await ami.redirect(channel, target.context, target.destination, 1)
+                return
+            except AmiError as exc:
+                log.warning("AMI Redirect failed (%s); continuing the AGI session instead", exc)
         # On return from AGI() the channel continues at the location set here (res_agi.c
         # SET CONTEXT / SET EXTENSION / SET PRIORITY).
         await session.command("SET CONTEXT", target.context)

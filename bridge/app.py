@@ -56,6 +56,8 @@ class Application:
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
         self.simulator: Any = None
+        self.stasis: Any = None  # bridge.stasis.StasisApplication when ARI is enabled
+        self.ami: Any = None  # bridge.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
 
     async def wait_started(self) -> None:
@@ -95,9 +97,12 @@ class Application:
                                              settings.tenants, self.audiosocket.port)
                     await self.agi.start()
                     stack.push_async_callback(self.agi.close)
+            stasis = await self._start_ari(stack, switchboard)
             self.metrics.ready.set(1)
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(self._probe_loop_lag())]
+                if stasis is not None:
+                    background.append(tg.create_task(stasis.run()))
                 watch = getattr(directory, "watch", None)
                 if callable(watch):
                     background.append(tg.create_task(watch()))
@@ -108,6 +113,29 @@ class Application:
                 for task in background:
                     task.cancel()
         log.info("callbridge stopped")
+
+    async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
+        """The ARI client and Stasis application (run in the background task group), and AMI."""
+        settings = self.settings
+        if settings.ami.enabled:
+            from bridge.ami import AmiConnection
+
+            self.ami = AmiConnection(settings.ami)
+            await self.ami.start()
+            stack.push_async_callback(self.ami.close)
+            if self.agi is not None:
+                self.agi.ami = self.ami
+        if not settings.ari.enabled:
+            return None
+        from bridge.ari import AriClient
+        from bridge.stasis import StasisApplication
+
+        client = AriClient(settings.ari)
+        stack.push_async_callback(client.close)
+        port = self.audiosocket.port if self.audiosocket is not None else None
+        self.stasis = StasisApplication(settings, client, switchboard, audiosocket_port=port,
+                                        clock=self.clock)
+        return self.stasis
 
     async def _drain(self, switchboard: Switchboard) -> None:
         switchboard.start_draining()

@@ -230,6 +230,8 @@ class Call:
         self._responding = False
         self._playing = False  # agent audio of the current response has started toward the caller
         self._action_deadline = 0.0
+        self._announcement: str | None = None  # a transfer line waiting for the model to be free
+        self._announcement_playing = False
         self._started = clock()
 
     # ----------------------------------------------------------------- transport -> call
@@ -276,7 +278,9 @@ class Call:
             self.tap.event("dtmf", digit=digit)
         tenant = self.tenant
         if tenant.dtmf_transfer_digit and digit == tenant.dtmf_transfer_digit and tenant.transfer_targets:
-            self._pending_action = ("transfer", tenant.transfer_targets[0])
+            target = tenant.transfer_targets[0]
+            self._pending_action = ("transfer", target)
+            self._announce(target)
             self._request_action_after_playout()
             return
         # The model has no DTMF input on a bridged session: tell it in words.
@@ -408,6 +412,10 @@ class Call:
                 self._responding = False
                 self._playing = False
                 self._finish_audio()
+                if self._announcement is not None:
+                    self._send_announcement()
+                elif self._announcement_playing:
+                    self._announcement_playing = False
             elif kind == rt.OUTPUT_ITEM_DONE:
                 await self._on_output_item_done(event)
             elif kind == rt.INPUT_TRANSCRIPT_DONE:
@@ -471,6 +479,11 @@ class Call:
             return
         produced_ms = self._produced_samples.get(item, 0) * 1000 // MODEL_RATE_HZ
         played_ms = self.playout.played_ms(item)
+        unplayed = getattr(self.leg, "unplayed_ms", None)
+        if callable(unplayed):
+            # A far end that queues audio (chan_websocket) knows how much of what was handed
+            # over has not reached the caller yet; ask before the flush discards it.
+            played_ms = max(0, played_ms - int(unplayed()))
         if self.playout.buffered_samples == 0 and not self._responding:
             return  # the agent had already finished speaking: nothing to interrupt
         self.playout.clear()
@@ -522,9 +535,32 @@ class Call:
                 return
             await session.send(rt.function_output(call_id, {"ok": True, "target": target.name}))
             self._pending_action = ("transfer", target)
+            self._announce(target)
             self._request_action_after_playout()
         else:
             await session.send(rt.function_output(call_id, {"ok": False, "error": f"unknown tool {name}"}))
+
+    def _announce(self, target: TransferTarget) -> None:
+        """Have the agent say the target's configured line before the caller leaves.
+
+        A response cannot be requested while one is in progress, so the request waits for the
+        current response to finish; the transfer then waits for the line to play out.
+        """
+        if not target.announcement:
+            return
+        self._announcement = target.announcement
+        if not self._responding:
+            self._send_announcement()
+
+    def _send_announcement(self) -> None:
+        text, self._announcement = self._announcement, None
+        if text is None:
+            return
+        self._announcement_playing = True
+        self._send_soon({
+            "type": "response.create",
+            "response": {"instructions": "Say exactly these words to the caller, then stop: " + text},
+        })
 
     def _request_action_after_playout(self) -> None:
         """The pacer carries out a pending hangup/transfer once queued agent audio has played."""
@@ -541,6 +577,8 @@ class Call:
         assert target is not None
         self.log.info("transferring to %s (%s)", target.name, target.kind)
         ok = await self.leg.transfer(target)
+        if self.tap is not None:
+            self.tap.event("transfer", target=target.name, kind=target.kind, ok=ok)
         if ok:
             self.info.transfer_target = target.name
             self._caller_gone = True  # the PBX has the caller now
@@ -590,7 +628,8 @@ class Call:
                 if tap is not None:
                     tap.agent_audio(zeros, rate)
                 if self._pending_action is not None and (
-                    (not self._responding and playout.buffered_samples == 0)
+                    (not self._responding and playout.buffered_samples == 0
+                     and self._announcement is None and not self._announcement_playing)
                     or clock() >= self._action_deadline
                 ):
                     await self._carry_out_action()

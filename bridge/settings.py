@@ -83,6 +83,75 @@ class AgiSettings(ListenerSettings):
     claim_timeout: float = Field(10.0, gt=0)
 
 
+class ExternalMediaTransport(enum.StrEnum):
+    """How audio of an ARI-driven call travels between Asterisk and the daemon."""
+
+    RTP = "rtp"  # chan_rtp UnicastRTP over UDP, ulaw or alaw
+    AUDIOSOCKET = "audiosocket"  # chan_audiosocket over TCP to the AudioSocket listener
+    WEBSOCKET = "websocket"  # chan_websocket (Asterisk >= 20.16 / 22.6): the daemon connects to /media/<id>
+
+
+class AriSettings(BaseModel):
+    """ARI: the daemon runs a Stasis application and drives calls over REST and the events WebSocket."""
+
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8088"  # Asterisk's HTTP server (http.conf); ARI lives under /ari
+    username: str = "callbridge"  # an ari.conf user
+    password: SecretStr | None = None
+    # The Stasis application name; give every instance its own when scaling out, so that each
+    # dialplan route (Stasis(<app>)) reaches one instance.
+    app: str = Field("callbridge", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    transport: ExternalMediaTransport = ExternalMediaTransport.RTP
+    format: Literal["ulaw", "alaw", "slin16"] = "ulaw"
+    # UDP ports for RTP external media, one per call, taken from this range.
+    rtp_host: str = "0.0.0.0"
+    rtp_port_min: int = Field(40000, ge=1024, le=65535)
+    rtp_port_max: int = Field(40999, ge=1024, le=65535)
+    # The address Asterisk sends RTP to (external_host); default: the address this host uses to
+    # reach Asterisk.
+    advertise_host: str | None = None
+    # Base of the chan_websocket media endpoint (ws://host:8088); default: derived from url.
+    media_url: str | None = None
+    # Where a call to an unknown number (or one refused for capacity) continues in the dialplan.
+    fallback_context: str = "callbridge-fallback"
+    fallback_extension: str = "s"
+    fallback_priority: int = Field(1, ge=1)
+    # Seconds for one REST request, and for the external-media channel to enter Stasis.
+    request_timeout: float = Field(5.0, gt=0)
+    setup_timeout: float = Field(5.0, gt=0)
+    # Backoff of the events WebSocket reconnect after Asterisk restarts: min doubled up to max.
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AriSettings:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError("rtp_port_min must not exceed rtp_port_max")
+        if self.transport is ExternalMediaTransport.RTP and self.format == "slin16":
+            # res_rtp_asterisk accepts incoming RTP only with static payload types (0-34); slin16
+            # is 118, so Asterisk would drop everything the daemon sends back.
+            raise ValueError("format slin16 cannot be sent back to Asterisk over RTP: use ulaw or alaw, "
+                             "or transport audiosocket/websocket for 16 kHz")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return self
+
+
+class AmiSettings(BaseModel):
+    """AMI (manager.conf): call events and transfers (Redirect) for calls not driven by ARI."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = "callbridge"
+    secret: SecretStr | None = None
+    # Whole seconds between reconnect attempts after the connection drops (Asterisk restarts).
+    reconnect_interval: int = Field(2, ge=1)
+    # Transfers of FastAGI calls: Redirect the caller's channel over AMI instead of continuing
+    # the AGI session (for dialplans that do not return to the AGI() line).
+    redirect_transfers: bool = False
+
+
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
 
@@ -164,6 +233,8 @@ class Settings(BaseSettings):
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
     agi: AgiSettings = Field(default_factory=AgiSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    ari: AriSettings = Field(default_factory=AriSettings)
+    ami: AmiSettings = Field(default_factory=AmiSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
