@@ -75,7 +75,7 @@ class AriClient:
         self.settings = settings
         self.base_url = ari_base_url(settings.url)
         password = settings.password.get_secret_value() if settings.password is not None else ""
-        self._auth = aiohttp.BasicAuth(settings.username, password)
+        self._headers = {"Authorization": aiohttp.encode_basic_auth(settings.username, password)}
         self._session: aiohttp.ClientSession | None = None
         self._rng = rng or random.Random()
         self.connected = asyncio.Event()
@@ -89,7 +89,7 @@ class AriClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
-            self._session = aiohttp.ClientSession(auth=self._auth, timeout=timeout)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
         return self._session
 
     async def close(self) -> None:

@@ -32,7 +32,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from bridge.metrics import Metrics
 from media.codec import ALAW_8K, ULAW_8K, AudioFormat
@@ -146,8 +146,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         raise OSError(errno.EADDRINUSE, f"no free UDP port in {port_min}-{port_max}") from last_error
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     @property
     def local_address(self) -> tuple[str, int]:

@@ -50,13 +50,14 @@ import re
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.ari import AriClient, AriError, AriHttpError, media_base_url
 from bridge.call import Call, CallInfo, Outcome
 from bridge.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
-from bridge.rtp import RtpEndpoint
+from bridge.rtp import RtpEndpoint, RtpEndpointStatistics
 from bridge.settings import ExternalMediaTransport, Settings
 from bridge.switchboard import PendingCall, Refusal, Switchboard
 from media.codec import SLIN_8K, SLIN_16K, AudioFormat
@@ -74,6 +75,7 @@ TRANSPORT_NAMES = {
     ExternalMediaTransport.WEBSOCKET: "chan_websocket",
 }
 TEARDOWN_TIMEOUT = 5.0
+FINISHED_KEPT = 32
 # Stasis arguments that name the dialled number: digits with an optional leading "+".
 _NUMBER_ARG = re.compile(r"^\+?[0-9][0-9 ().-]*$")
 
@@ -159,6 +161,7 @@ class StasisCall:
         self._torn_down = False
         self._call_started = False
         self.transferred_to: TransferTarget | None = None
+        self.rtp_statistics: RtpEndpointStatistics | None = None
         self.log = logging.LoggerAdapter(log, {"channel": self.caller_id})
 
     # ----------------------------------------------------------------- events from the app
@@ -357,6 +360,7 @@ class StasisCall:
             endpoint.attach(call)
             await self._run_call(call)
         finally:
+            self.rtp_statistics = endpoint.statistics()
             endpoint.close()
 
     async def _run_websocket(self, resolution: Resolution) -> None:
@@ -510,6 +514,7 @@ class StasisApplication:
         self._advertise: str | None = None
         self._next_port = settings.ari.rtp_port_min
         self._closing = False
+        self.finished: deque[StasisCall] = deque(maxlen=FINISHED_KEPT)  # recent calls, for inspection
 
     @property
     def active(self) -> int:
@@ -586,6 +591,7 @@ class StasisApplication:
         return future
 
     def call_finished(self, call: StasisCall) -> None:
+        self.finished.append(call)
         self._calls.pop(call.caller_id, None)
         self._owners.pop(call.caller_id, None)
         self._owners.pop(call.media_id, None)
