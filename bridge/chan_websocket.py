@@ -14,10 +14,12 @@ Theory of operation (``channels/chan_websocket.c``)
   frame are dropped, so this leg only ever sends whole frames and keeps any remainder for the
   next send.
 * Barge-in: ``FLUSH_MEDIA`` empties that queue, marks included (``handle_command``).
-* Played position: after each send the leg queues ``MARK_MEDIA <n>`` where ``n`` counts the frames
-  sent so far. A mark is an entry in the same queue, so ``MEDIA_MARK_PROCESSED <n>`` comes back
-  when frame ``n`` has left the queue for the caller. ``unplayed_ms()`` is therefore exact to the
-  frame, and the call subtracts it from what it handed over when it truncates the model's item.
+* Played position: ahead of each send the leg queues ``MARK_MEDIA <n>``, ``n`` being the number
+  of the first frame that follows. A mark is an entry in the same queue and Asterisk handles the
+  marks at the head of its queue and then dequeues one frame in the same 20 ms tick
+  (``dequeue_frame``), so ``MEDIA_MARK_PROCESSED <n>`` comes back as frame ``n`` starts playing.
+  ``unplayed_ms()`` is therefore exact to the frame, and the call subtracts it from what it handed
+  over when it truncates the model's item.
   Asterisk before 20.18 / 22.8 ignores ``MARK_MEDIA``; when no mark has come back within
   ``MARK_PROBE_SECONDS`` of the first one, the leg stops sending them and reports nothing unplayed.
 * Flow control: ``MEDIA_XOFF`` at 900 queued frames, ``MEDIA_XON`` below 800; frames sent past
@@ -185,13 +187,16 @@ class MediaWebSocketConnection:
 
     async def _send_frames(self, frames: list[bytes]) -> None:
         try:
-            await self._ws.send(b"".join(frames))
-            self.frames_sent += len(frames)
             if self._marks:
                 self._check_marks()
                 if self._first_mark_at is None:
                     self._first_mark_at = self.clock()
-                await self._ws.send(cw.mark_media(str(self.frames_sent), self.control_format))
+                # The mark goes ahead of the frame: chan_websocket handles queued marks and then
+                # dequeues the next frame in the same timer tick, so MEDIA_MARK_PROCESSED <n>
+                # arrives as frame n starts playing.
+                await self._ws.send(cw.mark_media(str(self.frames_sent + 1), self.control_format))
+            await self._ws.send(b"".join(frames))
+            self.frames_sent += len(frames)
         except ConnectionClosed:
             self._closed = True
 

@@ -415,15 +415,18 @@ class StasisCall:
         if self.caller_gone.is_set() or self._handed_back:
             return False
         client = self.app.client
+        # Set before the request: the caller's StasisEnd may come before the HTTP answer, and it
+        # must not be taken for a hangup.
+        self._handed_back = True
         try:
             await client.request(ari.set_channel_var(self.caller_id, "CALLBRIDGE_STATUS", Status.TRANSFER))
             await client.request(ari.set_channel_var(self.caller_id, "CALLBRIDGE_TRANSFER_KIND", target.kind))
             await client.request(ari.continue_in_dialplan(
                 self.caller_id, context=target.context, extension=target.destination, priority=1))
         except AriError as exc:
+            self._handed_back = False
             self.log.warning("transfer to %s failed: %s", target.name, exc)
             return False
-        self._handed_back = True
         self.transferred_to = target
         self.log.info("caller continues at %s@%s (%s)", target.destination, target.context, target.kind)
         return True
@@ -433,16 +436,18 @@ class StasisCall:
         if self.caller_gone.is_set() or self._handed_back:
             return
         s = self.settings
+        self._handed_back = True
         try:
             await self.app.client.request(ari.set_channel_var(self.caller_id, "CALLBRIDGE_STATUS", status))
             await self.app.client.request(ari.continue_in_dialplan(
                 self.caller_id, context=s.fallback_context, extension=s.fallback_extension or None,
                 priority=s.fallback_priority))
-            self._handed_back = True
         except AriHttpError as exc:
+            self._handed_back = False
             if exc.status != 404:
                 self.log.warning("could not continue the caller at the fallback location: %s", exc)
         except AriError as exc:
+            self._handed_back = False
             self.log.warning("could not continue the caller at the fallback location: %s", exc)
 
     # ----------------------------------------------------------------- teardown

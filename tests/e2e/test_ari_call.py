@@ -4,6 +4,7 @@ the external media), callbridge runs its Stasis application, the built-in simula
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -65,8 +66,8 @@ def _speech(fixtures_dir) -> np.ndarray:
     return samples
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(predicate, wait: float = 5.0) -> None:
+    deadline = time.monotonic() + wait
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -121,7 +122,7 @@ async def test_rtp_call_set_up_talk_and_caller_hangup(tmp_path, fixtures_dir):
         assert {p.payload_type for p in packets} == {rtp.PayloadType.PCMU}
         assert len({p.ssrc for p in packets}) == 1
         assert packets[0].marker and not any(p.marker for p in packets[1:])
-        for a, b in zip(packets, packets[1:], strict=False):
+        for a, b in itertools.pairwise(packets):
             assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF
             assert b.timestamp == (a.timestamp + 160) & 0xFFFFFFFF
             assert len(b.payload) == 160
@@ -150,3 +151,324 @@ def rtp_decode(payload: bytes) -> np.ndarray:
     from media import g711
 
     return g711.ulaw_decode(payload)
+
+
+async def _hang_up_when(server: AriServer, caller, method: str, path: str, delay: float = 0.0):
+    """Hang the caller up as the daemon sends ``method path`` (before Asterisk answers it)."""
+    fired = asyncio.Event()
+
+    async def hook(m: str, p: str) -> None:
+        if not fired.is_set() and m == method and p.endswith(path):
+            fired.set()
+            if delay:
+                server._spawn(_later(delay, caller.hang_up()))
+            else:
+                await caller.hang_up()
+
+    server.on_request = hook
+    return fired
+
+
+async def _later(delay: float, coro):
+    await asyncio.sleep(delay)
+    await coro
+
+
+@pytest.mark.parametrize("moment", ["answer", "externalMedia", "waiting_media"])
+async def test_caller_hangs_up_during_set_up(tmp_path, moment):
+    server_kwargs = {"media_stasis_delay": 0.6} if moment == "waiting_media" else None
+    h = await _start(tmp_path, server_kwargs)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        if moment == "answer":
+            await _hang_up_when(server, caller, "POST", "/answer")
+        elif moment == "externalMedia":
+            await _hang_up_when(server, caller, "POST", "/externalMedia")
+        else:
+            # The external channel is slow to enter Stasis; the caller leaves meanwhile.
+            await _hang_up_when(server, caller, "POST", "/externalMedia", delay=0.2)
+        await asyncio.wait_for(caller.channel.gone.wait(), 5)
+        await _until(lambda: h.app.stasis.active == 0)
+        await asyncio.sleep(0.8)  # let a late StasisStart of the external channel arrive
+        lines = server.request_lines()
+        # Nothing is added to the bridge after the caller left, nothing reaches the model, and
+        # whatever was created is removed exactly once.
+        media_adds = [r for r in server.requests if r.path.endswith("/addChannel")
+                      and "-media-" in r.query.get("channel", "")]
+        assert media_adds == [], lines
+        assert h.app.simulator.sessions == []
+        assert not [line for line in lines if line.startswith("DELETE /channels/{caller}")], lines
+        if moment == "answer":
+            assert lines == ["POST /channels/{caller}/answer -> 404"], lines
+        else:
+            assert lines.count("DELETE /channels/{media} -> 204") == 1, lines
+            assert lines.count("DELETE /bridges/{bridge} -> 204") == 1, lines
+            assert all(not c.alive for c in server.channels.values())
+            assert server.bridges == {}
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("delay", [-1.0, 0.4])
+async def test_external_channel_is_bridged_only_after_its_stasis_start(tmp_path, delay):
+    # delay < 0: StasisStart is sent before the externalMedia response; 0.4: well after it.
+    h = await _start(tmp_path, {"media_stasis_delay": delay})
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        media = await caller.wait_bridged()
+        await media.play(np.zeros(8000, dtype=np.int16))
+        em = next(r for r in server.requests if r.path == "/channels/externalMedia")
+        started = next(e for e in server.events
+                       if e["type"] == "StasisStart" and e["channel"]["id"] == em.query["channelId"])
+        add_media = [r for r in server.requests if r.path.endswith("/addChannel")
+                     and r.query["channel"] == em.query["channelId"]]
+        assert [r.status for r in add_media] == [204]
+        assert not [r for r in server.requests if r.status >= 400], server.request_lines()
+        if delay > 0:
+            assert add_media[0].at - em.at >= delay * 0.9
+        assert started["channel"]["name"].startswith("UnicastRTP/")
+        await _until(lambda: len(media.received) > 30)
+        await caller.hang_up()
+        await _until(lambda: h.app.stasis.active == 0)
+    finally:
+        await h.close()
+
+
+async def test_unknown_number_continues_at_the_fallback_location(tmp_path):
+    h = await _start(tmp_path, fallback_context="no-agent", fallback_extension="busy", fallback_priority=2)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, "+15550000000")
+        await _until(lambda: caller.channel.continued_to is not None)
+        assert caller.channel.continued_to == ("no-agent", "busy", 2)
+        assert caller.channel.variables["CALLBRIDGE_STATUS"] == "UNKNOWN_NUMBER"
+        assert caller.channel.alive and caller.channel.state == "Ring"  # never answered
+        assert server.request_lines() == [
+            "POST /channels/{caller}/variable -> 204",
+            "POST /channels/{caller}/continue -> 204",
+        ]
+        assert h.app.simulator.sessions == []
+        assert _metric(h.app, "callbridge_calls_refused_total",
+                       {"transport": "rtp", "reason": "unknown_number"}) == 1
+    finally:
+        await h.close()
+
+
+async def test_dialled_number_from_the_dialplan_extension(tmp_path):
+    h = await _start(tmp_path)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER, args=())
+        media = await caller.wait_bridged()
+        await media.play(np.zeros(8000, dtype=np.int16))
+        assert h.app.simulator.sessions, "the call did not reach the model"
+        call = next(iter(h.app.switchboard.calls()))
+        assert call.info.dialled == DEMO_NUMBER and call.tenant.slug == "demo"
+        assert call.info.caller_id == "+5511988887777"
+        await caller.hang_up()
+        await _until(lambda: h.app.stasis.active == 0)
+    finally:
+        await h.close()
+
+
+async def test_press_zero_transfers_over_ari_with_announcement(tmp_path):
+    h = await _start(tmp_path)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        media = await caller.wait_bridged()
+        playing = asyncio.create_task(media.play(np.zeros(8000 * 12, dtype=np.int16)))
+        await asyncio.sleep(1.0)
+        # The demo tenant: "press 0 for a human" -> first transfer target (extension 2000).
+        await caller.press("0")
+        await _until(lambda: caller.channel.continued_to is not None, wait=10)
+        playing.cancel()
+        assert caller.channel.continued_to == ("from-internal", "2000", 1)
+        assert caller.channel.variables["CALLBRIDGE_STATUS"] == "TRANSFER"
+        assert caller.channel.variables["CALLBRIDGE_TRANSFER_KIND"] == "extension"
+        assert caller.channel.alive, "a transferred caller must not be hung up"
+        await _until(lambda: h.app.stasis.active == 0)
+        # The digit came in as RFC 4733 on the RTP stream (the caller was not absorbing DTMF).
+        add_caller = next(r for r in server.requests if r.path.endswith("/addChannel"))
+        assert "absorbDTMF" not in add_caller.query
+        assert _metric(h.app, "callbridge_dtmf_digits_total", {"transport": "rtp"}) == 1
+        assert _metric(h.app, "callbridge_calls_total", {"transport": "rtp", "outcome": "transferred"}) == 1
+        # The announcement was asked of the model before leaving, and played.
+        session = h.app.simulator.sessions[-1]
+        assert any("Um momento" in (r.get("instructions") or "") for r in session.response_requests)
+        lines = server.request_lines()
+        assert "DELETE /channels/{media} -> 204" in lines and "DELETE /bridges/{bridge} -> 204" in lines
+        assert not [line for line in lines if line.startswith("DELETE /channels/{caller}")]
+        stasis_call = h.app.stasis.finished[-1]
+        assert stasis_call.transferred_to is not None and stasis_call.transferred_to.name == "recepcao"
+    finally:
+        await h.close()
+
+
+async def test_events_connection_comes_back_after_asterisk_restarts(tmp_path):
+    h = await _start(tmp_path)
+    try:
+        server = h.server
+        assert server.connections == 1
+        await server.restart(down_seconds=0.5)
+        await asyncio.wait_for(server.app_registered.wait(), 10)
+        assert server.connections == 2
+        assert h.app.stasis.client.connections == 2
+        # The application works again: a new call is set up.
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        media = await caller.wait_bridged()
+        await media.play(np.zeros(4000, dtype=np.int16))
+        await caller.hang_up()
+        await _until(lambda: h.app.stasis.active == 0)
+    finally:
+        await h.close()
+
+
+async def test_agent_hangup_removes_everything(tmp_path):
+    h = await _start(tmp_path)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        media = await caller.wait_bridged()
+        playing = asyncio.create_task(media.play(np.zeros(8000 * 5, dtype=np.int16)))
+        await _until(lambda: bool(h.app.switchboard.calls()))
+        call = h.app.switchboard.calls()[0]
+        await asyncio.sleep(0.5)
+        from bridge.call import Outcome
+
+        call.end(Outcome.AGENT_HANGUP)
+        await asyncio.wait_for(caller.channel.gone.wait(), 5)
+        await _until(lambda: h.app.stasis.active == 0)
+        playing.cancel()
+        lines = server.request_lines()
+        assert lines[-3:] == ["DELETE /channels/{caller} -> 204", "DELETE /channels/{media} -> 204",
+                              "DELETE /bridges/{bridge} -> 204"], lines
+        assert server.bridges == {} and all(not c.alive for c in server.channels.values())
+    finally:
+        await h.close()
+
+
+async def test_websocket_call_flush_on_barge_in_and_exact_truncate(tmp_path, fixtures_dir):
+    h = await _start(tmp_path, transport="websocket", format="slin16")
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        peer = await caller.wait_bridged()
+        em = next(r for r in server.requests if r.path == "/channels/externalMedia")
+        assert em.query["encapsulation"] == "none" and em.query["transport"] == "websocket"
+        assert em.query["connection_type"] == "server" and "external_host" not in em.query
+        from media.resample import StreamResampler
+
+        speech = StreamResampler(8000, 16000).process(_speech(fixtures_dir)[: 8000 * 5])
+        audio = np.concatenate([np.zeros(int(16000 * 1.5), dtype=np.int16), speech,
+                                np.zeros(16000 * 2, dtype=np.int16)])
+        await peer.play(audio)
+        await caller.press("5")
+        await asyncio.sleep(0.3)
+        await caller.hang_up()
+        await _until(lambda: h.app.stasis.active == 0)
+
+        session = h.app.simulator.sessions[-1]
+        assert session.speech_started_at and session.truncates
+        # Barge-in flushed Asterisk's queue, and the truncate names exactly what had been played
+        # (every frame played before the flush was greeting: nothing else is sent).
+        assert peer.flushes >= 1
+        first_flush = peer.flush_at[0]
+        played_before = [f for f in peer.played if f.at < first_flush]
+        heard_ms = 20 * len(played_before)
+        reported = session.truncates[0]["audio_end_ms"]
+        assert heard_ms > 500
+        assert abs(reported - heard_ms) <= 20, (reported, heard_ms)
+        # Marks were answered, the media format is what MEDIA_START said.
+        assert any(c.name == "MARK_MEDIA" for c in peer.commands)
+        assert peer.marks_processed
+        assert all(len(f.payload) == 640 for f in peer.played)
+        assert _metric(h.app, "callbridge_dtmf_digits_total", {"transport": "chan_websocket"}) == 1
+        assert _metric(h.app, "callbridge_barge_ins_total", {"transport": "chan_websocket"}) >= 1
+    finally:
+        await h.close()
+
+
+async def test_websocket_honours_xoff_and_xon(tmp_path):
+    h = await _start(tmp_path, transport="websocket", format="ulaw")
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        peer = await caller.wait_bridged()
+        peer.xoff_frames, peer.xon_frames, peer.max_frames = 10, 5, 40
+        playing = asyncio.create_task(peer.play(np.zeros(8000 * 8, dtype=np.int16)))
+        await _until(lambda: len(peer.played) > 5, wait=10)  # the greeting is playing
+        peer.stalled = True  # Asterisk stops taking frames off its queue
+        await _until(lambda: peer.xoff_sent >= 1)
+        await asyncio.sleep(0.6)
+        assert peer.received_during_xoff <= 2, "the daemon kept sending after MEDIA_XOFF"
+        held = len(peer.played)
+        peer.stalled = False
+        await _until(lambda: peer.xon_sent >= 1)
+        await _until(lambda: len(peer.played) > held + 40, wait=10)
+        playing.cancel()
+        connection_frames = h.app.stasis._calls[caller.channel.id].call.leg
+        assert connection_frames.backlog_dropped == 0
+        assert peer.dropped_full == 0, "frames were sent past Asterisk's hard limit"
+        await caller.hang_up()
+        await _until(lambda: h.app.stasis.active == 0)
+    finally:
+        await h.close()
+
+
+async def test_audiosocket_transport_with_dtmf_from_ari_events(tmp_path, fixtures_dir):
+    h = await _start(tmp_path, transport="audiosocket", format="slin16")
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        peer = await caller.wait_bridged()
+        em = next(r for r in server.requests if r.path == "/channels/externalMedia")
+        assert em.query["encapsulation"] == "audiosocket" and em.query["transport"] == "tcp"
+        assert em.query["format"] == "slin16"
+        assert em.query["external_host"] == f"127.0.0.1:{h.app.audiosocket.port}"
+        # The daemon generated the UUID: the AudioSocket connection was matched to this call.
+        call = next(c for c in h.app.switchboard.calls() if c.info.call_id == em.query["data"])
+        assert call.leg.transport == "audiosocket" and call.caller_format.rate_hz == 16000
+        add_caller = next(r for r in server.requests if r.path.endswith("/addChannel"))
+        assert add_caller.query.get("absorbDTMF") == "true"
+        playing = asyncio.create_task(peer.play(np.zeros(16000 * 4, dtype=np.int16)))
+        await asyncio.sleep(1.0)
+        await caller.press("7")
+        await _until(lambda: _metric(h.app, "callbridge_dtmf_digits_total",
+                                     {"transport": "audiosocket"}) == 1)
+        await asyncio.sleep(0.5)
+        await caller.hang_up()
+        playing.cancel()
+        await _until(lambda: h.app.stasis.active == 0)
+        await _until(lambda: not h.app.switchboard.calls())
+        assert len(peer.received) > 50
+        assert all(len(f.payload) == 640 for f in peer.received)
+        lines = server.request_lines()
+        assert "DELETE /bridges/{bridge} -> 204" in lines, lines
+        assert _metric(h.app, "callbridge_calls_total", {"transport": "audiosocket",
+                                                         "outcome": "caller_hangup"}) == 1
+    finally:
+        await h.close()
+
+
+async def test_audiosocket_transport_transfer(tmp_path):
+    h = await _start(tmp_path, transport="audiosocket", format="ulaw")
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        peer = await caller.wait_bridged()
+        em = next(r for r in server.requests if r.path == "/channels/externalMedia")
+        assert em.query["format"] == "slin"  # AudioSocket carries signed linear only
+        playing = asyncio.create_task(peer.play(np.zeros(8000 * 12, dtype=np.int16)))
+        await asyncio.sleep(0.8)
+        await caller.press("0")
+        await _until(lambda: caller.channel.continued_to is not None, wait=12)
+        playing.cancel()
+        assert caller.channel.continued_to == ("from-internal", "2000", 1)
+        assert caller.channel.alive
+        await _until(lambda: h.app.stasis.active == 0)
+        assert peer.hangup_received, "the AudioSocket leg was not ended with a HANGUP message"
+    finally:
+        await h.close()

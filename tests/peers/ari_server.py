@@ -326,6 +326,9 @@ class WebSocketPeer:
         self.xon_frames = cw.QUEUE_XON_FRAMES
         self.max_frames = cw.QUEUE_MAX_FRAMES
         self._queue_full = False
+        self.max_queued = 0
+        self.received_during_xoff = 0  # frames that arrived while XOFF was in force
+        self.flush_at: list[float] = []
         self.ws: web.WebSocketResponse | None = None
         self.connected = asyncio.Event()
         self.closed = asyncio.Event()
@@ -351,6 +354,8 @@ class WebSocketPeer:
             self.server.media_closed(self.channel)
 
     def _queue_media(self, data: bytes) -> None:
+        if self._queue_full:
+            self.received_during_xoff += len(data) // self.frame_bytes
         if self.queued_frames >= self.max_frames:
             self.dropped_full += 1
             return
@@ -358,6 +363,7 @@ class WebSocketPeer:
         for i in range(0, len(data) - len(data) % self.frame_bytes, self.frame_bytes):
             self.queue.append(data[i:i + self.frame_bytes])
             self.queued_frames += 1
+            self.max_queued = max(self.max_queued, self.queued_frames)
             if not self._queue_full and self.queued_frames >= self.xoff_frames:
                 self._queue_full = True
                 self.xoff_sent += 1
@@ -376,6 +382,7 @@ class WebSocketPeer:
             self.queue.clear()
             self.queued_frames = 0
             self.flushes += 1
+            self.flush_at.append(time.monotonic())
         elif command.name == "MARK_MEDIA":
             self.queue.append(("mark", command.correlation_id or ""))
         elif command.name == "HANGUP":
@@ -514,7 +521,7 @@ class AriServer:
     async def restart(self, down_seconds: float = 0.3) -> None:
         """Asterisk restarts: every connection drops, the application is gone, state is lost."""
         port = self.port
-        for sockets in self.apps.values():
+        for sockets in list(self.apps.values()):
             for ws in list(sockets):
                 await ws.close()
         self.apps.clear()
