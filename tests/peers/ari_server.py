@@ -109,7 +109,8 @@ class Channel:
             "connected": {"name": "", "number": ""},
             "dialplan": {
                 "context": self.context, "exten": self.exten, "priority": self.priority,
-                "app_name": "Stasis" if self.in_stasis else "", "app_data": self.app_data if self.in_stasis else "",
+                "app_name": "Stasis" if self.in_stasis else "",
+                "app_data": self.app_data if self.in_stasis else "",
             },
             "creationtime": self.created,
         })
@@ -371,7 +372,7 @@ class WebSocketPeer:
 
     def _send_soon(self, text: str) -> None:
         if self.ws is not None and not self.ws.closed:
-            asyncio.ensure_future(self.ws.send_str(text))
+            self.server._spawn(self.ws.send_str(text))
 
     async def _command(self, text: str) -> None:
         command = cw.parse_command(text, self.control_format)
@@ -440,7 +441,7 @@ class WebSocketPeer:
 
     def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
-            asyncio.ensure_future(self.ws.close())
+            self.server._spawn(self.ws.close())
         self.closed.set()
 
 
@@ -459,8 +460,8 @@ class SimCaller:
     def media(self) -> Any:
         return self.server.media_of(self.channel)
 
-    async def wait_bridged(self, timeout: float = 10.0) -> Any:
-        async with asyncio.timeout(timeout):
+    async def wait_bridged(self, wait: float = 10.0) -> Any:
+        async with asyncio.timeout(wait):
             await self.bridged.wait()
         return self.media
 
@@ -832,7 +833,8 @@ class AriServer:
             peer = RtpPeer(fmt, (host, int(port)))
             await loop.create_datagram_endpoint(lambda: peer, local_addr=("127.0.0.1", 0))
             channel.media = peer
-            channel.channelvars = {"UNICASTRTP_LOCAL_ADDRESS": "127.0.0.1", "UNICASTRTP_LOCAL_PORT": str(peer.port)}
+            channel.channelvars = {"UNICASTRTP_LOCAL_ADDRESS": "127.0.0.1",
+                                   "UNICASTRTP_LOCAL_PORT": str(peer.port)}
             delay = self.media_stasis_delay
         elif transport == "tcp":
             channel = Channel(id=channel_id, name=f"AudioSocket/{external_host}-0x7f3b1c00a1c0",
@@ -847,8 +849,8 @@ class AriServer:
             delay = self.media_stasis_delay
         else:
             connection_id = str(uuid.uuid4())
-            channel = Channel(id=channel_id, name=f"WebSocket/{external_host}/0x7f3b1c00a1d0", kind="websocket",
-                              state="Down", app_data=app)
+            channel = Channel(id=channel_id, name=f"WebSocket/{external_host}/0x7f3b1c00a1d0",
+                              kind="websocket", state="Down", app_data=app)
             peer_ws = WebSocketPeer(self, channel, fmt, connection_id, self.control_format)
             self.peers[connection_id] = peer_ws
             channel.media = peer_ws
