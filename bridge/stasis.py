@@ -228,7 +228,7 @@ class StasisCall:
             await self._run_media(resolution)
         except CallerGone:
             self.log.info("caller left during %s", self.state)
-        except (AriError, SetupFailed, MediaWebSocketError, OSError, TimeoutError) as exc:
+        except (AriError, SetupFailed, MediaWebSocketError, OSError, TimeoutError, ValueError) as exc:
             self.log.warning("call set-up failed during %s: %s", self.state, exc)
             if not self._call_started:
                 metrics = self.app.switchboard.metrics
