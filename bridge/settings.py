@@ -112,10 +112,12 @@ class AriSettings(BaseModel):
     advertise_host: str | None = None
     # Base of the chan_websocket media endpoint (ws://host:8088); default: derived from url.
     media_url: str | None = None
-    # Where a call to an unknown number (or one refused for capacity) continues in the dialplan.
-    fallback_context: str = "callbridge-fallback"
-    fallback_extension: str = "s"
-    fallback_priority: int = Field(1, ge=1)
+    # Where a call this instance does not take (unknown number, full, draining, set-up failed)
+    # continues in the dialplan, with CALLBRIDGE_STATUS set. Unset: right after the Stasis()
+    # line, like any application returning; a context alone keeps the dialled extension.
+    fallback_context: str | None = None
+    fallback_extension: str | None = None
+    fallback_priority: int | None = Field(None, ge=1)
     # Seconds for one REST request, and for the external-media channel to enter Stasis.
     request_timeout: float = Field(5.0, gt=0)
     setup_timeout: float = Field(5.0, gt=0)

@@ -7,9 +7,10 @@ that enters the application a ``StasisCall`` runs these steps, each an ARI reque
 
 1. read the dialled number (the first Stasis argument that is a phone number, else the channel's
    dialplan extension) and the caller ID; resolve the tenant and ask the switchboard for room;
-   an unknown number, a full instance or a failed lookup *continues* the channel at the fallback
-   dialplan location with ``CALLBRIDGE_STATUS`` set (UNKNOWN_NUMBER, BUSY, UNAVAILABLE), so the
-   dialplan can play a message or try another instance;
+   an unknown number, a full instance or a failed lookup *continues* the channel in the dialplan
+   with ``CALLBRIDGE_STATUS`` set (UNKNOWN_NUMBER, BUSY, UNAVAILABLE): after the ``Stasis()`` line
+   by default, or at the configured fallback location, so the dialplan can play a message or try
+   another instance;
 2. answer the caller, create a mixing bridge, add the caller to it;
 3. open the daemon's end of the media (an RTP port; nothing for AudioSocket, whose connection
    comes in on the AudioSocket listener under a UUID registered with the switchboard first;
@@ -439,8 +440,9 @@ class StasisCall:
         self._handed_back = True
         try:
             await self.app.client.request(ari.set_channel_var(self.caller_id, "CALLBRIDGE_STATUS", status))
+            # Without a location, Asterisk carries on after the Stasis() line.
             await self.app.client.request(ari.continue_in_dialplan(
-                self.caller_id, context=s.fallback_context, extension=s.fallback_extension or None,
+                self.caller_id, context=s.fallback_context or None, extension=s.fallback_extension or None,
                 priority=s.fallback_priority))
         except AriHttpError as exc:
             self._handed_back = False

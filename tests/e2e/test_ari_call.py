@@ -256,6 +256,22 @@ async def test_unknown_number_continues_at_the_fallback_location(tmp_path):
         await h.close()
 
 
+async def test_busy_instance_hands_the_caller_back_after_stasis(tmp_path):
+    # No fallback location configured: the channel continues after its Stasis() line, where the
+    # dialplan reads CALLBRIDGE_STATUS and tries another instance.
+    h = await _start(tmp_path)
+    try:
+        h.app.switchboard.start_draining()
+        caller = await h.server.place_call(APP, DEMO_NUMBER)
+        await _until(lambda: caller.channel.continued_to is not None)
+        cont = next(r for r in h.server.requests if r.path.endswith("/continue"))
+        assert cont.query == {}, cont.query
+        assert caller.channel.variables["CALLBRIDGE_STATUS"] == "UNAVAILABLE"
+        assert h.app.simulator.sessions == []
+    finally:
+        await h.close()
+
+
 async def test_dialled_number_from_the_dialplan_extension(tmp_path):
     h = await _start(tmp_path)
     try:

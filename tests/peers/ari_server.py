@@ -729,8 +729,10 @@ class AriServer:
                 channel = self._control(channel_id)
                 app = self._app_of(channel)
                 await self._leave_bridge(channel, app)
+                # No priority: the one after the current (Stasis) line (ast_explicit_goto with -1).
+                priority = int(q["priority"]) if "priority" in q else channel.priority + 1
                 channel.continued_to = (q.get("context", channel.context), q.get("extension", channel.exten),
-                                        int(q.get("priority", "1")))
+                                        priority)
                 channel.in_stasis = False
                 await self.emit("StasisEnd", app, channel=channel.to_json())
                 return None
