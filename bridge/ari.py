@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[ari.Event], None]
 ConnectedHook = Callable[[], Awaitable[None] | None]
+# Sees every request with its answer and every raw event (for recording transcripts, debugging).
+Trace = Callable[[str, dict[str, Any]], None]
 
 # A WebSocket ping every this many seconds notices a half-open connection to a vanished Asterisk.
 HEARTBEAT_SECONDS = 10.0
@@ -80,6 +82,7 @@ class AriClient:
         self._rng = rng or random.Random()
         self.connected = asyncio.Event()
         self.connections = 0  # events WebSocket connections made so far (1 + reconnects)
+        self.trace: Trace | None = None
 
     @property
     def host(self) -> str:
@@ -105,6 +108,9 @@ class AriClient:
         try:
             async with self._http().request(req.method, url, params=req.query, json=req.body) as response:
                 text = await response.text()
+                if self.trace is not None:
+                    self.trace("request", {"method": req.method, "path": req.path, "query": req.query,
+                                           "body": req.body, "status": response.status, "response": text})
                 if response.status >= 400:
                     raise AriHttpError(response.status, _error_message(text), req)
                 if response.status == 204 or not text:
@@ -162,6 +168,8 @@ class AriClient:
                     await result
             async for message in ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
+                    if self.trace is not None:
+                        self.trace("event", {"text": message.data})
                     event = ari.parse_event(message.data)
                     if isinstance(event, ari.InvalidMessage):
                         log.warning("ignoring ARI message: %s", event.reason)

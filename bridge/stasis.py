@@ -29,9 +29,12 @@ destroy the bridge, then hang the caller up, unless the caller was handed back t
 Transfers are ``POST /channels/<caller>/continue`` to the target's context, extension and priority
 1, which also takes the caller out of the bridge (res/stasis/control.c app_control_continue).
 
-DTMF comes from one source per call so that no key press counts twice: the RTP stream's RFC 4733
-events and chan_websocket's DTMF_END for those transports; for AudioSocket the caller joins the
-bridge with ``absorbDTMF`` and the ARI ``ChannelDtmfReceived`` events are used instead.
+DTMF comes from ARI ``ChannelDtmfReceived`` events on the caller's channel, and the caller joins
+the bridge with ``absorbDTMF`` so that the digit is not also passed to the external channel. That
+is one source per call, whatever the transport and version: chan_rtp has no DTMF callbacks (as
+of 22.10), so Asterisk would play a digit passed to a UnicastRTP channel as in-band tones into the
+model's ear; chan_audiosocket forwards digits only since 20.14 / 22.4; chan_websocket's DTMF_END
+would duplicate the event.
 
 Per call::
 
@@ -181,9 +184,7 @@ class StasisCall:
                 call.protocol_error(f"external media channel {why}")
 
     def dtmf(self, channel_id: str, digit: str) -> None:
-        # Only for AudioSocket: there the caller's DTMF is absorbed by the bridge and read from
-        # ARI; other transports carry it in their media stream.
-        if channel_id == self.caller_id and self.transport is ExternalMediaTransport.AUDIOSOCKET:
+        if channel_id == self.caller_id and not self._handed_back:
             call = self._active_call()
             if call is not None:
                 call.receive_dtmf(digit)
@@ -280,8 +281,8 @@ class StasisCall:
         self.state = "bridging"
         await self._request(ari.create_bridge("mixing", bridge_id=self.bridge_id, name=self.bridge_id))
         self._bridge_created = True
-        absorb = self.transport is ExternalMediaTransport.AUDIOSOCKET
-        await self._request(ari.add_channel(self.bridge_id, self.caller_id, absorb_dtmf=absorb or None))
+        # Digits are read from ARI events; absorbed here they do not also reach the media leg.
+        await self._request(ari.add_channel(self.bridge_id, self.caller_id, absorb_dtmf=True))
 
     async def _run_media(self, resolution: Resolution) -> None:
         if self.transport is ExternalMediaTransport.RTP:

@@ -306,9 +306,11 @@ async def test_press_zero_transfers_over_ari_with_announcement(tmp_path):
         assert caller.channel.variables["CALLBRIDGE_TRANSFER_KIND"] == "extension"
         assert caller.channel.alive, "a transferred caller must not be hung up"
         await _until(lambda: h.app.stasis.active == 0)
-        # The digit came in as RFC 4733 on the RTP stream (the caller was not absorbing DTMF).
+        # The digit came from the ARI event; the bridge absorbed it, so Asterisk did not pass it
+        # on to the UnicastRTP channel (which would have played it as in-band tones).
         add_caller = next(r for r in server.requests if r.path.endswith("/addChannel"))
-        assert "absorbDTMF" not in add_caller.query
+        assert add_caller.query.get("absorbDTMF") == "true"
+        assert media.presses == []
         assert _metric(h.app, "callbridge_dtmf_digits_total", {"transport": "rtp"}) == 1
         assert _metric(h.app, "callbridge_calls_total", {"transport": "rtp", "outcome": "transferred"}) == 1
         # The announcement was asked of the model before leaving, and played.

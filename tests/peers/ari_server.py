@@ -152,6 +152,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.closed = asyncio.Event()
         self._dtmf: list[str] = []
+        self.presses: list[str] = []  # digits the bridge passed on to this channel
         self.sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,6 +174,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.closed.set()
 
     def press(self, digit: str) -> None:
+        self.presses.append(digit)
         self._dtmf.append(digit)
 
     def _send(self, datagram: bytes) -> None:
