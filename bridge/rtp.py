@@ -9,9 +9,10 @@ incoming RTP only with static payload types, so slin16 (PT 118) would be one-way
 Receiving: each datagram is parsed and validated (``sip.rtp``); RTCP on the same port is ignored
 (RFC 5761 section 4); RFC 4733 telephone-events (PT 101) become DTMF digits, once per key press
 whatever the duplicates (chan_rtp itself sends none: it has no DTMF callbacks, so the Stasis
-application reads digits from ARI; a sender that does use PT 101 is understood); audio goes through a small jitter buffer (``media.jitter``) that reorders,
-drops duplicates and late packets, and reports gaps, which are concealed with one frame of silence
-each so the caller's timeline toward the model keeps its length. The buffer is drained as packets
+application reads digits from ARI; a sender that does use PT 101 is understood); audio goes
+through a small jitter buffer (``media.jitter``) that reorders, drops duplicates and late packets,
+and reports gaps, which are concealed with one frame of silence each so the caller's timeline
+toward the model keeps its length. The buffer is drained as packets
 arrive, keeping ``JITTER_DEPTH_PACKETS - 1`` packets in hand: that is the reordering it tolerates,
 and the only delay it adds.
 
