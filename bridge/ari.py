@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -105,12 +106,14 @@ class AriClient:
     async def request(self, req: ari.AriRequest) -> Any:
         """Send one request; returns the decoded JSON body (None for 204). Raises AriError."""
         url = self.base_url + req.path
+        sent = time.monotonic()
         try:
             async with self._http().request(req.method, url, params=req.query, json=req.body) as response:
                 text = await response.text()
                 if self.trace is not None:
                     self.trace("request", {"method": req.method, "path": req.path, "query": req.query,
-                                           "body": req.body, "status": response.status, "response": text})
+                                           "body": req.body, "status": response.status, "response": text,
+                                           "elapsed": round(time.monotonic() - sent, 4)})
                 if response.status >= 400:
                     raise AriHttpError(response.status, _error_message(text), req)
                 if response.status == 204 or not text:

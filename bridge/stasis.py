@@ -79,6 +79,7 @@ TRANSPORT_NAMES = {
     ExternalMediaTransport.WEBSOCKET: "chan_websocket",
 }
 TEARDOWN_TIMEOUT = 5.0
+MEDIA_GONE_WAIT = 1.0
 FINISHED_KEPT = 32
 # Stasis arguments that name the dialled number: digits with an optional leading "+".
 _NUMBER_ARG = re.compile(r"^\+?[0-9][0-9 ().-]*$")
@@ -318,8 +319,9 @@ class StasisCall:
         except TimeoutError:
             raise SetupFailed(f"external media channel did not enter Stasis within "
                               f"{self.settings.setup_timeout:.1f} s") from None
-        self.state = "bridged"
+        self.state = "bridging_media"
         await self._request(ari.add_channel(self.bridge_id, self.media_id))
+        self.state = "bridged"
 
     def _open_call(self, resolution: Resolution, leg: Any) -> Call:
         switchboard = self.app.switchboard
@@ -386,6 +388,11 @@ class StasisCall:
                 reader.cancel()
         finally:
             await connection.close()
+            # Closing the media socket makes Asterisk hang the WebSocket channel up itself; give
+            # that a moment so teardown does not race it with a DELETE.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MEDIA_GONE_WAIT):
+                    await self._media_gone.wait()
 
     async def _run_audiosocket(self) -> None:
         app = self.app
