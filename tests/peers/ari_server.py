@@ -3,9 +3,10 @@
 It keeps the state Asterisk keeps for the requests callbridge makes (channels, Stasis membership,
 bridges) and answers the way ``res/ari/resource_channels.c`` and ``resource_bridges.c`` do,
 including the errors: ``addChannel`` of a channel that has not entered Stasis yet is 422 "Channel
-not in Stasis application", an unknown channel 404, a channel outside Stasis 409. Event and
-``Channel`` JSON are built from the transcripts recorded from a real Asterisk in
-``tests/fixtures/ari/`` (identifiers substituted), so the shapes are Asterisk's own.
+not in Stasis application", an unknown channel 404, a channel outside Stasis 409. ``Channel`` and
+``Bridge`` JSON start from the objects of a call recorded from Asterisk 22.10.1
+(``tests/fixtures/ari/transcripts/``), so the shapes are Asterisk's own. (The exact event order of
+recorded calls is held against the daemon by ``ari_replay.py``.)
 
 It also plays the far end of the media: the caller's audio goes out over the external media
 channel and the agent's audio is received, on the transport the daemon asked for:
@@ -48,8 +49,21 @@ FRAME_SECONDS = 0.020
 FORMATS: dict[str, AudioFormat] = {"ulaw": ULAW_8K, "alaw": ALAW_8K, "slin": SLIN_8K, "slin16": SLIN_16K}
 
 
-def load_template(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
+def _transcript(name: str) -> list[dict[str, Any]]:
+    path = FIXTURES / "transcripts" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _templates() -> dict[str, dict[str, Any]]:
+    """Channel and Bridge objects exactly as Asterisk 22.10.1 sent them in a recorded call."""
+    call = _transcript("rtp_call")
+    caller = next(e["event"]["channel"] for e in call if e["kind"] == "event" and e["event"]["type"] == "StasisStart")
+    bridge = next(e["response"] for e in call if e["kind"] == "request" and e["path"].startswith("/bridges/")
+                  and e["method"] == "POST" and not e["path"].endswith("addChannel"))
+    return {"channel": caller, "bridge": bridge}
+
+
+TEMPLATES = _templates()
 
 
 class AriHttpError(Exception):
@@ -100,7 +114,7 @@ class Channel:
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_json(self) -> dict[str, Any]:
-        body = copy.deepcopy(load_template("stasis_start_caller.json")["channel"])
+        body = copy.deepcopy(TEMPLATES["channel"])
         body.update({
             "id": self.id,
             "name": self.name,
@@ -128,12 +142,10 @@ class Bridge:
     channels: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "technology": "simple_bridge", "bridge_type": self.bridge_type,
-            "bridge_class": "stasis", "creator": "Stasis", "name": self.name,
-            "channels": list(self.channels), "creationtime": time.strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
-            "video_mode": "none",
-        }
+        body = copy.deepcopy(TEMPLATES["bridge"])
+        body.update({"id": self.id, "bridge_type": self.bridge_type, "name": self.name,
+                     "channels": list(self.channels)})
+        return body
 
 
 # --------------------------------------------------------------------------------- media peers
