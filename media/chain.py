@@ -155,4 +155,3 @@ class OutboundChain:
 
     def flush(self) -> Samples:
         return self._resampler.flush()
-
