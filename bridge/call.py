@@ -339,6 +339,7 @@ class Call:
         if self.tenant.greeting:
             await session.send(rt.greeting_response(self.tenant.greeting))
         self.info.answered_at = time.time()
+        self.metrics.calls_answered.labels(self.leg.transport).inc()
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._model_sender(session)),

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
 from media.codec import AudioFormat
-from bridge.metrics import Metrics
+from bridge import logs
+from bridge.metrics import Metrics, TenantLabels
 from bridge.realtime import ModelEndpoint
 from bridge.settings import Settings
 from tenants.config import TenantConfig
@@ -75,6 +76,8 @@ class Switchboard:
         self._per_tenant: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tenant_labels = TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels)
+        metrics.calls_capacity.set(settings.limits.max_calls)
 
     # ----------------------------------------------------------------- admission
     @property
@@ -92,6 +95,7 @@ class Switchboard:
         return None
 
     def refused(self, transport: str, reason: Refusal) -> None:
+        self.metrics.calls_offered.labels(transport).inc()
         self.metrics.calls_refused.labels(transport, reason.value).inc()
         self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
 
@@ -135,6 +139,9 @@ class Switchboard:
     # ----------------------------------------------------------------- calls
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
+        self.metrics.calls_offered.labels(info.transport).inc()
+        # Every log line of the calling task (and the tasks it starts) names the call and tenant.
+        logs.bind_call(info.call_id, info.tenant.slug)
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint, self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)
@@ -145,9 +152,17 @@ class Switchboard:
         self._active.add(call)
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
         self._idle.clear()
+        tenant_label = self._tenant_labels.label(call.info.tenant.slug)
+        if tenant_label is not None:
+            self.metrics.tenant_calls_active.labels(tenant_label).inc()
         try:
-            return await call.run()
+            outcome = await call.run()
+            if tenant_label is not None:
+                self.metrics.tenant_calls.labels(tenant_label, outcome.value).inc()
+            return outcome
         finally:
+            if tenant_label is not None:
+                self.metrics.tenant_calls_active.labels(tenant_label).dec()
             self._active.discard(call)
             left = self._per_tenant.get(tenant_id, 1) - 1
             if left:
