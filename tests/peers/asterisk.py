@@ -119,7 +119,8 @@ class AsteriskCaller:
                 self.agi.commands.append(command)
                 parts = _split_args(command)
                 upper = command.upper()
-                if upper.startswith("EXEC AUDIOSOCKET"):
+                # res_agi accepts the application name quoted or not.
+                if len(parts) > 2 and parts[0].upper() == "EXEC" and parts[1].upper() == "AUDIOSOCKET":
                     uid, _, addr = parts[2].partition(",")
                     self.audiosocket_target = (uid, addr)
                     self.audiosocket_requested.set()
