@@ -16,7 +16,9 @@ from collections.abc import Mapping
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
-_call: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("callbridge_call", default=None)
+_call: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "callbridge_call", default=None
+)
 
 
 def bind_call(call_id: str, tenant: str) -> None:

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
-from media.codec import AudioFormat
 from bridge import logs
+from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
 from bridge.metrics import Metrics, TenantLabels
 from bridge.realtime import ModelEndpoint
 from bridge.settings import Settings
+from media.codec import AudioFormat
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
 from tenants.routing import route
@@ -50,7 +50,9 @@ class PendingCall:
     expires_at: float
     audio_format: AudioFormat | None = None  # None: what the media transport says
     # Set by the media side when the call ends with a transfer, read by the signalling side.
-    after_call: asyncio.Future[object] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    after_call: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Switchboard:

@@ -117,8 +117,9 @@ def test_one_registry_per_app_not_the_global_one():
     first = Metrics(CollectorRegistry())
     second = Metrics(CollectorRegistry())  # a second app in the same process must not collide
     first.calls_active.labels("audiosocket").inc()
-    assert second.registry.get_sample_value("callbridge_calls_active", {"transport": "audiosocket"}) in (None, 0.0)
-    assert first.registry.get_sample_value("callbridge_calls_active", {"transport": "audiosocket"}) == 1.0
+    labels = {"transport": "audiosocket"}
+    assert second.registry.get_sample_value("callbridge_calls_active", labels) in (None, 0.0)
+    assert first.registry.get_sample_value("callbridge_calls_active", labels) == 1.0
 
 
 def test_tenant_labels_are_bounded():
@@ -135,7 +136,8 @@ def test_tenant_labels_off_by_default():
 
     settings = load_settings(env_file=None, environ={})
     assert settings.metrics.tenant_labels is False
-    assert TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels).label("acme") is None
+    labels = TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels)
+    assert labels.label("acme") is None
 
 
 @pytest.mark.parametrize("path", [DASHBOARD])

@@ -136,7 +136,8 @@ def test_same_output_as_kustomize(rendered):
     directory, objects = rendered
     command = _kustomize_command()
     if command is None:
-        pytest.skip("no kustomize binary (kustomize or kubectl) on PATH; rendered with the test's renderer only")
+        pytest.skip("no kustomize binary (kustomize or kubectl) on PATH; "
+                    "rendered with the test's renderer only")
     result = subprocess.run([*command, str(directory)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     theirs = _by_key([doc for doc in yaml.safe_load_all(result.stdout) if doc])

@@ -44,6 +44,8 @@ def test_rule_unit_tests():
 def test_promtool_rejects_a_broken_rule(tmp_path):
     # The check above can fail: an unknown function is refused.
     bad = tmp_path / "bad.yml"
-    bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: no_such_fn(callbridge_ready)\n")
-    result = subprocess.run([PROMTOOL, "check", "rules", str(bad)], capture_output=True, text=True, timeout=60)
+    bad.write_text("groups:\n  - name: x\n    rules:\n"
+                   "      - alert: X\n        expr: no_such_fn(callbridge_ready)\n")
+    result = subprocess.run([PROMTOOL, "check", "rules", str(bad)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
