@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import enum
 import json
 import os
@@ -132,10 +133,11 @@ async def check_ari(url: str, username: str, password: str, wait_seconds: float)
 
     base = url.rstrip("/")
     info_url = base + ("/asterisk/info" if base.endswith("/ari") else "/ari/asterisk/info")
-    auth = aiohttp.BasicAuth(username, password)
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    headers = {"Authorization": f"Basic {token}"}  # RFC 7617 basic authentication
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_seconds)) as http, \
-                http.get(info_url, auth=auth) as response:
+                http.get(info_url, headers=headers) as response:
             if response.status == 401:
                 raise CheckFailed(f"ARI at {url} rejected user {username!r} (HTTP 401): check ari.conf")
             if response.status != 200:
