@@ -41,6 +41,22 @@ class CallContextFilter(logging.Filter):
         return True
 
 
+def _call_tag(record: logging.LogRecord) -> str | None:
+    call_id = getattr(record, "call_id", None)
+    if not isinstance(call_id, str):
+        return None
+    return f"[{call_id[:8]} {getattr(record, 'tenant', '')}]"
+
+
+def _without_call_tag(record: logging.LogRecord) -> str:
+    """The message without the per-call adapter's tag: JSON lines carry the fields instead."""
+    message = record.getMessage()
+    tag = _call_tag(record)
+    if tag is not None and message.startswith(tag):
+        return message[len(tag):].lstrip()
+    return message
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -48,7 +64,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _without_call_tag(record),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
@@ -65,12 +81,10 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        call_id = getattr(record, "call_id", None)
-        if isinstance(call_id, str):
-            tag = f"[{call_id[:8]} {getattr(record, 'tenant', '')}]"
-            # The per-call adapter already puts the tag in front of its own messages.
-            if not record.message.startswith(tag):
-                record.message = f"{tag} {record.message}"
+        tag = _call_tag(record)
+        # The per-call adapter already puts the tag in front of its own messages.
+        if tag is not None and not record.message.startswith(tag):
+            record.message = f"{tag} {record.message}"
         return super().formatMessage(record)
 
 
