@@ -225,7 +225,13 @@ class AudioSocketServer:
                     return
                 elif isinstance(event, aso.Unknown):
                     call.log.debug("ignoring AudioSocket kind %#04x", event.kind)
-            data = await reader.read(READ_BYTES)
+            try:
+                data = await reader.read(READ_BYTES)
+            except (ConnectionError, OSError) as exc:
+                # A reset from Asterisk's side is the caller going away, not a daemon failure.
+                call.log.info("AudioSocket connection lost: %s", exc)
+                call.caller_hung_up()
+                return
             if data:
                 protocol.receive_data(data)
             else:
