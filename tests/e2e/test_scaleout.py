@@ -61,9 +61,12 @@ async def _short_call(caller: AsteriskCaller) -> None:
     """Stay on the line until the agent's greeting is heard, then hang up."""
     playing = asyncio.create_task(caller.play(np.zeros(8000 * 10, dtype=np.int16)))
     try:
-        async with asyncio.timeout(10):
-            while not caller.agent_frames():  # frames arrive on the peer's reader task
-                await asyncio.sleep(0.05)
+        for _ in range(200):  # up to 10 s; frames arrive on the peer's reader task
+            if caller.agent_frames():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no greeting within 10 s")
     finally:
         playing.cancel()
 
