@@ -227,11 +227,8 @@ class AudioSocketServer:
                     call.log.debug("ignoring AudioSocket kind %#04x", event.kind)
             try:
                 data = await reader.read(READ_BYTES)
-            except (ConnectionError, OSError) as exc:
-                # A reset from Asterisk's side is the caller going away, not a daemon failure.
-                call.log.info("AudioSocket connection lost: %s", exc)
-                call.caller_hung_up()
-                return
+            except (ConnectionError, OSError):
+                data = b""  # a reset from Asterisk is a hangup like any other
             if data:
                 protocol.receive_data(data)
             else:
