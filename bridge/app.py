@@ -66,7 +66,7 @@ class Application:
         async with AsyncExitStack() as stack:
             directory = self._directory
             if directory is None:
-                opened = open_directory(settings.tenants)
+                opened = open_directory(settings.tenants, observer=self.metrics.tenant_cache)
                 directory = await opened if inspect.isawaitable(opened) else opened
                 stack.push_async_callback(directory.close)
             simulator_url = None

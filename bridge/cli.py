@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "bridge.serve_command",
     "bridge.check_command",
     "bridge.simulator",
+    "bridge.tenant_commands",
 )
 
 

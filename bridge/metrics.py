@@ -82,7 +82,7 @@ class Metrics:
             buckets=_FAST_BUCKETS, registry=r,
         )
         self.tenant_cache = Counter(
-            "callbridge_tenant_cache_total", "Tenant lookups by cache result (hit, miss, stale)",
+            "callbridge_tenant_cache_total", "Tenant lookups by cache result (hit, miss, stale, error)",
             ["result"], registry=r,
         )
         self.model_connect = Histogram(

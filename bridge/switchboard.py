@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from bridge import logs
 from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
 from bridge.metrics import Metrics, TenantLabels
-from bridge.realtime import ModelEndpoint
-from bridge.settings import Settings
+from bridge.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
@@ -74,6 +74,7 @@ class Switchboard:
         self.clock = clock
         self.draining = False
         self._pending: dict[str, PendingCall] = {}
+        self._endpoints: dict[str, ModelEndpoint] = {}
         self._active: set[Call] = set()
         self._per_tenant: dict[str, int] = {}
         self._idle = asyncio.Event()
@@ -139,13 +140,28 @@ class Switchboard:
                 pending.after_call.set_result(None)
 
     # ----------------------------------------------------------------- calls
+    def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
+        """The model endpoint a tenant's calls use: the deployment's, unless the tenant names
+        another provider (whose credentials must then be configured)."""
+        if tenant.provider == "default":
+            return self.endpoint
+        endpoint = self._endpoints.get(tenant.provider)
+        if endpoint is None:
+            provider = ModelProvider(tenant.provider)
+            simulator_url = self.endpoint.websocket_base_url if provider is ModelProvider.SIMULATOR else None
+            if provider is ModelProvider.SIMULATOR and self.endpoint.provider is not ModelProvider.SIMULATOR:
+                raise ValueError("tenant asks for the simulator, which this deployment does not run")
+            endpoint = endpoint_from_settings(self.settings, simulator_url, provider)
+            self._endpoints[tenant.provider] = endpoint
+        return endpoint
+
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
         self.metrics.calls_offered.labels(info.transport).inc()
         # Every log line of the calling task (and the tasks it starts) names the call and tenant.
         logs.bind_call(info.call_id, info.tenant.slug)
         tap = self.tap_factory(info) if self.tap_factory is not None else None
-        return Call(info, leg, self.endpoint, self.metrics, tap=tap, clock=self.clock,
+        return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)
 
     async def run_call(self, call: Call) -> Outcome:
