@@ -120,6 +120,7 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
         http={"host": "127.0.0.1", "port": 0}, audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
+        metrics={"tenant_labels": True, "max_tenant_labels": 10},
     )
     app = Application(settings)
     stop = asyncio.Event()
@@ -163,6 +164,8 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
                 http, "histogram_quantile(0.95, sum by (le) (callbridge_response_latency_seconds_bucket))",
                 lambda v: not math.isnan(v))
             assert 0 < p95 <= 5.0, p95
+            print(f"Prometheus read back: calls_active {active:g} during the call; "
+                  f"{count:g} response(s), p95 response latency {p95 * 1000:.0f} ms")
             # The daemon's own registry agrees with what Prometheus stored.
             local = app.metrics.registry.get_sample_value(
                 "callbridge_response_latency_seconds_count", {"transport": "audiosocket"})
@@ -171,6 +174,8 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
             await prometheus.wait_value(
                 http, 'sum(callbridge_calls_total{outcome="caller_hangup"})', lambda v: v == 1)
             await prometheus.wait_value(http, "sum(callbridge_calls_answered_total)", lambda v: v == 1)
+            await prometheus.wait_value(
+                http, 'callbridge_tenant_calls_total{tenant="demo",outcome="caller_hangup"}', lambda v: v == 1)
             await prometheus.wait_value(
                 http, "sum(callbridge_pacer_lateness_seconds_count)", lambda v: v > 100)
 
