@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge import logs
 from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings, load_settings
 
 DEFAULT_TIMEOUT = 10.0
@@ -402,6 +403,9 @@ def _check(args: argparse.Namespace) -> int:
         else:
             print(f"callbridge check\n  FAIL  config  {exc}")
         return 2
+    # The results say what is wrong; the daemon's own retry warnings ("will keep trying") would
+    # only confuse a one-shot check.
+    logs.configure("ERROR", settings.log_json)
     results = asyncio.run(run_checks(settings, args.timeout, ports=not args.no_ports))
     failed = any(r.status is Status.FAIL for r in results)
     if args.json:

