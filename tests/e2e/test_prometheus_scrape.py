@@ -61,6 +61,19 @@ def _prometheus_config(tmp_path: Path, target: str) -> Path:
     return path
 
 
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expression) with Grafana's variables filled in as Grafana would."""
+    import json
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "callbridge.json").read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*")
+            queries.append((panel["title"], expr))
+    return queries
+
+
 class PrometheusServer:
     def __init__(self, config: Path, data: Path) -> None:
         self.port = _free_port()
@@ -178,6 +191,18 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
                 http, 'callbridge_tenant_calls_total{tenant="demo",outcome="caller_hangup"}', lambda v: v == 1)
             await prometheus.wait_value(
                 http, "sum(callbridge_pacer_lateness_seconds_count)", lambda v: v > 100)
+
+            # Every dashboard query is valid PromQL for the real server, and the main panels have data.
+            await asyncio.sleep(3 * SCRAPE_SECONDS)  # rate() needs two samples of the new series
+            empty = []
+            for title, expr in _dashboard_queries():
+                result = await prometheus.query(http, expr)
+                if not result:
+                    empty.append(title)
+            for must_have_data in ("Active calls", "Calls ended per minute by outcome",
+                                   "Response latency (end of caller speech to first agent audio)",
+                                   "Pacer lateness", "Event-loop lag", "Running versions"):
+                assert must_have_data not in empty, f"panel {must_have_data!r} shows no data"
 
             # No series carries a call id or a phone number in any label.
             async with http.get(f"{prometheus.url}/api/v1/series",
