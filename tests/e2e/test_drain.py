@@ -109,6 +109,13 @@ class Daemon:
             self.process.wait()
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 async def _raw_audiosocket(port: int, call_uuid: str) -> list[object]:
     """Connect as Asterisk's AudioSocket() would and return what the daemon sends until it closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -192,6 +199,15 @@ async def test_sigterm_drains_calls_then_exits(tmp_path, fixtures_dir):
             assert 45 <= rate <= 55, rate
             assert first.sent_frames == len(audio) // 160
             assert daemon.process.poll() is None, "the daemon exited with a call up"
+
+            # The counters tell the same story: three calls arrived, one was bridged, two refused.
+            async with http.get(f"{daemon.url}/metrics") as response:
+                samples = _samples(await response.text())
+            assert samples[("callbridge_calls_offered_total", (("transport", "audiosocket"),))] == 3
+            assert samples[("callbridge_calls_answered_total", (("transport", "audiosocket"),))] == 1
+            refused_key = (("reason", "draining"), ("transport", "audiosocket"))
+            assert samples[("callbridge_calls_refused_total", refused_key)] == 2
+            assert samples[("callbridge_calls_active", (("transport", "audiosocket"),))] == 1
 
             hangup_at = time.monotonic()
             await first.hang_up()
