@@ -21,9 +21,14 @@ _call: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
 )
 
 
-def bind_call(call_id: str, tenant: str) -> None:
-    """Name the call (and its tenant slug) on every record logged from the current task on."""
-    _call.set((call_id, tenant))
+def bind_call(call_id: str, tenant: str) -> contextvars.Token[tuple[str, str] | None]:
+    """Name the call (and its tenant slug) on every record logged from the current task on, and
+    in the tasks it starts. Only in a task of that one call; ``unbind_call`` when it is over."""
+    return _call.set((call_id, tenant))
+
+
+def unbind_call(token: contextvars.Token[tuple[str, str] | None]) -> None:
+    _call.reset(token)
 
 
 def current_call() -> tuple[str, str] | None:

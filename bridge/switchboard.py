@@ -158,8 +158,6 @@ class Switchboard:
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
         self.metrics.calls_offered.labels(info.transport).inc()
-        # Every log line of the calling task (and the tasks it starts) names the call and tenant.
-        logs.bind_call(info.call_id, info.tenant.slug)
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)
@@ -170,6 +168,9 @@ class Switchboard:
         self._active.add(call)
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
         self._idle.clear()
+        # run_call runs in the call's own task: every line it and the tasks it starts log names
+        # the call and its tenant.
+        log_token = logs.bind_call(call.info.call_id, call.info.tenant.slug)
         tenant_label = self._tenant_labels.label(call.info.tenant.slug)
         if tenant_label is not None:
             self.metrics.tenant_calls_active.labels(tenant_label).inc()
@@ -179,6 +180,7 @@ class Switchboard:
                 self.metrics.tenant_calls.labels(tenant_label, outcome.value).inc()
             return outcome
         finally:
+            logs.unbind_call(log_token)
             if tenant_label is not None:
                 self.metrics.tenant_calls_active.labels(tenant_label).dec()
             self._active.discard(call)

@@ -104,3 +104,13 @@ def test_module_levels_from_one_variable(monkeypatch):
     monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", "bridge=loud")
     with pytest.raises(ConfigError, match="unknown log level 'loud' for module 'bridge'"):
         load_settings(env_file=None)
+
+
+async def test_unbind_ends_the_call_context(captured):
+    token = logs.bind_call("33333333-cccc", "acme")
+    logging.getLogger("callbridge.test.transport").info("during")
+    logs.unbind_call(token)
+    logging.getLogger("callbridge.test.transport").info("after")
+    during, after = _lines(captured)
+    assert during["call_id"] == "33333333-cccc"
+    assert "call_id" not in after
