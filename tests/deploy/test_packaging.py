@@ -244,3 +244,46 @@ def test_systemd_stop_timeout_covers_the_drain():
     assert re.search(r"^KillSignal=SIGTERM$", text, re.M)
     assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", text, re.M)
     assert re.search(r"^User=callbridge$", text, re.M)
+
+
+def _dockerignore() -> list[str]:
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_image_build_context_makes_a_complete_wheel(tmp_path):
+    """What the build stage does, on exactly the files the build context lets through: build the
+    wheel (pip, build isolation from PyPI) and find every data file the daemon loads in it."""
+    import zipfile
+
+    patterns = _dockerignore()
+    context = tmp_path / "context"
+    context.mkdir()
+    for entry in REPO.iterdir():
+        if _ignored(entry.name, patterns):
+            continue
+        if entry.is_dir():
+            def skip(folder: str, names: list[str]) -> list[str]:
+                where = Path(folder).relative_to(REPO).as_posix()
+                return [n for n in names if _ignored(f"{where}/{n}", patterns)]
+
+            shutil.copytree(entry, context / entry.name, ignore=skip)
+        else:
+            shutil.copy2(entry, context / entry.name)
+    assert sorted(p.name for p in context.iterdir()) == ["README.md", "bridge", "media", "pyproject.toml",
+                                                         "sip", "tenants"]
+    assert not list(context.rglob("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w",
+                             str(tmp_path / "dist"), str(context)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("callbridge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("bridge", "sip", "media", "tenants"):
+        shipped = {p.relative_to(REPO).as_posix() for p in (REPO / package).rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts}
+        missing = sorted(shipped - names)
+        assert not missing, f"not in the image's wheel: {missing}"
+    entry_points = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "callbridge = bridge.cli:main" in entry_points
