@@ -23,10 +23,31 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PROMTOOL, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60)
 
 
-def test_check_config():
-    result = _promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-kubernetes.yml"])
+def test_check_config(config):
+    result = _promtool("check", "config", config)
+    if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        # Debian builds Prometheus without the Kubernetes discovery plugin.
+        pytest.skip("this promtool was built without Kubernetes service discovery")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_kubernetes_discovery_matches_the_pod_annotations():
+    import yaml
+
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus-kubernetes.yml").read_text())
+    job = config["scrape_configs"][0]
+    deployment = yaml.safe_load((PROMETHEUS_DIR.parent / "k8s" / "base" / "deployment.yaml").read_text())
+    template = deployment["spec"]["template"]["metadata"]
+    keep = {r["source_labels"][0]: r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    assert template["labels"]["app.kubernetes.io/name"] == keep[
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert template["annotations"]["prometheus.io/scrape"] == keep[
+        "__meta_kubernetes_pod_annotation_prometheus_io_scrape"]
+    assert template["annotations"]["prometheus.io/path"] == "/metrics"
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    assert {"namespace", "pod"} <= targets  # what prometheus-adapter maps to Kubernetes objects
 
 
 def test_check_rules():
