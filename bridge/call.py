@@ -78,7 +78,18 @@ class Outcome(enum.StrEnum):
 
 
 class CallerLeg(Protocol):
-    """What a transport provides to the call for the direction toward the caller."""
+    """What a transport provides to the call for the direction toward the caller.
+
+    Two optional members serve far ends that queue agent audio and play it on their own clock
+    (Twilio Media Streams, mod_audio_fork): the call looks them up with ``getattr``, so legs that
+    play what they are sent at once (AudioSocket, RTP) need not define them.
+
+    * ``unplayed_ms() -> float``: agent audio handed to ``send_audio`` that the far end has not
+      played yet (known from its playback marks). A barge-in truncation subtracts it from what
+      was sent, so the model is told what the caller heard.
+    * ``async end_of_segment() -> None``: agent audio stopped flowing (the playout buffer ran dry
+      after at least one frame); the leg may place a playback mark there.
+    """
 
     transport: str
     audio_format: AudioFormat
@@ -231,6 +242,8 @@ class Call:
         self._playing = False  # agent audio of the current response has started toward the caller
         self._action_deadline = 0.0
         self._started = clock()
+        self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
+        self._leg_end_of_segment: Callable[[], Any] | None = getattr(leg, "end_of_segment", None)
 
     # ----------------------------------------------------------------- transport -> call
     def receive_audio(self, payload: bytes) -> None:
@@ -472,6 +485,9 @@ class Call:
             return
         produced_ms = self._produced_samples.get(item, 0) * 1000 // MODEL_RATE_HZ
         played_ms = self.playout.played_ms(item)
+        if self._leg_unplayed_ms is not None:
+            # What the far end still holds of the audio sent was never heard.
+            played_ms = max(0, played_ms - int(self._leg_unplayed_ms()))
         if self.playout.buffered_samples == 0 and not self._responding:
             return  # the agent had already finished speaking: nothing to interrupt
         self.playout.clear()
@@ -565,6 +581,8 @@ class Call:
         tap = self.tap
         rate = fmt.rate_hz
         zeros = np.zeros(fmt.samples_for_ms(20), dtype=np.int16)
+        end_of_segment = self._leg_end_of_segment
+        in_segment = False
         while True:
             delay = pacer.delay(clock())
             if delay > 0:
@@ -579,10 +597,15 @@ class Call:
                     self._awaiting_first_frame = False
                 self.stats.agent_frames += 1
                 self._playing = True
+                in_segment = True
                 await leg.send_audio(payload)
                 if tap is not None:
                     tap.agent_audio(frame.samples, rate)
             else:
+                if in_segment:
+                    in_segment = False
+                    if end_of_segment is not None:
+                        await end_of_segment()
                 if self._responding and self._playing:
                     self.stats.underruns += 1
                     underruns.inc()
