@@ -158,6 +158,13 @@ class CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['call_id'][:8]} {self.extra['tenant']}] {msg}", kwargs  # type: ignore[index]
 
 
+def mask_number(number: str) -> str:
+    """A caller's number for logs: enough to tell calls apart, not enough to identify the caller."""
+    if not number:
+        return "unknown"
+    return "*" * max(0, min(len(number) - 4, 8)) + number[-4:]
+
+
 def call_tools(tenant: TenantConfig) -> tuple[rt.ToolSpec, ...]:
     tools = [
         rt.ToolSpec(
@@ -319,7 +326,7 @@ class Call:
         """Bridge the call until it ends; returns the outcome. Never raises for peer errors."""
         transport = self.leg.transport
         self.metrics.calls_active.labels(transport).inc()
-        self.log.info("call from %r to %s over %s", self.info.caller_id, self.info.dialled, transport)
+        self.log.info("call from %s to %s over %s", mask_number(self.info.caller_id), self.info.dialled, transport)
         try:
             await self._run()
         except* ModelError as group:
