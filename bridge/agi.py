@@ -18,6 +18,7 @@ import logging
 import uuid
 from typing import Any
 
+from bridge import logs
 from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
 from bridge.switchboard import Refusal, Switchboard
 from sip import agi
@@ -168,6 +169,7 @@ class FastAgiServer:
             return
 
         call_id = str(uuid.uuid4())
+        logs.bind_call(call_id, resolution.tenant.slug)  # this session's log lines name the call
         pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
         try:
             answered = await session.command("ANSWER")

@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.realtime import endpoint_from_settings
 from bridge.settings import ModelProvider, Settings
 from bridge.switchboard import Switchboard
+from bridge.wsmedia import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
 
@@ -55,6 +56,7 @@ class Application:
         self.audiosocket: AudioSocketServer | None = None
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
+        self.wsmedia: WebSocketMediaServer | None = None
         self.simulator: Any = None
         self.stasis: Any = None  # bridge.stasis.StasisApplication when ARI is enabled
         self.ami: Any = None  # bridge.ami.AmiConnection when AMI is enabled
@@ -86,8 +88,12 @@ class Application:
             )
             if settings.http.enabled:
                 self.http = HttpServer(settings.http, switchboard, self.metrics)
+                # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
+                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)
+                stack.push_async_callback(self.wsmedia.close)
             if settings.audiosocket.enabled:
                 self.audiosocket = AudioSocketServer(switchboard, settings.audiosocket)
                 await self.audiosocket.start()

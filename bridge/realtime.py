@@ -109,7 +109,10 @@ class RealtimeSession:
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
-        client = AsyncOpenAI(
+        # Building the client loads the TLS trust store (~100 ms of CPU): off the loop, or every
+        # call set-up would stall the pacers of all the calls in progress.
+        client = await asyncio.to_thread(
+            AsyncOpenAI,
             api_key=endpoint.api_key,
             base_url=endpoint.base_url,
             websocket_base_url=endpoint.websocket_base_url,

@@ -1,9 +1,10 @@
 """The per-call audio chains between the caller's rate and the model's rate.
 
-Inbound (caller -> model): noise suppression, then rate conversion. With a suppressor that works
-at 16 kHz (Speex, WebRTC) and a caller at 8 kHz, the chain converts 8 -> 16 kHz once, suppresses,
-and converts 16 kHz -> model rate, instead of letting the suppressor go back down to 8 kHz and
-the chain up again: one conversion fewer, 1.9 ms less delay and less CPU.
+Inbound (caller -> model): noise suppression, then rate conversion. Both suppressor libraries run
+at 16 kHz. With a caller at 8 kHz and a model at 24 kHz the chain zero-stuffs 8 -> 16 kHz (no
+delay), suppresses, and converts 16 -> 24 kHz with a filter that also removes the zero-stuffing
+image (stopband from 4.6 kHz, gain 2; see ``media.noise``), instead of letting the suppressor go
+back down to 8 kHz and the chain up again: one conversion, 11.875 ms in all with Speex.
 
 Outbound (model -> caller): rate conversion only.
 
@@ -23,15 +24,30 @@ from media.codec import MODEL_RATE_HZ
 from media.noise import (
     DEFAULT_LEVEL_DB,
     DEFAULT_SUPPRESSION,
+    IMAGE_STOPBAND_HZ,
+    TELEPHONY_PASSBAND_HZ,
+    ZERO_STUFF_GAIN,
     NoiseSuppressor,
     PassthroughSuppressor,
     make_suppressor,
 )
-from media.resample import StreamResampler
+from media.resample import StreamResampler, is_polyphase_pair, zero_stuff
 
 Samples = npt.NDArray[np.int16]
 
 _SUPPRESSOR_RATE_HZ = 16000
+_EMPTY: Samples = np.zeros(0, dtype=np.int16)
+
+
+class ChainError(ValueError):
+    """Samples a chain cannot take (wrong type or shape)."""
+
+
+def _check_samples(samples: npt.ArrayLike) -> Samples:
+    x = np.asarray(samples)
+    if x.ndim != 1 or x.dtype != np.int16:
+        raise ChainError(f"expected 1-D int16 samples, got {x.dtype} shape {x.shape}")
+    return x
 
 
 class InboundChain:
@@ -51,6 +67,7 @@ class InboundChain:
         # 16 kHz flavour and converts the caller's rate to it itself.
         probe = make_suppressor(suppression, _SUPPRESSOR_RATE_HZ, level_db)
         self._before: StreamResampler | None = None
+        self._stuff = False
         if isinstance(probe, PassthroughSuppressor):
             self.suppressor: NoiseSuppressor | None = None
             self.model_noise_reduction = probe.model_noise_reduction
@@ -58,12 +75,23 @@ class InboundChain:
         else:
             self.suppressor = probe
             self.model_noise_reduction = False
-            if caller_rate_hz != probe.rate_hz:
-                self._before = StreamResampler(caller_rate_hz, probe.rate_hz)
-            self._after = StreamResampler(probe.rate_hz, model_rate_hz)
+            rate = probe.rate_hz
+            if caller_rate_hz * 2 == rate and is_polyphase_pair(rate, model_rate_hz):
+                self._stuff = True
+                self._after = StreamResampler(
+                    rate,
+                    model_rate_hz,
+                    passband_hz=TELEPHONY_PASSBAND_HZ * caller_rate_hz / 8000,
+                    stopband_hz=IMAGE_STOPBAND_HZ * caller_rate_hz / 8000,
+                    gain=ZERO_STUFF_GAIN,
+                )
+            else:
+                if caller_rate_hz != rate:
+                    self._before = StreamResampler(caller_rate_hz, rate)
+                self._after = StreamResampler(rate, model_rate_hz)
         # A suppressor takes whole 10 ms blocks; any partial block waits here for the next chunk.
         self._block = 0 if self.suppressor is None else self.suppressor.rate_hz // 100
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
         self.latency_seconds = sum(
             s.latency_seconds for s in (self._before, self.suppressor, self._after) if s is not None
         )
@@ -78,15 +106,17 @@ class InboundChain:
         return self.suppressor is None and self.caller_rate_hz == self.model_rate_hz
 
     def process(self, samples: Samples) -> Samples:
-        x = np.asarray(samples)
+        x = _check_samples(samples)
         if self.suppressor is None:
             return self._after.process(x)
-        if self._before is not None:
+        if self._stuff:
+            x = zero_stuff(x)
+        elif self._before is not None:
             x = self._before.process(x)
         if len(self._carry):
             x = np.concatenate((self._carry, x))
         usable = len(x) - len(x) % self._block
-        self._carry = x[usable:].copy()
+        self._carry = x[usable:].copy() if usable < len(x) else _EMPTY
         if usable:
             x = self.suppressor.process(x[:usable])
         else:
@@ -97,7 +127,7 @@ class InboundChain:
         for stage in (self._before, self.suppressor, self._after):
             if stage is not None:
                 stage.reset()
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
 
 
 class OutboundChain:
@@ -118,11 +148,10 @@ class OutboundChain:
         return self.model_rate_hz == self.caller_rate_hz
 
     def process(self, samples: Samples) -> Samples:
-        return self._resampler.process(samples)
+        return self._resampler.process(_check_samples(samples))
 
     def reset(self) -> None:
         self._resampler.reset()
 
     def flush(self) -> Samples:
         return self._resampler.flush()
-
