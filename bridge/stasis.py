@@ -247,7 +247,7 @@ class StasisCall:
             await self._fallback(Status.UNAVAILABLE)
             return None
         try:
-            resolution = await self._race(switchboard.route(self.dialled))
+            resolution: Resolution | None = await self._race(switchboard.route(self.dialled))
         except (CallerGone, asyncio.CancelledError):
             raise
         except Exception as exc:  # a tenant store failure must not strand the caller
