@@ -189,6 +189,7 @@ class MediaWebSocketConnection:
         try:
             if self._marks:
                 self._check_marks()
+            if self._marks:
                 if self._first_mark_at is None:
                     self._first_mark_at = self.clock()
                 # The mark goes ahead of the frame: chan_websocket handles queued marks and then

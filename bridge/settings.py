@@ -133,8 +133,9 @@ class AriSettings(BaseModel):
         if self.rtp_port_min > self.rtp_port_max:
             raise ValueError("rtp_port_min must not exceed rtp_port_max")
         if self.transport is ExternalMediaTransport.RTP and self.format == "slin16":
-            # res_rtp_asterisk accepts incoming RTP only with static payload types (0-34); slin16
-            # is 118, so Asterisk would drop everything the daemon sends back.
+            # Without SDP, Asterisk maps an incoming payload type through the static table only up
+            # to AST_RTP_PT_LAST_STATIC = 34 (main/rtp_engine.c ast_rtp_codecs_get_payload);
+            # slin16 is 118, so everything the daemon sent back would be dropped.
             raise ValueError("format slin16 cannot be sent back to Asterisk over RTP: use ulaw or alaw, "
                              "or transport audiosocket/websocket for 16 kHz")
         if not self.url.startswith(("http://", "https://")):
