@@ -490,3 +490,25 @@ async def test_audiosocket_transport_transfer(tmp_path):
         assert peer.hangup_received, "the AudioSocket leg was not ended with a HANGUP message"
     finally:
         await h.close()
+
+
+async def test_external_channel_lost_mid_call_hangs_the_caller_up(tmp_path):
+    h = await _start(tmp_path)
+    try:
+        server = h.server
+        caller = await server.place_call(APP, DEMO_NUMBER)
+        media = await caller.wait_bridged()
+        playing = asyncio.create_task(media.play(np.zeros(8000 * 5, dtype=np.int16)))
+        await _until(lambda: bool(h.app.switchboard.calls()))
+        await asyncio.sleep(0.5)
+        external = next(c for c in server.channels.values() if c.kind == "rtp")
+        await server.hangup_channel(external, cause=38)  # network out of order
+        await asyncio.wait_for(caller.channel.gone.wait(), 5)
+        await _until(lambda: h.app.stasis.active == 0)
+        playing.cancel()
+        lines = server.request_lines()
+        assert sorted(lines[-2:]) == ["DELETE /bridges/{bridge} -> 204", "DELETE /channels/{caller} -> 204"], lines
+        assert "DELETE /channels/{media} -> 204" not in lines  # already gone: not asked twice
+        assert _metric(h.app, "callbridge_calls_total", {"transport": "rtp", "outcome": "protocol_error"}) == 1
+    finally:
+        await h.close()
