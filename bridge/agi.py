@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from bridge import logs
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 TRANSPORT = "audiosocket"
 ENV_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
+# Channels of recent calls kept for AMI Hangup events that come after the AGI session.
+CHANNELS_REMEMBERED = 256
 
 
 class ChannelGone(Exception):
@@ -84,8 +87,10 @@ class FastAgiServer:
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         # An AMI connection (bridge.ami.AmiConnection) when configured: transfers then use the
-        # Redirect action if ``ami.redirect_transfers`` is set.
+        # Redirect action if ``ami.redirect_transfers`` is set, and the PBX's hangup cause of each
+        # call is logged from the Hangup event.
         self.ami: Any = None
+        self._channel_calls: OrderedDict[str, str] = OrderedDict()  # channel name -> call id
 
     @property
     def port(self) -> int:
@@ -170,6 +175,10 @@ class FastAgiServer:
 
         call_id = str(uuid.uuid4())
         logs.bind_call(call_id, resolution.tenant.slug)  # this session's log lines name the call
+        if self.ami is not None and request.channel:
+            self._channel_calls[request.channel] = call_id
+            while len(self._channel_calls) > CHANNELS_REMEMBERED:
+                self._channel_calls.popitem(last=False)
         pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
         try:
             answered = await session.command("ANSWER")
@@ -186,6 +195,13 @@ class FastAgiServer:
             await self._transfer(session, after, request.channel)
         else:
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "DONE")
+
+    def ami_hangup(self, message: Any) -> None:
+        """AMI ``Hangup`` event: log why the PBX ended one of this server's calls (Q.850 cause)."""
+        call_id = self._channel_calls.pop(str(message.get("Channel", "")), None)
+        if call_id is not None:
+            log.info("call %s: PBX hangup cause %s (%s)", call_id[:8], message.get("Cause", "?"),
+                     message.get("Cause-txt", ""))
 
     async def _transfer(self, session: _Session, target: TransferTarget, channel: str = "") -> None:
         log.info("transferring channel to %s@%s", target.destination, target.context)

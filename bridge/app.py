@@ -131,6 +131,7 @@ class Application:
             stack.push_async_callback(self.ami.close)
             if self.agi is not None:
                 self.agi.ami = self.ami
+                self.ami.on_event("Hangup", self.agi.ami_hangup)
         if not settings.ari.enabled:
             return None
         from bridge.ari import AriClient

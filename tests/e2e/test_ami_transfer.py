@@ -33,7 +33,7 @@ async def _call_and_press_zero(app: Application) -> AsteriskCaller:
 
 
 @pytest.mark.parametrize("redirect_works", [True, False])
-async def test_transfer_by_ami_redirect(tmp_path, redirect_works):
+async def test_transfer_by_ami_redirect(tmp_path, caplog, redirect_works):
     ami = AmiServer(secret="ami-secret")
     await ami.start()
     if redirect_works:
@@ -68,6 +68,12 @@ async def test_transfer_by_ami_redirect(tmp_path, redirect_works):
             assert 'SET EXTENSION "2000"' in caller.agi.commands
         assert app.metrics.registry.get_sample_value(
             "callbridge_calls_total", {"transport": "audiosocket", "outcome": "transferred"}) == 1
+        # The PBX's Hangup event names the cause; it is logged against the call.
+        caplog.set_level("INFO", logger="bridge.agi")
+        ami.emit(Event="Hangup", Channel=CHANNEL, Cause="16", **{"Cause-txt": "Normal Clearing"})
+        async with asyncio.timeout(5):
+            while "PBX hangup cause 16 (Normal Clearing)" not in caplog.text:
+                await asyncio.sleep(0.02)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
