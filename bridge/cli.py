@@ -18,6 +18,7 @@ from bridge import __version__
 _COMMAND_MODULES = (
     "bridge.serve_command",
     "bridge.simulator",
+    "bridge.calls_command",
 )
 
 
