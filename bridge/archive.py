@@ -328,7 +328,7 @@ class CallArchive:
             await self._archive(record)
             target = self._webhook_targets.pop(call_id, None)
             if target is not None:
-                self.webhooks.submit(target[0], target[1], self.webhook_payload(record, recorder.transcript))
+                self.webhooks.submit(target[0], target[1], self.webhook_payload(record, recorder.entries))
         finally:
             self._recorders.pop(call_id, None)
 

@@ -171,8 +171,8 @@ def _where(query: CallQuery, placeholder: Callable[[int], str]) -> tuple[str, li
     if query.number:
         wanted = digits(query.number)
         if wanted:
-            a = arg(wanted)
-            clauses.append(f"(strpos(dialled_digits, {a}) > 0 OR strpos(caller_digits, {a}) > 0)")
+            clauses.append(f"(strpos(dialled_digits, {arg(wanted)}) > 0"
+                           f" OR strpos(caller_digits, {arg(wanted)}) > 0)")
         else:
             clauses.append("FALSE")
     if query.since is not None:

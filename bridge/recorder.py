@@ -162,7 +162,7 @@ class CallRecorder:
         self._max_chunks = max(2, int(max_backlog_seconds * 100))
         self._chunks: deque[_Chunk] = deque()
         self._pending_transcript: deque[TranscriptEntry] = deque()
-        self.transcript: list[TranscriptEntry] = []
+        self.entries: list[TranscriptEntry] = []
         self.rate_hz: int | None = None
         self.ended = False
         self.final: CallRecord | None = None  # the record as the call ended (loop side)
@@ -197,7 +197,7 @@ class CallRecorder:
         if not text:
             return
         entry = TranscriptEntry(role, text, at, round(max(0.0, at - self.record.started_at), 3))
-        self.transcript.append(entry)
+        self.entries.append(entry)
         self._pending_transcript.append(entry)
 
     def event(self, name: str, **fields: Any) -> None:
@@ -218,7 +218,7 @@ class CallRecorder:
             outcome=outcome if outcome is not None else (info.outcome.value if info.outcome else None),
             barge_ins=info.barge_ins,
             transfer_target=info.transfer_target,
-            transcript_entries=len(self.transcript),
+            transcript_entries=len(self.entries),
             status=CallStatus.COMPLETE,
         )
         self.ended = True
