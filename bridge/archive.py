@@ -180,11 +180,13 @@ class CallArchive:
             self.uploads = UploadSpool(
                 self.layout.root / UPLOADS_DIR, self._upload_call,
                 initial_delay=rec.s3.retry_initial_seconds, max_delay=rec.s3.retry_max_seconds,
-                clock=clock, on_pending=metrics.uploads_pending.set,
+                clock=time.monotonic, on_pending=metrics.uploads_pending.set,
             )
         self.writer = RecordingWriter(flush_interval=rec.flush_interval, clock=clock, metrics=metrics,
                                       on_finished=self._finished_from_thread)
-        self.webhooks = WebhookSender(settings.webhooks, clock=clock, wall_clock=wall_clock,
+        # Retry schedules wait on the event loop's timers, so they run on the monotonic clock (the
+        # injected ``clock`` places audio on call timelines).
+        self.webhooks = WebhookSender(settings.webhooks, clock=time.monotonic, wall_clock=wall_clock,
                                       on_result=lambda r: metrics.webhooks.labels(r).inc())
         self.default_model = deployment_model(settings)
         self._recorders: dict[str, CallRecorder] = {}
@@ -193,6 +195,8 @@ class CallArchive:
         self._webhook_targets: dict[str, tuple[str, str | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.recovered: list[CallRecord] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,12 +243,7 @@ class CallArchive:
         self.writer.wake()
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                while self._recorders or self._post_calls:
-                    pending = list(self._post_calls)
-                    if pending:
-                        await asyncio.wait(pending, timeout=0.5)
-                    else:
-                        await asyncio.sleep(0.05)
+                await self._idle.wait()
         except TimeoutError:
             log.error("archive: %d call(s) not finished at shutdown", len(self._recorders))
         if self.webhooks.pending:
@@ -296,6 +295,7 @@ class CallArchive:
             on_end=lambda _r: self.writer.wake(),
         )
         self._recorders[info.call_id] = recorder
+        self._idle.clear()
         if tenant.webhook_url:
             self._webhook_targets[info.call_id] = (tenant.webhook_url, tenant.webhook_secret)
         self.writer.attach(recorder)
@@ -312,6 +312,8 @@ class CallArchive:
     def _finished(self, recorder: CallRecorder, record: CallRecord) -> None:
         if self._tg is None:
             self._recorders.pop(record.call_id, None)
+            if not self._recorders:
+                self._idle.set()
             return
         task = self._spawn(self._post_call(recorder, record))
         self._post_calls.add(task)
@@ -331,6 +333,12 @@ class CallArchive:
                 self.webhooks.submit(target[0], target[1], self.webhook_payload(record, recorder.entries))
         finally:
             self._recorders.pop(call_id, None)
+            if not self._recorders:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every call opened so far is finished, indexed and queued for upload/webhook."""
+        await self._idle.wait()
 
     async def _archive(self, record: CallRecord) -> None:
         """Index the finished record, queue its upload, then drop the unfinished marker."""

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import wave
@@ -21,6 +20,7 @@ from bridge.metrics import Metrics
 from bridge.recorder import ArchiveLayout, CallRecorder, RecordingError, RecordingWriter
 from media.wav import read_frames, repair
 from tenants.config import TenantConfig
+from tests.peers.killed_recorder import ramp
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 8000
@@ -230,43 +230,11 @@ def test_writer_thread_writes_as_the_call_goes(tmp_path):
     assert metrics.registry.get_sample_value("callbridge_recordings_total", {"result": "written"}) == 1
 
 
-_KILLED_WRITER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from pathlib import Path
-    from bridge.call import CallInfo
-    from bridge.callstore import CallRecord
-    from bridge.recorder import ArchiveLayout, CallRecorder, RecordingWriter
-    from tenants.config import TenantConfig
-
-    root = Path(sys.argv[1])
-    info = CallInfo("audiosocket", TenantConfig(tenant_id="t", slug="acme"), "+1", "+2",
-                    call_id="dead0000-0000-4000-8000-000000000001", started_at=1750000000.0)
-    layout = ArchiveLayout(root)
-    record = CallRecord(info.call_id, "acme", "t", "audiosocket", "+1", "+2", info.started_at,
-                        path=layout.stem_for("acme", info.call_id, info.started_at))
-    rec = CallRecorder(info, record, layout, record_audio=True, clock=time.monotonic)
-    writer = RecordingWriter(flush_interval=0.2, clock=time.monotonic)
-    writer.start()
-    writer.attach(rec)
-    t0 = time.monotonic()
-    k = 0
-    while True:
-        due = t0 + (k + 1) * 0.02
-        time.sleep(max(0.0, due - time.monotonic()))
-        ramp = ((np.arange(160) + 160 * k) % 30000).astype(np.int16)
-        rec.caller_audio(ramp, 8000)
-        rec.agent_audio(-ramp, 8000)
-        k += 1
-        if k % 5 == 0:
-            print(k, flush=True)
-""")
-
-
 def test_sigkill_leaves_a_file_playable_to_within_a_second(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, text=True)
+    call_id = "dead0000-0000-4000-8000-000000000001"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.killed_recorder", str(tmp_path), call_id],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     fed = 0
     for line in proc.stdout:
@@ -284,7 +252,7 @@ def test_sigkill_leaves_a_file_playable_to_within_a_second(tmp_path):
     assert fmt.channels == 2 and fmt.rate_hz == 8000
     lost_seconds = fed * 0.02 - result.info.duration_seconds
     assert lost_seconds < 1.0, lost_seconds
-    expected = (np.arange(len(frames)) % 30000).astype(np.int16)
+    expected = ramp(len(frames))
     np.testing.assert_array_equal(frames[:, 0], expected)
     np.testing.assert_array_equal(frames[:, 1], -expected)
-    assert (tmp_path / ".unfinished" / "dead0000-0000-4000-8000-000000000001").exists()
+    assert (tmp_path / ".unfinished" / call_id).exists()
