@@ -14,68 +14,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge.archive import CallArchive
-from bridge.call import CallInfo
 from bridge.callstore import CallQuery, CallStatus
 from bridge.metrics import Metrics
-from bridge.settings import load_settings
 from bridge.webhook import verify
-from tenants.config import TenantConfig
 from tests.peers.killed_recorder import ramp
+from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
 
 REPO = Path(__file__).resolve().parents[2]
-RATE = 8000
-FRAME = 160
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_settings(tmp_path: Path, **extra):
-    recording = {"directory": str(tmp_path / "rec"), "flush_interval": 0.05, **extra.pop("recording", {})}
-    return load_settings(env_file=None, environ={}, recording=recording,
-                         webhooks={"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2,
-                                   "timeout": 2.0},
-                         **extra)
-
-
-def tenant(slug: str = "acme", **fields) -> TenantConfig:
-    return TenantConfig(tenant_id=f"t-{slug}", slug=slug, **fields)
-
-
-def call_info(n: int, slug: str = "acme", started_at: float = 1_750_000_000.0, **tenant_fields) -> CallInfo:
-    return CallInfo("audiosocket", tenant(slug, **tenant_fields), f"+551199999{n:04d}", f"5511988{n:06d}",
-                    call_id=f"00000000-0000-4000-8000-{n:012d}", started_at=started_at)
-
-
-def play_call(archive: CallArchive, clock: FakeClock, info: CallInfo, caller: np.ndarray,
-              agent: np.ndarray, *, outcome: str = "normal", transcript=()) -> None:
-    """Feed a call through its tap as the call core would: 20 ms caller frames on arrival, one
-    agent frame (or silence) per pacer tick, then the ``ended`` event."""
-    tap = archive.open_tap(info)
-    assert tap is not None
-    frames = max(len(caller), len(agent)) // FRAME
-    for k in range(frames):
-        clock.now += 0.020
-        c = caller[k * FRAME:(k + 1) * FRAME]
-        tap.caller_audio(c if len(c) == FRAME else np.zeros(FRAME, np.int16), RATE)
-        a = agent[k * FRAME:(k + 1) * FRAME]
-        tap.agent_audio(a if len(a) == FRAME else np.zeros(FRAME, np.int16), RATE)
-    for role, text, offset in transcript:
-        tap.transcript(role, text, info.started_at + offset)
-    info.answered_at = info.started_at + 0.3
-    info.ended_at = info.started_at + frames * 0.02
-    info.barge_ins = 1
-    tap.event("ended", outcome=outcome)
-
-
-def voice(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(n) * 3000).astype(np.int16)
 
 
 async def test_finished_call_is_indexed_with_its_files(tmp_path):
@@ -184,8 +129,8 @@ async def test_recovery_cuts_a_torn_transcript_and_reindexes_finished_calls(tmp_
     for extra in ("-wal", "-shm"):
         (root / f"calls.sqlite3{extra}").unlink(missing_ok=True)
     (root / ".unfinished" / info.call_id).write_text(json.dumps(record.to_json()))
-    with open(root / f"{record.path}.jsonl", "ab") as f:
-        f.write(b'{"role":"agent","text":"cut in the mid')
+    torn = root / f"{record.path}.jsonl"
+    torn.write_bytes(torn.read_bytes() + b'{"role":"agent","text":"cut in the mid')
     again = CallArchive(settings, Metrics(CollectorRegistry()))
     async with again.running():
         got = await again.get(info.call_id)
@@ -228,8 +173,10 @@ async def test_webhook_is_signed_and_retried(tmp_path):
     assert archive.webhooks.delivered == 1
     headers, body = received[1]
     assert headers["X-Callbridge-Delivery"] == received[0][0]["X-Callbridge-Delivery"]
-    assert verify("s3cret", int(headers["X-Callbridge-Timestamp"]), body, headers["X-Callbridge-Signature"])
-    assert not verify("other", int(headers["X-Callbridge-Timestamp"]), body, headers["X-Callbridge-Signature"])
+    stamp, signature = int(headers["X-Callbridge-Timestamp"]), headers["X-Callbridge-Signature"]
+    assert verify("s3cret", stamp, body, signature)
+    assert not verify("other", stamp, body, signature)
+    assert not verify("s3cret", stamp + 1, body, signature)
     payload = json.loads(body)
     assert payload["event"] == "call.completed"
     assert payload["call"]["call_id"] == info.call_id and payload["call"]["outcome"] == "transferred"
