@@ -209,6 +209,9 @@ class CallArchive:
         await asyncio.to_thread(lambda: [(root / d).mkdir(parents=True, exist_ok=True)
                                          for d in (UNFINISHED_DIR, UPLOADS_DIR)])
         await self.index.open()
+        # An exception from the body is held and re-raised after the TaskGroup, so that callers
+        # see it as it is rather than wrapped in an ExceptionGroup of the archive's own tasks.
+        body_error: BaseException | None = None
         try:
             self.writer.start()
             async with asyncio.TaskGroup() as tg:
@@ -223,6 +226,8 @@ class CallArchive:
                 await self.recover()
                 try:
                     yield self
+                except BaseException as exc:  # re-raised below, unchanged
+                    body_error = exc
                 finally:
                     await self._shutdown()
                     for task in background:
@@ -235,6 +240,8 @@ class CallArchive:
             await self.index.close()
             if self.store is not None:
                 await self.store.close()
+        if body_error is not None:
+            raise body_error
 
     async def _shutdown(self) -> None:
         for recorder in list(self._recorders.values()):
