@@ -88,19 +88,19 @@ ALAW_SILENCE = 0xD5
 
 def ulaw_decode(data: bytes) -> Samples:
     """mu-law bytes to int16 samples."""
-    return MULAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return MULAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def ulaw_encode(samples: Samples) -> bytes:
     """int16 samples to mu-law bytes."""
-    return MULAW_ENCODE[np.asarray(samples, dtype=np.int16).view(np.uint16)].tobytes()
+    return MULAW_ENCODE.take(np.asarray(samples, dtype=np.int16).view(np.uint16)).tobytes()
 
 
 def alaw_decode(data: bytes) -> Samples:
     """A-law bytes to int16 samples."""
-    return ALAW_DECODE[np.frombuffer(data, dtype=np.uint8)]
+    return ALAW_DECODE.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def alaw_encode(samples: Samples) -> bytes:
     """int16 samples to A-law bytes."""
-    return ALAW_ENCODE[np.asarray(samples, dtype=np.int16).view(np.uint16)].tobytes()
+    return ALAW_ENCODE.take(np.asarray(samples, dtype=np.int16).view(np.uint16)).tobytes()

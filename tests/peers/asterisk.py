@@ -118,8 +118,8 @@ class AsteriskCaller:
                 command = line.decode().rstrip("\n")
                 self.agi.commands.append(command)
                 parts = _split_args(command)
-                upper = command.upper()
-                if upper.startswith("EXEC AUDIOSOCKET"):
+                upper = " ".join(parts[:2]).upper()
+                if upper == "EXEC AUDIOSOCKET":
                     uid, _, addr = parts[2].partition(",")
                     self.audiosocket_target = (uid, addr)
                     self.audiosocket_requested.set()

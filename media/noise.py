@@ -1,0 +1,214 @@
+"""Noise suppression for the caller's audio, one implementation chosen per tenant.
+
+Modes
+-----
+``off``     nothing is done locally (latency 0).
+``model``   nothing is done locally either, but the realtime model is asked to reduce noise itself;
+            the object only carries that request (``model_noise_reduction``) for the bridge.
+``speex``   the speexdsp preprocessor's spectral noise suppressor (a log-spectral-amplitude gain,
+            Ephraim & Malah 1985, over a minima-controlled noise estimate, Cohen 2002), via the
+            ``pyspeex-noise`` wheel. Suppression depth ``level_db`` is the
+            preprocessor's ``SPEEX_PREPROCESS_SET_NOISE_SUPPRESS`` (negative dB); AGC is off.
+``webrtc``  WebRTC's noise suppressor (the Wiener-filter NS of webrtc-audio-processing), via the
+            ``webrtc-noise-gain`` wheel; ``level_db`` picks its nearest policy (about 6, 10, 15
+            or 21 dB of suppression).
+
+Both libraries are built for 16 kHz and take exactly 10 ms (160 samples) per call. A telephony
+leg at 8 kHz is therefore upsampled to 16 kHz and back inside the suppressor with
+``StreamResampler``. Feeding the 8 kHz samples to the Speex binding as if they were 16 kHz would
+also work, but it would process 20 ms blocks and the preprocessor delays its output by one block
+(overlap-add of a 2-block window), which alone would spend the inbound latency budget; at 16 kHz
+its delay is 10 ms. A chain that carries the audio on at 16 kHz or above should build the 16 kHz
+suppressor and do its own rate changes (see ``media.chain``) so the 8 kHz round trip is skipped.
+
+All latencies here are whole samples at 8 kHz, so a caller can compensate them exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from media.resample import StreamResampler
+
+Samples = npt.NDArray[np.int16]
+
+SUPPRESSION_MODES = ("off", "speex", "webrtc", "model")
+DEFAULT_SUPPRESSION = "speex"
+DEFAULT_LEVEL_DB = -25
+SUPPORTED_RATES_HZ = (8000, 16000)
+
+_LIBRARY_RATE_HZ = 16000
+_BLOCK_SAMPLES = 160  # 10 ms at 16 kHz: the only block size either library accepts
+_BLOCK_SECONDS = 0.010
+# The Speex preprocessor's output lags its input by one block (see the module docstring).
+_SPEEX_DELAY_BLOCKS = 1
+# WebRTC NS analyses 256-sample windows advanced by 160: 96 samples of look-back delay at 16 kHz.
+_WEBRTC_DELAY_SAMPLES = 96
+# WebRTC NS policies 1..4 and their nominal suppression depth (webrtc NsConfig kLow..kVeryHigh).
+_WEBRTC_POLICY_DB = {1: 6, 2: 10, 3: 15, 4: 21}
+
+
+class SuppressorError(ValueError):
+    """Bad configuration or frame for a noise suppressor."""
+
+
+@runtime_checkable
+class NoiseSuppressor(Protocol):
+    """``process`` takes int16 at ``rate_hz``, a multiple of 10 ms, and returns as many samples."""
+
+    rate_hz: int
+    latency_seconds: float
+
+    def process(self, frame: Samples) -> Samples: ...
+
+    def reset(self) -> None: ...
+
+
+def _check_frame(frame: npt.ArrayLike, rate_hz: int) -> Samples:
+    arr = np.asarray(frame)
+    if arr.ndim != 1 or arr.dtype != np.int16:
+        raise SuppressorError(f"expected a 1-D int16 frame, got {arr.dtype} shape {arr.shape}")
+    block = rate_hz // 100
+    if len(arr) % block:
+        raise SuppressorError(f"frame of {len(arr)} samples is not a multiple of 10 ms at {rate_hz} Hz")
+    return arr
+
+
+def _check_rate(rate_hz: int) -> None:
+    if rate_hz not in SUPPORTED_RATES_HZ:
+        raise SuppressorError(f"noise suppression runs at 8000 or 16000 Hz, not {rate_hz}")
+
+
+class PassthroughSuppressor:
+    """No local suppression (modes ``off`` and ``model``)."""
+
+    latency_seconds = 0.0
+
+    def __init__(self, rate_hz: int, *, model_noise_reduction: bool = False) -> None:
+        _check_rate(rate_hz)
+        self.rate_hz = rate_hz
+        # True for mode "model": the bridge asks the realtime model for its own noise reduction.
+        self.model_noise_reduction = model_noise_reduction
+
+    @property
+    def mode(self) -> str:
+        return "model" if self.model_noise_reduction else "off"
+
+    def process(self, frame: Samples) -> Samples:
+        return _check_frame(frame, self.rate_hz)
+
+    def reset(self) -> None:
+        pass
+
+
+class _BlockSuppressor:
+    """Shared framing: 10 ms blocks at 16 kHz, with an 8 kHz leg converted inside."""
+
+    mode = ""
+    model_noise_reduction = False
+    _core_delay_seconds = 0.0
+
+    def __init__(self, rate_hz: int) -> None:
+        _check_rate(rate_hz)
+        self.rate_hz = rate_hz
+        self._up: StreamResampler | None = None
+        self._down: StreamResampler | None = None
+        if rate_hz != _LIBRARY_RATE_HZ:
+            self._up = StreamResampler(rate_hz, _LIBRARY_RATE_HZ)
+            # The 16 kHz signal holds nothing above 4 kHz but the upsampler's residual images of
+            # the 3.4-4 kHz edge, so going back down may use the same short filter (stopband at the
+            # first image, 4.6 kHz) instead of a full anti-alias filter ending at 4 kHz.
+            self._down = StreamResampler(_LIBRARY_RATE_HZ, rate_hz, stopband_hz=rate_hz - 0.85 * rate_hz / 2)
+        self.latency_seconds = self._core_delay_seconds + sum(
+            r.latency_seconds for r in (self._up, self._down) if r is not None
+        )
+        self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _run_block(self, block: bytes) -> bytes:
+        raise NotImplementedError
+
+    def process(self, frame: Samples) -> Samples:
+        x = _check_frame(frame, self.rate_hz)
+        if self._up is not None:
+            x = self._up.process(x)
+        out = np.empty(len(x), dtype=np.int16)
+        data = x.tobytes()
+        step = 2 * _BLOCK_SAMPLES
+        for i in range(0, len(data), step):
+            cleaned = self._run_block(data[i : i + step])
+            out[i // 2 : i // 2 + _BLOCK_SAMPLES] = np.frombuffer(cleaned, np.int16)
+        if self._down is not None:
+            return self._down.process(out)
+        return out
+
+    def reset(self) -> None:
+        for r in (self._up, self._down):
+            if r is not None:
+                r.reset()
+        self._open()
+
+
+class SpeexSuppressor(_BlockSuppressor):
+    """Speex preprocessor noise suppression (no AGC, no VAD) at ``level_db`` (negative dB)."""
+
+    mode = "speex"
+    _core_delay_seconds = _SPEEX_DELAY_BLOCKS * _BLOCK_SECONDS
+
+    def __init__(self, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -> None:
+        if not -60 <= level_db < 0:
+            raise SuppressorError(f"speex suppression level must be in -60..-1 dB, got {level_db}")
+        self.level_db = int(level_db)
+        super().__init__(rate_hz)
+
+    def _open(self) -> None:
+        from speex_noise_cpp import create_speex_noise, process_10ms
+
+        # auto_gain 0 leaves the AGC off: level changes are the caller's, not ours to make.
+        self._state = create_speex_noise(0, self.level_db)
+        self._run = process_10ms
+
+    def _run_block(self, block: bytes) -> bytes:
+        # The binding always reads 160 samples; _check_frame and the framing guarantee them.
+        result: bytes = self._run(self._state, block)
+        return result
+
+
+class WebRtcSuppressor(_BlockSuppressor):
+    """WebRTC noise suppression (no gain control) at the policy nearest to ``level_db``."""
+
+    mode = "webrtc"
+    _core_delay_seconds = _WEBRTC_DELAY_SAMPLES / _LIBRARY_RATE_HZ
+
+    def __init__(self, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -> None:
+        if not -60 <= level_db < 0:
+            raise SuppressorError(f"webrtc suppression level must be in -60..-1 dB, got {level_db}")
+        self.policy = min(_WEBRTC_POLICY_DB, key=lambda p: abs(_WEBRTC_POLICY_DB[p] + level_db))
+        super().__init__(rate_hz)
+
+    def _open(self) -> None:
+        from webrtc_noise_gain import AudioProcessor
+
+        self._processor = AudioProcessor(0, self.policy)
+
+    def _run_block(self, block: bytes) -> bytes:
+        result: bytes = self._processor.Process10ms(block).audio
+        return result
+
+
+def make_suppressor(mode: str, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -> NoiseSuppressor:
+    """Build the suppressor for a tenant's ``mode`` at the caller's rate (8000 or 16000 Hz)."""
+    if mode == "off":
+        return PassthroughSuppressor(rate_hz)
+    if mode == "model":
+        return PassthroughSuppressor(rate_hz, model_noise_reduction=True)
+    if mode == "speex":
+        return SpeexSuppressor(rate_hz, level_db)
+    if mode == "webrtc":
+        return WebRtcSuppressor(rate_hz, level_db)
+    raise SuppressorError(f"unknown noise suppression mode {mode!r}; expected one of {SUPPRESSION_MODES}")
