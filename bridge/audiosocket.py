@@ -225,7 +225,10 @@ class AudioSocketServer:
                     return
                 elif isinstance(event, aso.Unknown):
                     call.log.debug("ignoring AudioSocket kind %#04x", event.kind)
-            data = await reader.read(READ_BYTES)
+            try:
+                data = await reader.read(READ_BYTES)
+            except (ConnectionError, OSError):
+                data = b""  # a reset connection is the caller gone too, not a failed call
             if data:
                 protocol.receive_data(data)
             else:

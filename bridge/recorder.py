@@ -62,6 +62,11 @@ MAX_LEAD_SECONDS = 0.5
 # A track that receives nothing (a transport that stops sending in silence) is padded up to this
 # far behind the present so that the other track keeps reaching the disk.
 QUIET_PAD_SECONDS = 0.5
+# Chunks handed over within this of each other belong to one delivery (a burst read after a
+# stall). The newest delivery is left for the next pass until it is SETTLE_SECONDS old, so that a
+# burst is never split between passes: its audio can then still take back the gap before it.
+GROUP_SECONDS = 0.005
+SETTLE_SECONDS = 0.05
 PEAK_POINTS = 1000
 UNFINISHED_DIR = ".unfinished"
 UPLOADS_DIR = ".uploads"
@@ -132,6 +137,7 @@ class _Chunk:
     channel: int
     start: int  # timeline position in samples at the recording rate
     samples: np.ndarray
+    at: int  # when it was handed over, same units
 
 
 class CallRecorder:
@@ -171,6 +177,7 @@ class CallRecorder:
         # Writer-thread state.
         self.header_interval = header_interval
         self._timeline: StereoTimeline | None = None
+        self._latest_at = 0  # newest hand-over position placed on the timeline
         self._wav_file: IO[bytes] | None = None
         self._wav: WavWriter | None = None
         self._jsonl: IO[bytes] | None = None
@@ -181,14 +188,14 @@ class CallRecorder:
     def caller_audio(self, samples: np.ndarray, rate_hz: int) -> None:
         if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
-        start = round((self._clock() - self._t0) * rate_hz) - len(samples)
-        self._push(_Chunk(CALLER, start, np.array(samples, dtype=np.int16)))
+        at = round((self._clock() - self._t0) * rate_hz)
+        self._push(_Chunk(CALLER, at - len(samples), np.array(samples, dtype=np.int16), at))
 
     def agent_audio(self, samples: np.ndarray, rate_hz: int) -> None:
         if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
-        start = round((self._clock() - self._t0) * rate_hz)
-        self._push(_Chunk(AGENT, start, np.array(samples, dtype=np.int16)))
+        at = round((self._clock() - self._t0) * rate_hz)
+        self._push(_Chunk(AGENT, at, np.array(samples, dtype=np.int16), at))
 
     def transcript(self, role: str, text: str, at: float) -> None:
         if self.ended or not self.record_audio:
@@ -269,23 +276,44 @@ class CallRecorder:
             self._fail(exc)
             return 0
 
-    def _service(self, now: float, final: bool) -> int:
-        written = 0
+    def _drain(self, now: float, final: bool) -> list[_Chunk]:
+        """Queued chunks, less the newest delivery while it may still be growing."""
         chunks = self._chunks
-        if chunks and self._wav is None:
-            self._open_wav()
-        timeline = self._timeline
-        while chunks:
+        batch: list[_Chunk] = []
+        while True:
             try:
-                chunk = chunks.popleft()
+                batch.append(chunks.popleft())
             except IndexError:
                 break
+        if final or not batch or not self.rate_hz:
+            return batch
+        rate = self.rate_hz
+        if batch[-1].at > (now - self._t0 - SETTLE_SECONDS) * rate:
+            group = int(GROUP_SECONDS * rate)
+            cut = len(batch) - 1
+            while cut > 0 and batch[cut].at - batch[cut - 1].at <= group:
+                cut -= 1
+            # Back to the front of the queue, oldest first: the loop only appends at the end.
+            chunks.extendleft(reversed(batch[cut:]))
+            del batch[cut:]
+        return batch
+
+    def _service(self, now: float, final: bool) -> int:
+        written = 0
+        batch = self._drain(now, final)
+        if batch and self._wav is None:
+            self._open_wav()
+        timeline = self._timeline
+        for chunk in batch:
             assert timeline is not None
             timeline.place(chunk.channel, chunk.samples, chunk.start)
+            self._latest_at = max(self._latest_at, chunk.at)
         if timeline is not None and self._wav is not None and self.rate_hz:
             if not final:
-                timeline.advance_to(round((now - self._t0 - QUIET_PAD_SECONDS) * self.rate_hz)
-                                    + timeline.gap_tolerance)
+                # Quiet is judged against the newest audio handed over, not the wall clock: while
+                # the event loop stalls nothing is "quiet", and what arrives late still fits.
+                quiet = int(QUIET_PAD_SECONDS * self.rate_hz)
+                timeline.advance_to(self._latest_at - quiet + timeline.gap_tolerance)
             rows = timeline.take(final=final)
             if len(rows):
                 written += self._wav.write(rows)
@@ -342,6 +370,13 @@ class CallRecorder:
         self.service(now, final=True)
         final = self.final or self.record.evolve(status=CallStatus.COMPLETE, ended_at=time.time())
         wav = self._wav
+        timeline = self._timeline
+        if timeline is not None and self.rate_hz:
+            rate = self.rate_hz
+            log.debug("call %s: recording timeline: silence inserted %.2f/%.2f s, taken back by late "
+                      "audio %.2f/%.2f s, dropped %.2f/%.2f s (caller/agent)", self.record.call_id,
+                      timeline.padded[0] / rate, timeline.padded[1] / rate, timeline.reclaimed[0] / rate,
+                      timeline.reclaimed[1] / rate, timeline.dropped[0] / rate, timeline.dropped[1] / rate)
         if wav is not None and self.failed is None:
             try:
                 wav.close()

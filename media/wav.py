@@ -292,6 +292,15 @@ def envelope(frames: Samples, points: int) -> npt.NDArray[np.int16]:
     return out
 
 
+class _Gap:
+    """Silence on a track, held as a count so that it can shrink until it is handed out."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
 class StereoTimeline:
     """Places two mono tracks on one sample timeline and hands out aligned stereo frames.
 
@@ -299,11 +308,17 @@ class StereoTimeline:
     from a clock: for audio just received, ``now - duration``; for audio just sent, ``now``).
     Chunks are appended back to back while their stated start stays within ``gap_tolerance``
     samples of where the track already is, so arrival jitter never cuts holes in speech. A chunk
-    that starts later than that leaves a gap, filled with silence (nobody spoke). A track running
-    more than ``max_lead`` samples ahead of its stated positions (a sender faster than real time,
-    clock drift) loses the oldest part of the chunk, so the tracks cannot drift apart without
-    bound. ``take`` returns the frames both tracks have reached; ``advance_to`` pads a track that
-    has gone quiet so that the other one is not held back.
+    that starts later than that leaves a gap, filled with silence (nobody spoke).
+
+    Audio held up and then delivered in a burst (a stalled event loop, a network hiccup) shows up
+    as a gap followed by chunks stated to start *before* the track's end: the gap was not silence
+    but late audio, so the burst takes back the gap's silence, as far as it has not been handed
+    out yet, and lands where it belongs. Beyond that, a track running more than ``max_lead``
+    samples ahead of its stated positions (a sender faster than real time, clock drift) loses the
+    oldest part of the chunk, so the tracks cannot drift apart without bound.
+
+    ``take`` returns the frames both tracks have reached; ``advance_to`` pads a track that has
+    gone quiet so that the other one is not held back.
     """
 
     def __init__(self, *, gap_tolerance: int, max_lead: int, channels: int = 2) -> None:
@@ -314,22 +329,32 @@ class StereoTimeline:
         self.channels = channels
         self.emitted = 0  # frames already handed out by take()
         self.positions = [0] * channels  # samples placed per track (emitted + pending)
-        self.padded = [0] * channels  # silence inserted per track
+        self.padded = [0] * channels  # silence inserted per track (net of what bursts took back)
+        self.reclaimed = [0] * channels  # gap silence taken back by late audio
         self.dropped = [0] * channels  # samples dropped per track (lead cap)
-        self._pending: list[list[Samples]] = [[] for _ in range(channels)]
+        self._pending: list[list[Samples | _Gap]] = [[] for _ in range(channels)]
+        self._last_gap: list[_Gap | None] = [None] * channels
 
     def place(self, channel: int, samples: Samples, start: int) -> None:
         n = len(samples)
         pos = self.positions[channel]
         if start > pos + self.gap_tolerance:
-            self._append(channel, np.zeros(start - pos, dtype=np.int16))
-            self.padded[channel] += start - pos
-        elif pos > start + self.max_lead:
-            drop = min(n, pos - start - self.max_lead)
-            samples = samples[drop:]
-            self.dropped[channel] += drop
+            self._gap(channel, start - pos)
+        elif pos > start:
+            gap = self._last_gap[channel]
+            if gap is not None and gap.n > 0:
+                back = min(pos - start, gap.n)
+                gap.n -= back
+                pos = self.positions[channel] = pos - back
+                self.padded[channel] -= back
+                self.reclaimed[channel] += back
+            if pos > start + self.max_lead:
+                drop = min(n, pos - start - self.max_lead)
+                samples = samples[drop:]
+                self.dropped[channel] += drop
         if len(samples):
-            self._append(channel, np.asarray(samples, dtype=np.int16))
+            self._pending[channel].append(np.asarray(samples, dtype=np.int16))
+            self.positions[channel] += len(samples)
 
     def advance_to(self, position: int) -> None:
         """Pad every track that is behind ``position - gap_tolerance`` up to that point."""
@@ -337,8 +362,7 @@ class StereoTimeline:
         for ch in range(self.channels):
             short = target - self.positions[ch]
             if short > 0:
-                self._append(ch, np.zeros(short, dtype=np.int16))
-                self.padded[ch] += short
+                self._gap(ch, short)
 
     def take(self, *, final: bool = False) -> Samples:
         """Frames every track has reached, shape ``(n, channels)``; ``final`` pads to the longest."""
@@ -346,32 +370,40 @@ class StereoTimeline:
             longest = max(self.positions)
             for ch in range(self.channels):
                 if self.positions[ch] < longest:
-                    self._append(ch, np.zeros(longest - self.positions[ch], dtype=np.int16))
+                    self._gap(ch, longest - self.positions[ch])
         ready = min(self.positions) - self.emitted
-        out = np.empty((max(0, ready), self.channels), dtype=np.int16)
+        out = np.zeros((max(0, ready), self.channels), dtype=np.int16)
         if ready <= 0:
             return out
         for ch in range(self.channels):
-            out[:, ch] = self._consume(ch, ready)
+            self._consume(ch, out[:, ch])
         self.emitted += ready
         return out
 
-    def _append(self, channel: int, samples: Samples) -> None:
-        self._pending[channel].append(samples)
-        self.positions[channel] += len(samples)
+    def _gap(self, channel: int, n: int) -> None:
+        gap = _Gap(n)
+        self._pending[channel].append(gap)
+        self._last_gap[channel] = gap
+        self.positions[channel] += n
+        self.padded[channel] += n
 
-    def _consume(self, channel: int, count: int) -> Samples:
+    def _consume(self, channel: int, out: npt.NDArray[np.int16]) -> None:
+        """Fill ``out`` (zeros already) from the front of the track's pending audio."""
         pending = self._pending[channel]
-        parts: list[Samples] = []
-        need = count
-        while need:
+        filled = 0
+        need = len(out)
+        while filled < need:
             head = pending[0]
-            if len(head) <= need:
-                parts.append(head)
-                pending.pop(0)
-                need -= len(head)
+            if isinstance(head, _Gap):
+                take = min(head.n, need - filled)
+                head.n -= take  # the zeros are already in ``out``
+                if head.n == 0:
+                    pending.pop(0)
             else:
-                parts.append(head[:need])
-                pending[0] = head[need:]
-                need = 0
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+                take = min(len(head), need - filled)
+                out[filled:filled + take] = head[:take]
+                if take == len(head):
+                    pending.pop(0)
+                else:
+                    pending[0] = head[take:]
+            filled += take

@@ -182,7 +182,7 @@ def test_timeline_gap_becomes_silence_and_tracks_stay_aligned():
     assert len(out) == 60 * 160  # the final take pads the agent track to the caller's length
     assert (out[:8000, 1] == 0).all() and (out[8000:8160, 1] == 7).all()
     assert (out[: 60 * 160, 0] == 5).all()
-    assert tl.padded[1] == 8000
+    assert tl.padded[1] == 8000 + (60 * 160 - 8160)
 
 
 def test_timeline_lead_cap_drops_oldest_part():
@@ -206,3 +206,31 @@ def test_timeline_advance_pads_a_quiet_track():
     # Late caller audio that fits the tolerance still lands contiguously after the padding.
     tl.place(0, _tone(160, 9), 7900)
     assert tl.positions[0] == 7200 + 160
+
+
+def test_timeline_burst_after_a_stall_takes_back_the_gap():
+    """A stalled reader delivers 0.9 s of caller audio at once: it belongs before the stall's
+    end, not after it."""
+    tl = StereoTimeline(gap_tolerance=800, max_lead=4000)
+    frames = [np.full(160, k + 1, dtype=np.int16) for k in range(46)]
+    tl.place(0, frames[0], 0)
+    arrival = 46 * 160
+    for frame in frames[1:]:
+        tl.place(0, frame, arrival - 160)  # all stamped on arrival
+    tl.place(1, np.zeros(arrival, dtype=np.int16), 0)
+    out = tl.take()
+    np.testing.assert_array_equal(out[:, 0], np.concatenate(frames))
+    assert tl.reclaimed[0] == arrival - 2 * 160 and tl.padded[0] == 0 and tl.dropped[0] == 0
+
+
+def test_timeline_cannot_take_back_silence_already_handed_out():
+    tl = StereoTimeline(gap_tolerance=0, max_lead=320)
+    tl.place(0, _tone(160, 1), 0)
+    tl.place(0, _tone(160, 2), 1600)  # a gap of 1440
+    tl.place(1, _tone(1760, 3), 0)
+    assert len(tl.take()) == 1760  # the gap is out
+    tl.place(0, _tone(160, 4), 1600)  # late audio: nothing left to take back
+    assert tl.reclaimed[0] == 0 and tl.positions[0] == 1920
+    for _ in range(5):  # a fast sender: capped at max_lead
+        tl.place(0, _tone(160, 5), 1760)
+    assert tl.positions[0] - 1920 <= 320 and tl.dropped[0] > 0
