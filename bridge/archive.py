@@ -205,9 +205,8 @@ class CallArchive:
         """Open the index, recover unfinished calls, run uploads, webhooks and retention; on
         exit finish every recording and flush what can be flushed in ``SHUTDOWN_TIMEOUT``."""
         self._loop = asyncio.get_running_loop()
-        root = self.layout.root
-        await asyncio.to_thread(lambda: [(root / d).mkdir(parents=True, exist_ok=True)
-                                         for d in (UNFINISHED_DIR, UPLOADS_DIR)])
+        for name in (UNFINISHED_DIR, UPLOADS_DIR):
+            await asyncio.to_thread((self.layout.root / name).mkdir, parents=True, exist_ok=True)
         await self.index.open()
         # An exception from the body is held and re-raised after the TaskGroup, so that callers
         # see it as it is rather than wrapped in an ExceptionGroup of the archive's own tasks.

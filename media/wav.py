@@ -265,7 +265,7 @@ def read_frames(path: str | os.PathLike[str]) -> tuple[Samples, WavFormat]:
         return np.zeros((0, info.format.channels), dtype=np.int16), info.format
     data = np.memmap(path, dtype="<i2", mode="r", offset=info.data_offset,
                      shape=(info.frames, info.format.channels))
-    return data, info.format  # type: ignore[return-value]
+    return data, info.format
 
 
 def envelope(frames: Samples, points: int) -> npt.NDArray[np.int16]:
