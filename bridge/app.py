@@ -93,6 +93,8 @@ class Application:
             switchboard = self.switchboard = Switchboard(
                 settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
+            if self.archive is not None:
+                switchboard.refusal_listener = self.archive.record_refusal
             if settings.http.enabled:
                 self.http = HttpServer(settings.http, switchboard, self.metrics)
                 if self.archive is not None and settings.ops.enabled:

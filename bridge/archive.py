@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ from media.wav import WavError, WavFormat, repair
 if TYPE_CHECKING:
     from bridge.call import CallInfo
     from bridge.metrics import Metrics
+    from bridge.switchboard import RefusedCall
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ RETENTION_PERIOD_SECONDS = 3600.0
 RETENTION_FIRST_RUN_SECONDS = 60.0
 SHUTDOWN_TIMEOUT = 15.0
 WEBHOOK_GRACE_SECONDS = 5.0
+MAX_REFUSAL_WRITES = 100  # refused calls being indexed at once
 _CONTENT_TYPES = {".wav": "audio/wav", ".jsonl": "application/x-ndjson",
                   ".peaks.json": "application/json", ".json": "application/json"}
 
@@ -198,6 +201,7 @@ class CallArchive:
         self._idle = asyncio.Event()
         self._idle.set()
         self.recovered: list[CallRecord] = []
+        self._refusal_writes = 0
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
@@ -307,6 +311,37 @@ class CallArchive:
         self.writer.attach(recorder)
         self._index_writes[info.call_id] = self._spawn(self._put(record))
         return recorder
+
+    def record_refusal(self, refused: RefusedCall) -> None:
+        """Index a call turned away before reaching the model (no files: nothing was said)."""
+        if self._tg is None:
+            return
+        if self._refusal_writes >= MAX_REFUSAL_WRITES:
+            return  # a flood of refused calls must not queue without bound
+        tenant = refused.tenant
+        days = self.settings.recording.retention_days
+        if tenant is not None and tenant.retention_days is not None:
+            days = tenant.retention_days
+        record = CallRecord(
+            call_id=str(uuid.uuid4()),
+            tenant=tenant.slug if tenant is not None else "",
+            tenant_id=tenant.tenant_id if tenant is not None else "",
+            transport=refused.transport,
+            dialled=refused.dialled,
+            caller_id=refused.caller_id,
+            started_at=refused.at,
+            status=CallStatus.COMPLETE,
+            ended_at=refused.at,
+            outcome="refused",
+            expires_at=refused.at + days * 86400.0 if days > 0 else None,
+            extra={"refusal": refused.reason.value},
+        )
+        self._refusal_writes += 1
+        task = self._spawn(self._put(record))
+        task.add_done_callback(self._refusal_written)
+
+    def _refusal_written(self, _task: asyncio.Task[bool]) -> None:
+        self._refusal_writes -= 1
 
     def _finished_from_thread(self, recorder: CallRecorder, record: CallRecord) -> None:
         loop = self._loop

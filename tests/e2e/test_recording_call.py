@@ -178,3 +178,36 @@ async def test_recorded_call_through_the_ops_api(tmp_path, fixtures_dir):
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_refused_calls_are_findable(tmp_path):
+    app = Application(settings_for(tmp_path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop.wait()))
+    await asyncio.wait_for(app.wait_started(), 20)
+    try:
+        caller = AsteriskCaller(app.agi.port, "+15550001234", caller_id="5511977776666")
+        await caller.dial()
+        await asyncio.wait_for(caller.agi_done.wait(), 10)
+        assert caller.agi.variables.get("CALLBRIDGE_STATUS") == "UNKNOWN_NUMBER"
+        base = f"http://127.0.0.1:{app.http.port}"
+        async with aiohttp.ClientSession(base_url=base) as http:
+            async with asyncio.timeout(5):
+                while True:
+                    async with http.get("/api/calls?outcome=refused&number=1555000",
+                                        headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+                        calls = (await resp.json())["calls"]
+                    if calls:
+                        break
+                    await asyncio.sleep(0.05)
+            assert len(calls) == 1
+            call = calls[0]
+            assert (call["dialled"], call["caller_id"], call["transport"]) == (
+                "+15550001234", "5511977776666", "audiosocket")
+            assert call["status"] == "complete" and not call["recording"]["available"]
+            # No tenant owns the number: tenant tokens do not see it.
+            async with http.get("/api/calls", headers={"Authorization": f"Bearer {DEMO}"}) as resp:
+                assert (await resp.json())["total"] == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
