@@ -17,6 +17,7 @@ import asyncio
 import logging
 import uuid
 
+from bridge import logs
 from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
 from bridge.switchboard import Refusal, Switchboard
 from sip import agi
@@ -165,6 +166,7 @@ class FastAgiServer:
             return
 
         call_id = str(uuid.uuid4())
+        logs.bind_call(call_id, resolution.tenant.slug)  # this session's log lines name the call
         pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
         try:
             answered = await session.command("ANSWER")

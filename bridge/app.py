@@ -26,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.realtime import endpoint_from_settings
 from bridge.settings import ModelProvider, Settings
 from bridge.switchboard import Switchboard
+from bridge.wsmedia import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
 
@@ -55,6 +56,7 @@ class Application:
         self.audiosocket: AudioSocketServer | None = None
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
+        self.wsmedia: WebSocketMediaServer | None = None
         self.simulator: Any = None
         self.tap_factory: TapFactory | None = None
         self.archive: Any = None  # bridge.archive.CallArchive while recording is enabled
@@ -67,7 +69,7 @@ class Application:
         async with AsyncExitStack() as stack:
             directory = self._directory
             if directory is None:
-                opened = open_directory(settings.tenants)
+                opened = open_directory(settings.tenants, observer=self.metrics.tenant_cache)
                 directory = await opened if inspect.isawaitable(opened) else opened
                 stack.push_async_callback(directory.close)
             simulator_url = None
@@ -101,8 +103,12 @@ class Application:
                     from bridge.ops_api import OpsApi
 
                     self.http.install(OpsApi(self.archive, settings.ops).install)
+                # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
+                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)
+                stack.push_async_callback(self.wsmedia.close)
             if settings.audiosocket.enabled:
                 self.audiosocket = AudioSocketServer(switchboard, settings.audiosocket)
                 await self.audiosocket.start()

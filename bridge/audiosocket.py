@@ -169,7 +169,15 @@ class AudioSocketServer:
         leg = AudioSocketLeg(protocol, writer, audio_format, pending, on_drop=drops.inc)
         info = CallInfo(TRANSPORT, pending.resolution.tenant, pending.dialled, pending.caller_id,
                         call_id=str(call_uuid))
-        call = switchboard.open_call(info, leg)
+        try:
+            call = switchboard.open_call(info, leg)
+        except ValueError as exc:  # the tenant's model or audio settings cannot be served here
+            log.error("cannot set up call for tenant %s: %s", info.tenant.slug, exc)
+            switchboard.metrics.model_errors.labels(switchboard.endpoint.provider.value, "config").inc()
+            if not pending.after_call.done():
+                pending.after_call.set_result(None)
+            await self._refuse(protocol, writer)
+            return
         try:
             async with asyncio.TaskGroup() as tg:
                 reader_task = tg.create_task(self._read_media(reader, protocol, call))
@@ -228,7 +236,7 @@ class AudioSocketServer:
             try:
                 data = await reader.read(READ_BYTES)
             except (ConnectionError, OSError):
-                data = b""  # a reset connection is the caller gone too, not a failed call
+                data = b""  # a reset from Asterisk is a hangup like any other
             if data:
                 protocol.receive_data(data)
             else:

@@ -78,7 +78,18 @@ class Outcome(enum.StrEnum):
 
 
 class CallerLeg(Protocol):
-    """What a transport provides to the call for the direction toward the caller."""
+    """What a transport provides to the call for the direction toward the caller.
+
+    Two optional members serve far ends that queue agent audio and play it on their own clock
+    (Twilio Media Streams, mod_audio_fork): the call looks them up with ``getattr``, so legs that
+    play what they are sent at once (AudioSocket, RTP) need not define them.
+
+    * ``unplayed_ms() -> float``: agent audio handed to ``send_audio`` that the far end has not
+      played yet (known from its playback marks). A barge-in truncation subtracts it from what
+      was sent, so the model is told what the caller heard.
+    * ``async end_of_segment() -> None``: agent audio stopped flowing (the playout buffer ran dry
+      after at least one frame); the leg may place a playback mark there.
+    """
 
     transport: str
     audio_format: AudioFormat
@@ -145,6 +156,13 @@ class CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         extra = kwargs.setdefault("extra", {})
         extra.update(self.extra or {})
         return f"[{self.extra['call_id'][:8]} {self.extra['tenant']}] {msg}", kwargs  # type: ignore[index]
+
+
+def mask_number(number: str) -> str:
+    """A caller's number for logs: enough to tell calls apart, not enough to identify the caller."""
+    if not number:
+        return "unknown"
+    return "*" * max(0, min(len(number) - 4, 8)) + number[-4:]
 
 
 def call_tools(tenant: TenantConfig) -> tuple[rt.ToolSpec, ...]:
@@ -231,6 +249,8 @@ class Call:
         self._playing = False  # agent audio of the current response has started toward the caller
         self._action_deadline = 0.0
         self._started = clock()
+        self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
+        self._leg_end_of_segment: Callable[[], Any] | None = getattr(leg, "end_of_segment", None)
 
     # ----------------------------------------------------------------- transport -> call
     def receive_audio(self, payload: bytes) -> None:
@@ -306,7 +326,7 @@ class Call:
         """Bridge the call until it ends; returns the outcome. Never raises for peer errors."""
         transport = self.leg.transport
         self.metrics.calls_active.labels(transport).inc()
-        self.log.info("call from %r to %s over %s", self.info.caller_id, self.info.dialled, transport)
+        self.log.info("call from %s to %s over %s", mask_number(self.info.caller_id), self.info.dialled, transport)
         try:
             await self._run()
         except* ModelError as group:
@@ -339,6 +359,7 @@ class Call:
         if self.tenant.greeting:
             await session.send(rt.greeting_response(self.tenant.greeting))
         self.info.answered_at = time.time()
+        self.metrics.calls_answered.labels(self.leg.transport).inc()
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._model_sender(session)),
@@ -471,6 +492,9 @@ class Call:
             return
         produced_ms = self._produced_samples.get(item, 0) * 1000 // MODEL_RATE_HZ
         played_ms = self.playout.played_ms(item)
+        if self._leg_unplayed_ms is not None:
+            # What the far end still holds of the audio sent was never heard.
+            played_ms = max(0, played_ms - int(self._leg_unplayed_ms()))
         if self.playout.buffered_samples == 0 and not self._responding:
             return  # the agent had already finished speaking: nothing to interrupt
         self.playout.clear()
@@ -564,6 +588,8 @@ class Call:
         tap = self.tap
         rate = fmt.rate_hz
         zeros = np.zeros(fmt.samples_for_ms(20), dtype=np.int16)
+        end_of_segment = self._leg_end_of_segment
+        in_segment = False
         while True:
             delay = pacer.delay(clock())
             if delay > 0:
@@ -578,10 +604,15 @@ class Call:
                     self._awaiting_first_frame = False
                 self.stats.agent_frames += 1
                 self._playing = True
+                in_segment = True
                 await leg.send_audio(payload)
                 if tap is not None:
                     tap.agent_audio(frame.samples, rate)
             else:
+                if in_segment:
+                    in_segment = False
+                    if end_of_segment is not None:
+                        await end_of_segment()
                 if self._responding and self._playing:
                     self.stats.underruns += 1
                     underruns.inc()

@@ -54,9 +54,15 @@ class ModelEndpoint:
         )
 
 
-def endpoint_from_settings(settings: Settings, simulator_url: str | None = None) -> ModelEndpoint:
+def endpoint_from_settings(
+    settings: Settings,
+    simulator_url: str | None = None,
+    provider: ModelProvider | None = None,
+) -> ModelEndpoint:
+    """The endpoint of ``provider`` (default: the deployment's provider) from the settings."""
     m = settings.model
-    provider = settings.resolved_provider
+    if provider is None or provider is ModelProvider.AUTO:
+        provider = settings.resolved_provider
     timeout = m.connect_timeout
     if provider is ModelProvider.SIMULATOR:
         if simulator_url is None:
@@ -64,7 +70,8 @@ def endpoint_from_settings(settings: Settings, simulator_url: str | None = None)
         return ModelEndpoint(provider, m.model, "simulator", websocket_base_url=simulator_url,
                              connect_timeout=timeout)
     if provider is ModelProvider.OPENAI:
-        assert m.api_key is not None
+        if m.api_key is None:
+            raise ValueError("the openai provider needs model.api_key (OPENAI_API_KEY)")
         return ModelEndpoint(provider, m.model, m.api_key.get_secret_value(),
                              websocket_base_url=m.websocket_base_url, base_url=m.base_url,
                              connect_timeout=timeout)
@@ -102,7 +109,10 @@ class RealtimeSession:
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
-        client = AsyncOpenAI(
+        # Building the client loads the TLS trust store (~100 ms of CPU): off the loop, or every
+        # call set-up would stall the pacers of all the calls in progress.
+        client = await asyncio.to_thread(
+            AsyncOpenAI,
             api_key=endpoint.api_key,
             base_url=endpoint.base_url,
             websocket_base_url=endpoint.websocket_base_url,

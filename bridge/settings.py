@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -216,6 +219,13 @@ class CallLimits(BaseModel):
     max_call_duration: float = Field(3600.0, gt=0)
 
 
+class MetricsSettings(BaseModel):
+    # A ``tenant`` label on the per-tenant call families. Off by default: the series count must
+    # not follow the size of a tenant table; when on, slugs past ``max_tenant_labels`` are "other".
+    tenant_labels: bool = False
+    max_tenant_labels: int = Field(50, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLBRIDGE_",
@@ -230,7 +240,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     # Per-module levels, e.g. {"bridge.realtime": "DEBUG"}.
-    log_levels: dict[str, str] = Field(default_factory=dict)
+    log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     model: ModelSettings = Field(default_factory=ModelSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
     agi: AgiSettings = Field(default_factory=AgiSettings)
@@ -240,6 +250,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = Field(default_factory=OpsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("log_level")
     @classmethod
@@ -248,6 +259,25 @@ class Settings(BaseSettings):
         if upper not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise ValueError(f"unknown log level {value!r}")
         return upper
+
+    @field_validator("log_levels", mode="before")
+    @classmethod
+    def _module_levels(cls, value: Any) -> Any:
+        # Also accepted as "bridge.realtime=DEBUG,tenants=WARNING" (one environment variable).
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"log_levels is not valid JSON: {exc}") from None
+        elif isinstance(value, str):
+            pairs = [item.partition("=") for item in value.replace(";", ",").split(",") if item.strip()]
+            value = {name.strip(): level.strip() for name, _, level in pairs}
+        if isinstance(value, dict):
+            for name, level in value.items():
+                if str(level).upper() not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+                    raise ValueError(f"unknown log level {level!r} for module {name!r}")
+            return {str(name): str(level).upper() for name, level in value.items()}
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -372,6 +402,8 @@ def load_settings(
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             problems.append(f"{where}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         _yaml_path.reset(yaml_token)
         _legacy_env.reset(env_token)

@@ -51,25 +51,41 @@ simulator cannot recognise words: the transcript reads ``[caller speech 2.3 s]``
 streaming cancels it when ``interrupt_response`` is true (the default): ``response.done`` with
 status ``cancelled`` and reason ``turn_detected``.
 
-One response streams at a time. Its audio is sent as ``response.output_audio.delta`` events of
-``delta_ms`` each in the session's output format: the first two at once, then one per
-``delta_ms / pace`` on the monotonic clock, so ``pace=1.0`` is real time. What a response says is
-deterministic; the last user-side conversation item decides:
+One response streams at a time (a second ``response.create`` gets
+``conversation_already_has_active_response``). Its events come in the service's order:
+``response.created``, ``rate_limits.updated``, ``response.output_item.added``,
+``conversation.item.added``, ``response.content_part.added``, then ``response.output_audio.delta``
+interleaved with ``response.output_audio_transcript.delta``, then ``response.output_audio.done``,
+``response.output_audio_transcript.done``, ``response.content_part.done``,
+``response.output_item.done``, ``conversation.item.done`` and ``response.done`` (also after a
+cancellation, with the item ``incomplete``). Audio deltas carry ``delta_ms`` each in the session's
+output format: the first ``LEAD_MS`` (200 ms) at once, then one per ``delta_ms / pace`` seconds of
+``clock`` (which must advance in real time), so ``pace=1.0`` is real time. With
+``output_modalities: ["text"]`` the same words come as ``response.output_text.delta`` / ``.done``.
 
-* nothing heard from the caller yet: the greeting, a recorded voice saying
+What a response says is deterministic; the latest user-side conversation item decides:
+
+* a ``function_call_output`` item: a short spoken confirmation, transcript ``[tool result received]``;
+* a text item with the tool hook below: a function call;
+* no caller turn in the conversation yet: the greeting, a recorded voice saying
   "Hello, this is the callbridge test line. Say something and I will repeat it.";
 * a caller turn: the caller's own audio played back (at most 10 s), transcript
   ``[echo of caller speech 2.3 s]``;
-* a ``function_call_output`` item: a short spoken confirmation, transcript ``[tool result received]``;
-* a user text item: the same short clip, transcript ``[reply to text message]``.
+* a text item after the caller has spoken: the short clip, transcript ``[reply to text message]``.
+
+With ``server_vad`` ``idle_timeout_ms`` set, silence that long after the last response finished
+playing emits ``input_audio_buffer.timeout_triggered`` and a short prompt, transcript
+``[are you still there?]``.
 
 Test hook for function calling: when the last user item is a text message containing
 ``call_tool:<name> <arguments>`` and the session (or the ``response.create``) declares a function
 tool ``<name>``, the response is a ``function_call`` item instead of audio
 (``response.output_item.added``, ``response.function_call_arguments.delta`` / ``.done``,
 ``response.output_item.done``, ``response.done``). ``<arguments>`` is passed on verbatim (``{}`` when
-empty), so malformed JSON can be sent on purpose. A bridge that forwards DTMF digits as text lets a
-phone keypad trigger tools this way. ``conversation.item.create`` alone never starts a response.
+empty), so malformed JSON can be sent on purpose. An undeclared tool (or ``tool_choice: "none"``)
+gets the short clip with transcript ``[tool <name> is not available]``; each hook fires once. A
+bridge that forwards DTMF digits as text lets a phone keypad trigger tools this way.
+``conversation.item.create`` alone never starts a response.
 
 ``SimulatorServer.sessions`` keeps a ``SimulatedSession`` record per accepted connection with what the
 client sent (session updates, truncations, cancellations, response requests, speech timestamps on
@@ -125,8 +141,9 @@ MAX_SESSION_SECONDS = 3600.0
 # A manual commit needs at least this much audio (the service's "buffer too small" rule).
 MIN_COMMIT_MS = 100
 ECHO_CAP_MS = 10_000
-# Audio deltas sent before pacing starts, so a client's jitter buffer is primed at once.
-_LEAD_CHUNKS = 1
+# Audio sent at once when a response starts, before real-time pacing: the service also runs
+# ahead of playback, and the client's playout buffer is primed against event-loop jitter.
+LEAD_MS = 200
 # Energy VAD: threshold 0.5 -> -45 dBFS, 5 dB per 0.1; hysteresis while a turn is open.
 _VAD_DB_AT_ZERO = -70.0
 _VAD_DB_PER_UNIT = 50.0
@@ -172,6 +189,8 @@ _CLIENT_EVENT_TYPES = (
     "response.cancel",
     "output_audio_buffer.clear",
 )
+_APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
+_PCM16_LE = np.dtype("<i2")
 _TOOL_HOOK = re.compile(r"call_tool:([A-Za-z0-9_.\-]+)[ \t]*(.*)", re.DOTALL)
 
 
@@ -526,6 +545,8 @@ def _encode(samples: Samples, rate_hz: int, codec: AudioFormat) -> bytes:
 
 # --------------------------------------------------------------------------- turn detection
 
+_NO_SAMPLES: Samples = np.zeros(0, dtype=np.int16)
+
 
 @dataclass(frozen=True, slots=True)
 class _Turn:
@@ -573,8 +594,10 @@ class InputAudioBuffer:
     def __init__(self, rate_hz: int, vad: _VadParams | None, stream_ms: int = 0) -> None:
         self.rate_hz = rate_hz
         self._frame_len = rate_hz * FRAME_MS // 1000
-        self._carry: Samples = np.zeros(0, dtype=np.int16)
-        self.vad = vad
+        self._carry: Samples = _NO_SAMPLES
+        self.vad: _VadParams | None = None
+        self._on_energy = self._hold_energy = 0.0
+        self.set_vad(vad)
         self.stream_ms = stream_ms  # whole frames seen since the session's first audio
         self.pending_start_ms = stream_ms  # start of the uncommitted stretch
         self._frames: deque[Samples] = deque()
@@ -594,24 +617,37 @@ class InputAudioBuffer:
             self.speaking = False
             self._run = 0
         self.vad = vad
+        if vad is not None:
+            # Levels are compared as frame energies (sum of squares), so no logarithm per frame:
+            # energy = frame_len * full_scale^2 * 10^(dBFS / 10).
+            full = self._frame_len * 32768.0 * 32768.0
+            self._on_energy = full * 10.0 ** (vad.on_db / 10.0)
+            self._hold_energy = full * 10.0 ** ((vad.on_db - _VAD_HOLD_DB) / 10.0)
 
     def feed(self, samples: Samples) -> list[_SpeechStarted | _SpeechStopped]:
         if self._carry.size:
             samples = np.concatenate((self._carry, samples))
-        n = len(samples) // self._frame_len
-        self._carry = samples[n * self._frame_len:].copy()
+        size = self._frame_len
+        n = len(samples) // size
+        self._carry = samples[n * size:].copy() if len(samples) > n * size else _NO_SAMPLES
         if n == 0:
             return []
-        frames = samples[: n * self._frame_len].reshape(n, self._frame_len)
-        power = np.mean(np.square(frames, dtype=np.float64), axis=1)
-        # dBFS of each 20 ms frame; the floor keeps log10 finite on digital silence.
-        levels = 10.0 * np.log10(np.maximum(power, 1e-3) / (32768.0 * 32768.0))
         events: list[_SpeechStarted | _SpeechStopped] = []
+        if n == 1:
+            # The usual case: one 20 ms frame per append.
+            frame = samples if len(samples) == size else samples[:size]
+            flat = frame.astype(np.float32)
+            self._frame(frame, float(flat @ flat), events)
+            return events
+        frames = samples[: n * size].reshape(n, size)
+        squares = frames.astype(np.float32)
+        squares *= squares
+        energies = squares.sum(axis=1).tolist()
         for i in range(n):
-            self._frame(frames[i], float(levels[i]), events)
+            self._frame(frames[i], energies[i], events)
         return events
 
-    def _frame(self, frame: Samples, level_db: float, events: list[_SpeechStarted | _SpeechStopped]) -> None:
+    def _frame(self, frame: Samples, energy: float, events: list[_SpeechStarted | _SpeechStopped]) -> None:
         self.stream_ms += FRAME_MS
         self._frames.append(frame)
         vad = self.vad
@@ -630,7 +666,7 @@ class InputAudioBuffer:
         if vad is None:
             return
         if not self.speaking:
-            if level_db >= vad.on_db:
+            if energy >= self._on_energy:
                 self._run += 1
             else:
                 self._run = 0
@@ -646,7 +682,7 @@ class InputAudioBuffer:
                 self._speech_end_ms = self.stream_ms
                 events.append(_SpeechStarted(start_ms))
             return
-        if level_db >= vad.on_db - _VAD_HOLD_DB:
+        if energy >= self._hold_energy:
             self._silence_ms = 0
             self._speech_end_ms = self.stream_ms
             return
@@ -663,7 +699,7 @@ class InputAudioBuffer:
         return self._take(self.stream_ms)
 
     def clear(self) -> None:
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._carry = _NO_SAMPLES
         self.speaking = False
         self._run = 0
         self._frames.clear()
@@ -699,6 +735,7 @@ class _Item:
     audio_ms: int = 0
     # Assistant audio produced so far, in ms, and whether a tool hook in this item was used.
     produced_ms: int = 0
+    truncated: bool = False
     hook_used: bool = False
 
     def to_json(self) -> Json:
@@ -870,11 +907,23 @@ class SimulatedConnection:
     async def _session_limit(self) -> None:
         limit = self._server.max_session_seconds
         await asyncio.sleep(limit)
+        self._limit_task = None  # from here on the close handshake must not be cancelled by teardown
         minutes = limit / 60
         shown = f"{minutes:.0f}" if minutes == int(minutes) else f"{minutes:g}"
         await self.close(1001, f"Your session hit the maximum duration of {shown} minutes.")
 
     async def _receive_text(self, data: str) -> None:
+        if data.startswith(_APPEND_PREFIX) and data.endswith('"}'):
+            # Fast path for the audio stream (50 events a second per call), as bridges serialise it:
+            # base64 contains neither quotes nor backslashes, so the payload is the whole middle.
+            audio = data[len(_APPEND_PREFIX):-2]
+            if '"' not in audio and "\\" not in audio:
+                self._record_event("input_audio_buffer.append")
+                try:
+                    await self._on_append({"audio": audio})
+                except InvalidRequest as exc:
+                    await self._send_error(exc, None)
+                return
         try:
             event = json.loads(data)
         except ValueError:
@@ -940,7 +989,9 @@ class SimulatedConnection:
         codec = self._in_codec
         if codec.bytes_per_sample == 2:
             # A trailing odd byte cannot be half a sample of the next append; it is dropped.
-            samples = np.frombuffer(payload, dtype="<i2", count=len(payload) // 2).astype(np.int16)
+            samples = np.frombuffer(payload, dtype=_PCM16_LE, count=len(payload) // 2)
+            if _PCM16_LE != np.int16:
+                samples = samples.astype(np.int16)
         else:
             samples = codec.decode(payload)
         self.record.input_audio_ms += len(samples) * 1000.0 / codec.rate_hz
@@ -994,8 +1045,6 @@ class SimulatedConnection:
         item.audio = turn.audio[: turn.rate_hz * min(span_ms, ECHO_CAP_MS) // 1000]
         item.audio_rate_hz = turn.rate_hz
         item.audio_ms = span_ms
-        for older in self._items:
-            older.audio = None  # only the latest turn's audio is kept
         previous = self._items[-1].id if self._items else None
         self._insert(item, previous)
         await self._send(
@@ -1047,6 +1096,9 @@ class SimulatedConnection:
     # -- conversation items --------------------------------------------------------------------
 
     def _insert(self, item: _Item, previous_item_id: str | None) -> None:
+        if item.audio is not None:
+            for older in self._items:
+                older.audio = None  # only the latest caller audio is kept
         if previous_item_id is None:
             self._items.append(item)
         elif previous_item_id == "root":
@@ -1189,6 +1241,7 @@ class SimulatedConnection:
                                  f"{audio_end_ms}ms", param="audio_end_ms")
         entry["accepted"] = True
         item.produced_ms = audio_end_ms
+        item.truncated = True
         # The model forgets what the caller never heard, transcript included.
         for part in item.content:
             if part.get("type") == "output_audio":
@@ -1370,10 +1423,13 @@ class SimulatedConnection:
         prefix = (f'{{"type":"response.output_audio.delta","response_id":"{resp.id}",'
                   f'"item_id":"{resp.item.id}","output_index":0,"content_index":0,"event_id":"')
         base = {"response_id": resp.id, "item_id": resp.item.id, "output_index": 0, "content_index": 0}
-        pacer = Pacer(self._clock(), period=self._server.delta_ms / 1000 / self._server.pace)
+        period = self._server.delta_ms / 1000 / self._server.pace
+        lead = max(1, LEAD_MS // self._server.delta_ms)  # chunks sent at once
+        # Chunk number ``lead`` is due one period after the start, the next one period later, ...
+        pacer = Pacer(self._clock() + period, period=period)
         word_index = 0
         for n in range(nchunks):
-            if n > _LEAD_CHUNKS:
+            if n >= lead:
                 delay = pacer.delay(self._clock())
                 if delay > 0:
                     await self._pause(resp, delay)
@@ -1391,14 +1447,15 @@ class SimulatedConnection:
             piece = audio[n * chunk:(n + 1) * chunk]
             if piece:
                 resp.sent_bytes += len(piece)
-                resp.item.produced_ms = int(codec.duration_ms(resp.sent_bytes))
+                if not resp.item.truncated:
+                    resp.item.produced_ms = int(codec.duration_ms(resp.sent_bytes))
                 if resp.first_audio_at is None:
                     resp.first_audio_at = self._clock()
                     self._voice_locked = True
                 frames.append(prefix + self._new_id("event") + '","delta":"'
                               + base64.b64encode(piece).decode("ascii") + '"}')
             await self._send_raw(frames)
-            if n >= _LEAD_CHUNKS:
+            if n >= lead:
                 pacer.frame_sent(self._clock())
         await self._finish(resp, "completed", None)
 
@@ -1620,7 +1677,12 @@ class SimulatorServer:
             return web.json_response({"error": {"message": "Expected a WebSocket upgrade request.",
                                                 "type": "invalid_request_error", "code": None,
                                                 "param": None}}, status=426)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # The client gave up during the handshake.
+            self.rejections.append(("handshake_aborted", request.path))
+            return ws
         if "realtime=v1" in request.headers.get("OpenAI-Beta", ""):
             self.rejections.append(("beta_api_shape_disabled", request.path))
             error = {"type": "invalid_request_error", "code": "beta_api_shape_disabled", "param": None,

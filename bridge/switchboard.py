@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge import logs
 from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
+from bridge.metrics import Metrics, TenantLabels
+from bridge.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
-from bridge.metrics import Metrics
-from bridge.realtime import ModelEndpoint
-from bridge.settings import Settings
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
 from tenants.routing import route
@@ -61,7 +62,9 @@ class PendingCall:
     expires_at: float
     audio_format: AudioFormat | None = None  # None: what the media transport says
     # Set by the media side when the call ends with a transfer, read by the signalling side.
-    after_call: asyncio.Future[object] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    after_call: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Switchboard:
@@ -84,10 +87,13 @@ class Switchboard:
         self.refusal_listener: Callable[[RefusedCall], None] | None = None
         self.draining = False
         self._pending: dict[str, PendingCall] = {}
+        self._endpoints: dict[str, ModelEndpoint] = {}
         self._active: set[Call] = set()
         self._per_tenant: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tenant_labels = TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels)
+        metrics.calls_capacity.set(settings.limits.max_calls)
 
     # ----------------------------------------------------------------- admission
     @property
@@ -107,6 +113,7 @@ class Switchboard:
     def refused(self, transport: str, reason: Refusal, *, dialled: str | None = None,
                 caller_id: str = "", tenant: TenantConfig | None = None) -> None:
         """Count a refusal; with the dialled number known it is also kept in the call index."""
+        self.metrics.calls_offered.labels(transport).inc()
         self.metrics.calls_refused.labels(transport, reason.value).inc()
         self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
         if dialled is not None and self.refusal_listener is not None:
@@ -150,10 +157,26 @@ class Switchboard:
                 pending.after_call.set_result(None)
 
     # ----------------------------------------------------------------- calls
+    def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
+        """The model endpoint a tenant's calls use: the deployment's, unless the tenant names
+        another provider (whose credentials must then be configured)."""
+        if tenant.provider == "default":
+            return self.endpoint
+        endpoint = self._endpoints.get(tenant.provider)
+        if endpoint is None:
+            provider = ModelProvider(tenant.provider)
+            simulator_url = self.endpoint.websocket_base_url if provider is ModelProvider.SIMULATOR else None
+            if provider is ModelProvider.SIMULATOR and self.endpoint.provider is not ModelProvider.SIMULATOR:
+                raise ValueError("tenant asks for the simulator, which this deployment does not run")
+            endpoint = endpoint_from_settings(self.settings, simulator_url, provider)
+            self._endpoints[tenant.provider] = endpoint
+        return endpoint
+
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
+        self.metrics.calls_offered.labels(info.transport).inc()
         tap = self.tap_factory(info) if self.tap_factory is not None else None
-        return Call(info, leg, self.endpoint, self.metrics, tap=tap, clock=self.clock,
+        return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)
 
     async def run_call(self, call: Call) -> Outcome:
@@ -162,9 +185,21 @@ class Switchboard:
         self._active.add(call)
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
         self._idle.clear()
+        # run_call runs in the call's own task: every line it and the tasks it starts log names
+        # the call and its tenant.
+        log_token = logs.bind_call(call.info.call_id, call.info.tenant.slug)
+        tenant_label = self._tenant_labels.label(call.info.tenant.slug)
+        if tenant_label is not None:
+            self.metrics.tenant_calls_active.labels(tenant_label).inc()
         try:
-            return await call.run()
+            outcome = await call.run()
+            if tenant_label is not None:
+                self.metrics.tenant_calls.labels(tenant_label, outcome.value).inc()
+            return outcome
         finally:
+            logs.unbind_call(log_token)
+            if tenant_label is not None:
+                self.metrics.tenant_calls_active.labels(tenant_label).dec()
             self._active.discard(call)
             left = self._per_tenant.get(tenant_id, 1) - 1
             if left:

@@ -1,9 +1,10 @@
 """The per-call audio chains between the caller's rate and the model's rate.
 
-Inbound (caller -> model): noise suppression, then rate conversion. With a suppressor that works
-at 16 kHz (Speex, WebRTC) and a caller at 8 kHz, the chain converts 8 -> 16 kHz once, suppresses,
-and converts 16 kHz -> model rate, instead of letting the suppressor go back down to 8 kHz and
-the chain up again: one conversion fewer, 1.9 ms less delay and less CPU.
+Inbound (caller -> model): noise suppression, then rate conversion. Both suppressor libraries run
+at 16 kHz. With a caller at 8 kHz and a model at 24 kHz the chain zero-stuffs 8 -> 16 kHz (no
+delay), suppresses, and converts 16 -> 24 kHz with a filter that also removes the zero-stuffing
+image (stopband from 4.6 kHz, gain 2; see ``media.noise``), instead of letting the suppressor go
+back down to 8 kHz and the chain up again: one conversion, 11.875 ms in all with Speex.
 
 Outbound (model -> caller): rate conversion only.
 
@@ -23,11 +24,14 @@ from media.codec import MODEL_RATE_HZ
 from media.noise import (
     DEFAULT_LEVEL_DB,
     DEFAULT_SUPPRESSION,
+    IMAGE_STOPBAND_HZ,
+    TELEPHONY_PASSBAND_HZ,
+    ZERO_STUFF_GAIN,
     NoiseSuppressor,
     PassthroughSuppressor,
     make_suppressor,
 )
-from media.resample import StreamResampler
+from media.resample import StreamResampler, is_polyphase_pair, zero_stuff
 
 Samples = npt.NDArray[np.int16]
 
@@ -51,6 +55,7 @@ class InboundChain:
         # 16 kHz flavour and converts the caller's rate to it itself.
         probe = make_suppressor(suppression, _SUPPRESSOR_RATE_HZ, level_db)
         self._before: StreamResampler | None = None
+        self._stuff = False
         if isinstance(probe, PassthroughSuppressor):
             self.suppressor: NoiseSuppressor | None = None
             self.model_noise_reduction = probe.model_noise_reduction
@@ -58,9 +63,20 @@ class InboundChain:
         else:
             self.suppressor = probe
             self.model_noise_reduction = False
-            if caller_rate_hz != probe.rate_hz:
-                self._before = StreamResampler(caller_rate_hz, probe.rate_hz)
-            self._after = StreamResampler(probe.rate_hz, model_rate_hz)
+            rate = probe.rate_hz
+            if caller_rate_hz * 2 == rate and is_polyphase_pair(rate, model_rate_hz):
+                self._stuff = True
+                self._after = StreamResampler(
+                    rate,
+                    model_rate_hz,
+                    passband_hz=TELEPHONY_PASSBAND_HZ * caller_rate_hz / 8000,
+                    stopband_hz=IMAGE_STOPBAND_HZ * caller_rate_hz / 8000,
+                    gain=ZERO_STUFF_GAIN,
+                )
+            else:
+                if caller_rate_hz != rate:
+                    self._before = StreamResampler(caller_rate_hz, rate)
+                self._after = StreamResampler(rate, model_rate_hz)
         # A suppressor takes whole 10 ms blocks; any partial block waits here for the next chunk.
         self._block = 0 if self.suppressor is None else self.suppressor.rate_hz // 100
         self._carry = np.zeros(0, dtype=np.int16)
@@ -81,7 +97,9 @@ class InboundChain:
         x = np.asarray(samples)
         if self.suppressor is None:
             return self._after.process(x)
-        if self._before is not None:
+        if self._stuff:
+            x = zero_stuff(x)
+        elif self._before is not None:
             x = self._before.process(x)
         if len(self._carry):
             x = np.concatenate((self._carry, x))

@@ -60,3 +60,42 @@ class Pacer:
             self._t0 = now + self.period
             self._n = 0
         return lateness
+
+
+_TOLERANCE_SECONDS = 1e-6
+
+
+class RealTimeLimit:
+    """Admits audio from a source at no more than real time, with bounded slack either way.
+
+    A virtual-scheduling form of the Generic Cell Rate Algorithm (ITU-T I.371 annex A), counted in
+    seconds of audio: ``tat`` is when the audio admitted so far would finish playing at real time.
+    A chunk may pass when ``tat + duration <= now + lead``: the source may run ``lead`` seconds ahead
+    of real time (bursty networks, large frames; at least one frame, since a frame is sent once it
+    is complete). After a stall the source may catch up on at most
+    ``catch_up`` seconds of lateness at once (audio delayed in the network arrives in a burst);
+    longer silences earn no credit, so a client that says nothing for a minute cannot then push a
+    minute of audio in a second.
+    """
+
+    def __init__(self, lead: float, catch_up: float) -> None:
+        if lead < 0 or catch_up < 0:
+            raise ValueError("lead and catch_up must not be negative")
+        self.lead = lead
+        self.catch_up = catch_up
+        self._tat: float | None = None
+
+    def _base(self, now: float) -> float:
+        if self._tat is None:
+            return now
+        return max(self._tat, now - self.catch_up)
+
+    def delay(self, now: float, duration: float) -> float:
+        """Seconds until ``duration`` seconds of audio may pass (zero: now)."""
+        wait = self._base(now) + duration - self.lead - now
+        # Sums of frame durations carry rounding error; a microsecond is no reason to queue.
+        return wait if wait > _TOLERANCE_SECONDS else 0.0
+
+    def admit(self, now: float, duration: float) -> None:
+        """Record that ``duration`` seconds of audio passed at ``now``."""
+        self._tat = self._base(now) + duration

@@ -53,6 +53,10 @@ class PlayoutBuffer:
         """Append audio; returns the number of samples dropped (oldest first) to stay bounded."""
         if len(samples) == 0:
             return 0
+        # A copy: callers decode into buffers they may reuse, and this audio is played much later.
+        samples = np.array(samples, dtype=np.int16)
+        if samples.ndim != 1:
+            raise ValueError(f"expected 1-D int16 samples, got shape {samples.shape}")
         self._chunks.append((samples, item_id))
         self._buffered += len(samples)
         self._ended = False

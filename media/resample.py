@@ -9,11 +9,12 @@ products that are not zero are computed.
 
 Output samples are handled in *groups* of ``L`` that consume exactly ``M`` input samples, so the
 pattern of taps repeats from group to group and a block of ``B`` groups is a fixed linear map of the
-block's input and of the block before it (the filter's look-back). One block is therefore two small
-matrix products against precomputed matrices; numpy hands those to BLAS, which keeps a 20 ms frame in
-the tens of microseconds without any compiled code of our own. Groups left over when a chunk is not
-a whole number of blocks go through the same taps one group at a time (slower, exact), so any chunk
-size works and streaming output equals one-shot output sample for sample.
+block's input and of the samples just before it (the filter's look-back). All whole blocks of a
+chunk are therefore one small matrix product against a precomputed matrix; numpy hands it to BLAS,
+which keeps a 20 ms frame in the tens of microseconds without any compiled code of our own. Groups
+left over when a chunk is not a whole number of blocks go through the same taps one group at a time
+(slower, exact), so any chunk size works and streaming output equals one-shot output sample for
+sample.
 
 The prototype is a Kaiser-windowed sinc (Kaiser, "Nonrecursive digital filter design using the
 I0-sinh window function", 1974) computed here with numpy, so the runtime needs nothing else. Its
@@ -35,6 +36,7 @@ to hold back.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +45,7 @@ Samples = npt.NDArray[np.int16]
 _Floats = npt.NDArray[np.float32]
 _Doubles = npt.NDArray[np.float64]
 
+_LITTLE_ENDIAN = sys.byteorder == "little"
 # Design attenuation; the requirement is 60 dB, the margin covers int16 rounding of the output.
 _STOPBAND_DB = 70.0
 _PASSBAND_FRACTION = 0.85
@@ -116,7 +119,12 @@ class _Polyphase:
     """Exact rational-ratio FIR resampler (see the module docstring)."""
 
     def __init__(
-        self, in_rate_hz: int, out_rate_hz: int, passband_hz: float | None, stopband_hz: float | None
+        self,
+        in_rate_hz: int,
+        out_rate_hz: int,
+        passband_hz: float | None,
+        stopband_hz: float | None,
+        gain: float,
     ) -> None:
         g = math.gcd(in_rate_hz, out_rate_hz)
         up, down = out_rate_hz // g, in_rate_hz // g
@@ -128,7 +136,7 @@ class _Polyphase:
         common_rate = float(in_rate_hz * up)
         # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
         # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
-        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * up
+        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * (up * gain)
         self.num_taps = len(taps)
         self.latency_seconds = (len(taps) - 1) / 2.0 / common_rate
 
@@ -149,58 +157,64 @@ class _Polyphase:
                 group[s - s_min, r] = coefficient(s, r)
         self._group = group.astype(np.float32)
 
-        # Whole blocks of B groups: block k's outputs are [prev | cur] @ self._span, prev and cur
-        # being the input blocks k-1 and k (B*M samples each), which lie next to each other in the
-        # buffer, so the rows are an overlapping view and need no copy.
+        # Whole blocks of B groups: block k's outputs are its input block (B*M samples) together
+        # with the `lookback` samples before it, times self._span. In the buffer those rows overlap
+        # (each starts B*M after the previous one), so they are a strided view and need no copy.
         self.block_in = self._choose_block(round(in_rate_hz * _BLOCK_SPAN_SECONDS))
         groups_per_block = self.block_in // down
-        span = np.zeros((2 * self.block_in, groups_per_block * up))
+        span = np.zeros((self._lookback + self.block_in, groups_per_block * up))
         for q in range(groups_per_block):
-            first = self.block_in + q * down + s_min
+            first = q * down  # the group's first input is at lookback + q*M, its window s_min before
             span[first : first + self._window, q * up : (q + 1) * up] = group
         # float32: halves the memory the products stream through; int16 audio needs far less
         # precision than its 24-bit mantissa.
         self._span = np.ascontiguousarray(span, dtype=np.float32)
 
-        self._history = np.zeros(self.block_in, dtype=np.float32)
+        self._history = np.zeros(self._lookback, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
     def _choose_block(self, span_samples: int) -> int:
+        # Blocks about half the look-back long measured fastest: longer rows multiply more zeros,
+        # shorter ones pay numpy's per-row overhead. A divisor of 10 ms keeps frames on the fast path.
         m = self.down
-        need = max(self._lookback, m)
+        need = max(self._lookback // 2, m)
         for size in range(need, span_samples + 1):
             if size % m == 0 and span_samples % size == 0:
                 return size
         return -(-need // m) * m
 
     def reset(self) -> None:
-        self._history = np.zeros(self.block_in, dtype=np.float32)
+        self._history = np.zeros(self._lookback, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
     def process(self, x: npt.NDArray[np.integer]) -> _Floats:
         block = self.block_in
+        lookback = self._lookback
         if len(self._pending):
             buf = np.concatenate((self._history, self._pending, x), dtype=np.float32)
         else:
             buf = np.concatenate((self._history, x), dtype=np.float32)
-        groups = (len(buf) - block) // self.down
+        groups = (len(buf) - lookback) // self.down
         consumed = groups * self.down
         whole = consumed // block
         rest = groups - whole * (block // self.down)
+        item = buf.itemsize
         parts = []
         if whole:
-            item = buf.itemsize
-            rows = np.ndarray((whole, 2 * block), np.float32, buffer=buf, strides=(block * item, item))
+            rows = np.ndarray((whole, lookback + block), np.float32, buffer=buf, strides=(block * item, item))
             parts.append((rows @ self._span).ravel())
         if rest:
-            start = block + whole * block - self._lookback
-            step = buf.strides[0]
-            windows = np.lib.stride_tricks.as_strided(
-                buf[start:], shape=(rest, self._window), strides=(self.down * step, step), writeable=False
+            # Group g's window starts at buffer index lookback + g*M + s_min = g*M.
+            windows = np.ndarray(
+                (rest, self._window),
+                np.float32,
+                buffer=buf,
+                offset=whole * block * item,
+                strides=(self.down * item, item),
             )
             parts.append((windows @ self._group).ravel())
-        self._history = buf[consumed : consumed + block]
-        self._pending = buf[block + consumed :]
+        self._history = buf[consumed : consumed + lookback]
+        self._pending = buf[lookback + consumed :]
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
@@ -261,12 +275,22 @@ class _SoxrSteady:
         return out
 
 
+def is_polyphase_pair(in_rate_hz: int, out_rate_hz: int) -> bool:
+    """True when this module's own filter serves the pair (otherwise soxr does, or nothing)."""
+    g = math.gcd(in_rate_hz, out_rate_hz)
+    return in_rate_hz != out_rate_hz and max(in_rate_hz, out_rate_hz) // g <= _MAX_POLYPHASE_FACTOR
+
+
 class StreamResampler:
     """int16 mono resampler for one direction of one call; rates fixed at construction.
 
     Each call of ``process`` with ``n`` samples returns ``n * out / in`` samples, the fractional
     part carried to later calls, so 20 ms in gives 20 ms out. ``reset()`` forgets the history
     (barge-in); ``flush()`` returns the audio still held back by the filter (hang-up).
+
+    ``passband_hz`` / ``stopband_hz`` override the default band edges (module docstring) and
+    ``gain`` scales the output; both serve stages that know more about their input than a
+    general resampler may assume (see ``zero_stuff``).
     """
 
     def __init__(
@@ -276,18 +300,22 @@ class StreamResampler:
         *,
         passband_hz: float | None = None,
         stopband_hz: float | None = None,
+        gain: float = 1.0,
     ) -> None:
         if in_rate_hz <= 0 or out_rate_hz <= 0:
             raise ResampleError(f"sample rates must be positive, got {in_rate_hz} -> {out_rate_hz}")
         self.in_rate_hz = in_rate_hz
         self.out_rate_hz = out_rate_hz
-        g = math.gcd(in_rate_hz, out_rate_hz)
         self._impl: _Polyphase | _SoxrSteady | None
         if in_rate_hz == out_rate_hz:
+            if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
+                raise ResampleError("equal rates are an identity; no filter or gain is applied")
             self._impl = None
-        elif max(in_rate_hz, out_rate_hz) // g <= _MAX_POLYPHASE_FACTOR:
-            self._impl = _Polyphase(in_rate_hz, out_rate_hz, passband_hz, stopband_hz)
+        elif is_polyphase_pair(in_rate_hz, out_rate_hz):
+            self._impl = _Polyphase(in_rate_hz, out_rate_hz, passband_hz, stopband_hz, gain)
         else:
+            if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
+                raise ResampleError(f"{in_rate_hz} -> {out_rate_hz} Hz goes through soxr: no custom filter")
             self._impl = _SoxrSteady(in_rate_hz, out_rate_hz)
 
     @property
@@ -321,3 +349,20 @@ class StreamResampler:
         y = impl.process(np.zeros(pad, dtype=np.int16))
         impl.reset()
         return _to_int16(y[:owed].copy())
+
+
+def zero_stuff(samples: Samples) -> Samples:
+    """Double the rate by inserting a zero after every sample: no filter, no delay, no arithmetic.
+
+    The result holds the original spectrum at half amplitude plus its mirror image above the old
+    Nyquist frequency. That is all a 16 kHz block processor fed from an 8 kHz leg needs when the
+    stage after it removes the image band anyway: a ``StreamResampler`` from 16 kHz with
+    ``stopband_hz`` at the first image of the passband edge (4.6 kHz) and ``gain=2``.
+    """
+    x = np.asarray(samples, dtype=np.int16)
+    if _LITTLE_ENDIAN:
+        # Zero-extending each 16-bit sample to 32 bits lays out (sample, 0) pairs in memory.
+        return x.view(np.uint16).astype(np.uint32).view(np.int16)
+    out = np.zeros(2 * len(x), dtype=np.int16)
+    out[::2] = x
+    return out

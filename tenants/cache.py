@@ -17,8 +17,9 @@ absent, backend fails       raise DirectoryUnavailable                          
 ==========================  =====================================================  ===========
 
 After a failure the backend counts as down for ``retry_interval`` seconds: lookups with an old
-answer get it at once instead of waiting out another timeout, while one background fetch per key
-probes the backend; its first success makes the backend count as up again.
+answer get it at once instead of waiting out another timeout, while a background fetch (at most
+one per ``probe_interval``) probes the backend and refreshes that entry; its first success makes
+the backend count as up again. Lookups without an old answer still ask the backend.
 
 Concurrent lookups of one key share one backend fetch. A fetch outlives a caller that stopped
 waiting for it (the caller's call goes on with a stale answer), so the answer still lands in the
@@ -50,6 +51,7 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_FETCH_TIMEOUT = 30.0  # bound on a fetch nobody waits for any more
 DEFAULT_MAX_STALE = 24 * 3600.0
 DEFAULT_RETRY_INTERVAL = 5.0
+DEFAULT_PROBE_INTERVAL = 1.0  # at most one background fetch per second while the store is down
 DEFAULT_MAX_ENTRIES = 10_000
 
 HIT = "hit"
@@ -89,6 +91,7 @@ class CachingDirectory:
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
         max_stale: float = DEFAULT_MAX_STALE,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         default_country: str = "BR",
         observer: CacheObserver | None = None,
@@ -101,6 +104,7 @@ class CachingDirectory:
         self.fetch_timeout = max(fetch_timeout, timeout)
         self.max_stale = max_stale
         self.retry_interval = retry_interval
+        self.probe_interval = probe_interval
         self.max_entries = max_entries
         self.default_country = default_country
         self.observer = observer
@@ -109,6 +113,7 @@ class CachingDirectory:
         self._inflight: dict[Key, asyncio.Task[Any]] = {}
         self._generation = 0
         self._down_until = -math.inf
+        self._probe_due = -math.inf
         self._down_logged = False
         self._closed = False
         add_listener = getattr(backend, "add_change_listener", None)
@@ -214,7 +219,9 @@ class CachingDirectory:
         usable = entry is not None and now - entry.stored_at <= self.max_stale
         if usable and now < self._down_until:
             assert entry is not None
-            self._start_fetch(key, fetch, arg)  # refresh in the background, answer now
+            if now >= self._probe_due:  # refresh in the background (rate-limited), answer now
+                self._probe_due = now + self.probe_interval
+                self._start_fetch(key, fetch, arg)
             return self._serve_stale(key, entry, now, None)
         task = self._start_fetch(key, fetch, arg)
         try:

@@ -23,15 +23,17 @@ async def open_backend(settings: TenantSettings) -> TenantDirectory:
     if backend == "file":
         from tenants.file import FileDirectory
 
-        return await FileDirectory.open(settings.file, settings.default_country,
-                                        watch_interval=settings.watch_interval)
+        return await FileDirectory.open(
+            settings.file, settings.default_country, watch_interval=settings.watch_interval
+        )
     if backend == "postgres":
         if settings.database_url is None:
             raise DirectoryConfigError("tenants.backend 'postgres' needs tenants.database_url (DATABASE_URL)")
         from tenants.postgres import PostgresDirectory
 
         url = settings.database_url.get_secret_value()
-        return await PostgresDirectory.open(url, settings.default_country, timeout=settings.lookup_timeout)
+        timeout = settings.lookup_timeout
+        return await PostgresDirectory.open(url, settings.default_country, query_timeout=timeout)
     if backend == "supabase":
         if not settings.supabase_url or settings.supabase_key is None:
             raise DirectoryConfigError(
@@ -40,8 +42,12 @@ async def open_backend(settings: TenantSettings) -> TenantDirectory:
             )
         from tenants.supabase import SupabaseDirectory
 
-        return await SupabaseDirectory.open(settings.supabase_url, settings.supabase_key.get_secret_value(),
-                                            settings.default_country, timeout=settings.lookup_timeout)
+        return await SupabaseDirectory.open(
+            settings.supabase_url,
+            settings.supabase_key.get_secret_value(),
+            settings.default_country,
+            query_timeout=settings.lookup_timeout,
+        )
     raise DirectoryConfigError(f"unknown tenants backend {backend!r}")
 
 

@@ -45,6 +45,15 @@ def embedded_tenants_file() -> Path:
     return Path(str(resource))
 
 
+class TenantFileError(TenantError):
+    """A tenants file that cannot be used; ``problems`` lists each reason, naming the tenant."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = tuple(problems)
+
+
 class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that refuses duplicate mapping keys instead of keeping the last one silently."""
 
@@ -55,9 +64,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     mapping: dict[Any, Any] = loader.construct_mapping(node, deep=deep)
     return mapping
@@ -85,12 +92,17 @@ class TenantTable:
         return next((t for t in self.tenants if t.slug == slug), None)
 
 
-def build_table(records: list[Any], default_country: str, *, defaults: Mapping[str, Any] | None = None,
-                where: str = "tenants") -> TenantTable:
+def build_table(
+    records: list[Any],
+    default_country: str,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    where: str = "tenants",
+) -> TenantTable:
     """Validate tenant records (dicts) into a TenantTable; TenantError lists every problem."""
     problems: list[str] = []
     tenants: list[TenantConfig] = []
-    owner: dict[str, str] = {}  # canonical number/pattern -> slug that lists it
+    owner: dict[str, str] = {}  # canonical number/pattern -> the tenant that lists it
     exact: dict[str, TenantConfig] = {}
     patterns: dict[str, TenantConfig] = {}
     slugs: set[str] = set()
@@ -102,28 +114,33 @@ def build_table(records: list[Any], default_country: str, *, defaults: Mapping[s
             continue
         merged = {**(defaults or {}), **record}
         slug = merged.get("slug")
+        name = slug if isinstance(slug, str) else label
         if isinstance(slug, str):
             label = f"{label} ({slug})"
             merged.setdefault("tenant_id", slug)
         raw_numbers = merged.get("numbers", ())
         if isinstance(raw_numbers, str) or not isinstance(raw_numbers, list | tuple):
             problems.append(f"{label}: numbers must be a list")
-            continue
+            raw_numbers = ()
+        # Numbers are checked whether or not the rest of the record is valid, so that one run
+        # reports every problem.
         canonical: list[str] = []
-        bad = False
         for raw in raw_numbers:
             try:
-                canonical.append(normalize_pattern(str(raw), default_country))
+                entry = normalize_pattern(str(raw), default_country)
             except NumberError as exc:
                 problems.append(f"{label}: numbers: {exc}")
-                bad = True
+                continue
+            if entry in owner:
+                problems.append(f"{label}: number {entry} is already listed by {owner[entry]!r}")
+                continue
+            owner[entry] = name
+            canonical.append(entry)
         merged["numbers"] = tuple(canonical)
         try:
             tenant = parse_tenant(merged)
         except TenantError as exc:
             problems.append(f"{label}: {exc}")
-            continue
-        if bad:
             continue
         if tenant.slug in slugs:
             problems.append(f"{label}: slug {tenant.slug!r} is used by another tenant")
@@ -132,14 +149,10 @@ def build_table(records: list[Any], default_country: str, *, defaults: Mapping[s
         slugs.add(tenant.slug)
         ids.add(tenant.tenant_id)
         for entry in tenant.numbers:
-            if entry in owner:
-                problems.append(f"{label}: number {entry} is already listed by {owner[entry]!r}")
-                continue
-            owner[entry] = tenant.slug
             (patterns if is_pattern(entry) else exact)[entry] = tenant
         tenants.append(tenant)
     if problems:
-        raise TenantError("; ".join(problems))
+        raise TenantFileError(where, problems)
     return TenantTable(tuple(tenants), exact, patterns)
 
 
@@ -150,30 +163,30 @@ def parse_tenants_yaml(
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise TenantError(f"{source}: not valid YAML: {exc}") from None
+        raise TenantFileError(source, [f"not valid YAML: {exc}"]) from None
     if document is None:
         document = {}
     if not isinstance(document, Mapping):
-        raise TenantError(f"{source}: the top level must be a mapping with a 'tenants' list")
+        raise TenantFileError(source, ["the top level must be a mapping with a 'tenants' list"])
     unknown = sorted(str(k) for k in document if k not in _TOP_LEVEL_KEYS)
     if unknown:
-        raise TenantError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}")
+        raise TenantFileError(source, [f"unknown top-level key(s) {', '.join(map(repr, unknown))}"])
     version = document.get("version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
-        raise TenantError(f"{source}: version {version!r} is not supported (expected {FORMAT_VERSION})")
+        raise TenantFileError(source, [f"version {version!r} is not supported (expected {FORMAT_VERSION})"])
     defaults = document.get("defaults") or {}
     if not isinstance(defaults, Mapping):
-        raise TenantError(f"{source}: defaults must be a mapping")
+        raise TenantFileError(source, ["defaults must be a mapping"])
     for key in ("slug", "tenant_id", "numbers"):
         if key in defaults:
-            raise TenantError(f"{source}: defaults cannot set {key!r}")
+            raise TenantFileError(source, [f"defaults cannot set {key!r}"])
     records = document.get("tenants") or []
     if not isinstance(records, list):
-        raise TenantError(f"{source}: tenants must be a list")
+        raise TenantFileError(source, ["tenants must be a list"])
     try:
         return build_table(records, default_country, defaults=defaults)
-    except TenantError as exc:
-        raise TenantError(f"{source}: {exc}") from None
+    except TenantFileError as exc:
+        raise TenantFileError(source, list(exc.problems)) from None
 
 
 def load_tenants_file(path: Path, default_country: str = "BR") -> TenantTable:
@@ -181,7 +194,7 @@ def load_tenants_file(path: Path, default_country: str = "BR") -> TenantTable:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TenantError(f"{path}: cannot read: {exc}") from None
+        raise TenantFileError(str(path), [f"cannot read: {exc}"]) from None
     return parse_tenants_yaml(text, default_country, source=str(path))
 
 
@@ -197,8 +210,14 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
 class FileDirectory:
     """Tenants from one YAML file, held in memory; ``reload()`` and ``watch()`` pick up edits."""
 
-    def __init__(self, path: Path, table: TenantTable, default_country: str = "BR", *,
-                 watch_interval: float = DEFAULT_WATCH_INTERVAL) -> None:
+    def __init__(
+        self,
+        path: Path,
+        table: TenantTable,
+        default_country: str = "BR",
+        *,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
+    ) -> None:
         self.path = path
         self.default_country = default_country
         self.watch_interval = watch_interval
@@ -209,8 +228,13 @@ class FileDirectory:
         self.last_error: str | None = None
 
     @classmethod
-    async def open(cls, path: Path | None = None, default_country: str = "BR", *,
-                   watch_interval: float = DEFAULT_WATCH_INTERVAL) -> FileDirectory:
+    async def open(
+        cls,
+        path: Path | None = None,
+        default_country: str = "BR",
+        *,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
+    ) -> FileDirectory:
         """Load the file (the embedded example when ``path`` is None); TenantError if invalid."""
         path = embedded_tenants_file() if path is None else path
         table = await asyncio.to_thread(load_tenants_file, path, default_country)
@@ -250,8 +274,11 @@ class FileDirectory:
             except TenantError as exc:
                 self._signature = signature
                 self.last_error = str(exc)
-                log.error("tenants file not reloaded, keeping the previous %d tenant(s): %s",
-                          len(self._table.tenants), exc)
+                log.error(
+                    "tenants file not reloaded, keeping the previous %d tenant(s): %s",
+                    len(self._table.tenants),
+                    exc,
+                )
                 return False
             self._table = table
             self._signature = signature
@@ -268,10 +295,21 @@ class FileDirectory:
         and configuration management write files); a change is picked up within one interval.
         """
         period = self.watch_interval if interval is None else interval
+        missing = False
         while True:
             await asyncio.sleep(period)
             signature = await asyncio.to_thread(_signature, self.path)
-            if signature is not None and signature != self._signature:
+            if signature is None:
+                if not missing:
+                    log.warning(
+                        "tenants file %s is missing; keeping the %d tenant(s) loaded",
+                        self.path,
+                        len(self._table.tenants),
+                    )
+                missing = True
+                continue
+            missing = False
+            if signature != self._signature:
                 await self.reload()
 
     async def close(self) -> None:

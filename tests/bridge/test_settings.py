@@ -46,7 +46,7 @@ def test_invalid_setting_names_it(tmp_path: Path) -> None:
     cfg.write_text("audiosocket:\n  port: 70000\n")
     with pytest.raises(ConfigError, match=r"audiosocket\.port"):
         load_settings(cfg, env_file=None, environ={})
-    with pytest.raises(ConfigError, match="http.port"):
+    with pytest.raises(ConfigError, match=r"http\.port"):
         load_settings(env_file=None, environ={"PORT": "eighty"})
     cfg.write_text("audiosockt:\n  port: 1\n")
     with pytest.raises(ConfigError, match="audiosockt"):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
+from bridge.settings import load_settings
 from bridge.simulator import greeting_samples
 from media.resample import StreamResampler
-from bridge.settings import load_settings
 from tests.conftest import load_wav
 from tests.peers.asterisk import AsteriskCaller
 

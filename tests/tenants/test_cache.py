@@ -87,12 +87,14 @@ def results() -> list[str]:
 
 @pytest.fixture
 def cache(backend: TableBackend, clock: Clock, results: list[str]) -> CachingDirectory:
-    return CachingDirectory(backend, ttl=30, negative_ttl=5, timeout=0.2, retry_interval=10,
-                            observer=results.append, clock=clock)
+    return CachingDirectory(
+        backend, ttl=30, negative_ttl=5, timeout=0.2, retry_interval=10, observer=results.append, clock=clock
+    )
 
 
-async def test_hits_within_ttl_then_refetches(cache: CachingDirectory, backend: TableBackend, clock: Clock,
-                                              results: list[str]) -> None:
+async def test_hits_within_ttl_then_refetches(
+    cache: CachingDirectory, backend: TableBackend, clock: Clock, results: list[str]
+) -> None:
     first = await cache.resolve("(11) 98888-0001")
     again = await cache.resolve("+5511988880001")
     assert first is not None and first is again
@@ -103,8 +105,9 @@ async def test_hits_within_ttl_then_refetches(cache: CachingDirectory, backend: 
     assert results == ["miss", "hit", "miss"]
 
 
-async def test_negative_answers_have_a_shorter_ttl(cache: CachingDirectory, backend: TableBackend,
-                                                   clock: Clock) -> None:
+async def test_negative_answers_have_a_shorter_ttl(
+    cache: CachingDirectory, backend: TableBackend, clock: Clock
+) -> None:
     assert await cache.resolve("+12125550100") is None
     clock.now += 4
     assert await cache.resolve("+12125550100") is None
@@ -115,7 +118,10 @@ async def test_negative_answers_have_a_shorter_ttl(cache: CachingDirectory, back
 
 
 async def test_stale_answer_when_backend_down_then_background_refresh(
-    cache: CachingDirectory, backend: TableBackend, clock: Clock, results: list[str],
+    cache: CachingDirectory,
+    backend: TableBackend,
+    clock: Clock,
+    results: list[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = await cache.resolve("+5511988880001")
@@ -145,16 +151,18 @@ async def test_stale_answer_when_backend_down_then_background_refresh(
     assert cache.statistics()["backend_down"] is False
 
 
-async def test_unknown_key_and_backend_down_is_an_error(cache: CachingDirectory, backend: TableBackend,
-                                                        results: list[str]) -> None:
+async def test_unknown_key_and_backend_down_is_an_error(
+    cache: CachingDirectory, backend: TableBackend, results: list[str]
+) -> None:
     backend.available = False
     with pytest.raises(DirectoryUnavailable):
         await cache.resolve("+5511988880001")
     assert results == ["error"]
 
 
-async def test_slow_backend_times_out_and_answer_still_lands(cache: CachingDirectory, backend: TableBackend,
-                                                            clock: Clock) -> None:
+async def test_slow_backend_times_out_and_answer_still_lands(
+    cache: CachingDirectory, backend: TableBackend, clock: Clock
+) -> None:
     backend.gate = asyncio.Event()
     with pytest.raises(DirectoryUnavailable, match=r"no answer within 0\.2 s"):
         await cache.resolve("+5511988880001")
@@ -197,8 +205,9 @@ async def test_invalidate_expires_but_keeps_stale(cache: CachingDirectory, backe
     assert await cache.resolve("+5511988880001") is not None  # stale, not an error
 
 
-async def test_fetch_started_before_invalidate_is_not_trusted(cache: CachingDirectory,
-                                                              backend: TableBackend) -> None:
+async def test_fetch_started_before_invalidate_is_not_trusted(
+    cache: CachingDirectory, backend: TableBackend
+) -> None:
     backend.gate = asyncio.Event()
     lookup = asyncio.create_task(cache.resolve("+5511988880001"))
     await asyncio.sleep(0)
@@ -251,8 +260,9 @@ async def test_entries_are_bounded(backend: TableBackend, clock: Clock) -> None:
     assert cache.statistics()["entries"] == 3
 
 
-async def test_close_cancels_inflight_fetches_and_closes_backend(cache: CachingDirectory,
-                                                                 backend: TableBackend) -> None:
+async def test_close_cancels_inflight_fetches_and_closes_backend(
+    cache: CachingDirectory, backend: TableBackend
+) -> None:
     backend.gate = asyncio.Event()
     lookup = asyncio.create_task(cache.resolve("+5511988880001"))
     await asyncio.sleep(0)
@@ -260,3 +270,21 @@ async def test_close_cancels_inflight_fetches_and_closes_backend(cache: CachingD
     assert backend.closed
     with pytest.raises(DirectoryUnavailable):
         await lookup
+
+
+async def test_background_probes_are_rate_limited_while_down(
+    cache: CachingDirectory, backend: TableBackend, clock: Clock
+) -> None:
+    await cache.resolve("+5511988880001")
+    clock.now += 60
+    backend.available = False
+    await cache.resolve("+5511988880001")  # fails, serves stale, marks the store down
+    calls = len(backend.calls)
+    for _ in range(20):
+        assert await cache.resolve("+5511988880001") is not None
+        await asyncio.sleep(0)
+    assert len(backend.calls) == calls + 1  # one probe within the probe interval
+    clock.now += 1.5
+    await cache.resolve("+5511988880001")
+    await asyncio.sleep(0)
+    assert len(backend.calls) == calls + 2

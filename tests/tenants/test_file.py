@@ -6,10 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tenants.config import AudioMode, TenantError
 from tenants.directory import MatchKind
-from tenants.file import FileDirectory, embedded_tenants_file, load_tenants_file, parse_tenants_yaml
+from tenants.file import (
+    FileDirectory,
+    TenantFileError,
+    TenantTable,
+    embedded_tenants_file,
+    load_tenants_file,
+    parse_tenants_yaml,
+)
 
 ONE_TENANT = """
 tenants:
@@ -75,10 +85,21 @@ def test_invalid_files_say_why(text: str, message: str) -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = "tenants:\n  - slug: a\n    colour: red\n  - slug: b\n    speed: 9\n"
-    with pytest.raises(TenantError) as info:
-        parse_tenants_yaml(text)
-    assert "'colour'" in str(info.value) and "(b): speed" in str(info.value)
+    text = (
+        "tenants:\n  - slug: a\n    colour: red\n    numbers: ['1001']\n"
+        "  - slug: b\n    speed: 9\n    numbers: ['1001', 'x']\n"
+    )
+    with pytest.raises(TenantFileError) as info:
+        parse_tenants_yaml(text, source="t.yaml")
+    assert info.value.source == "t.yaml"
+    assert sorted(info.value.problems) == sorted(
+        [
+            "tenants[0] (a): unknown key 'colour'",
+            "tenants[1] (b): number 1001 is already listed by 'a'",
+            "tenants[1] (b): numbers: 'x' is not a telephone number or extension",
+            "tenants[1] (b): speed: Input should be less than or equal to 1.5",
+        ]
+    )
 
 
 def test_inactive_tenant_is_not_found() -> None:
@@ -158,11 +179,69 @@ async def test_watch_reloads_on_edit_and_on_replace(tmp_path: Path) -> None:
         await asyncio.wait_for(changed.wait(), 5)
         tenant = await directory.resolve("+5511988880001")
         assert tenant is not None and tenant.voice == "sage1"
+        # A file that disappears for a while (replaced by a slow deploy) is waited for.
+        changed.clear()
+        path.unlink()
+        await asyncio.sleep(0.1)
+        assert not watcher.done() and not changed.is_set()
+        path.write_text(ONE_TENANT.replace("voice: alloy", "voice: ballad"))
+        await asyncio.wait_for(changed.wait(), 5)
+        tenant = await directory.resolve("+5511988880001")
+        assert tenant is not None and tenant.voice == "ballad"
         # An invalid edit is not applied; the watcher keeps running.
         path.write_text("tenants: [")
         await asyncio.sleep(0.2)
         assert not watcher.done()
         assert directory.last_error is not None
         tenant = await directory.resolve("+5511988880001")
-        assert tenant is not None and tenant.voice == "sage1"
+        assert tenant is not None and tenant.voice == "ballad"
         watcher.cancel()
+
+
+_SCALARS = st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(-3, 3) | st.text(max_size=12)
+_YAML_DATA = st.recursive(
+    _SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "tenants",
+                    "slug",
+                    "numbers",
+                    "voice",
+                    "speed",
+                    "defaults",
+                    "turn_detection",
+                    "type",
+                    "name",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@given(_YAML_DATA)
+def test_any_document_gives_a_table_or_tenant_error(document: object) -> None:
+    try:
+        table = parse_tenants_yaml(yaml.safe_dump(document))
+    except TenantError as exc:
+        assert str(exc)
+        return
+    for tenant in table.tenants:
+        assert tenant.slug
+
+
+@given(st.text(max_size=200))
+def test_any_text_gives_a_table_or_tenant_error(text: str) -> None:
+    try:
+        table = parse_tenants_yaml(text)
+    except TenantError as exc:
+        assert str(exc).startswith("tenants file: ")
+    else:
+        assert isinstance(table, TenantTable)

@@ -165,3 +165,21 @@ def test_match_number(dialled: str, tenant: str, kind: MatchKind, entry: str) ->
 @pytest.mark.parametrize("dialled", ["+12125550100", "2001", "*97"])
 def test_match_number_not_found(dialled: str) -> None:
     assert match_number(normalize_number(dialled, "BR"), EXACT, PATTERNS) is None
+
+
+@given(st.text(max_size=60), st.sampled_from(sorted(PLANS)))
+def test_any_text_gives_a_key_or_number_error(raw: str, country: str) -> None:
+    try:
+        key = normalize_number(raw, country)
+    except NumberError:
+        return
+    assert key and ((key.startswith("+") and key[1:].isdigit()) or set(key) <= set("0123456789*#"))
+
+
+@given(st.from_regex(r"\+?[0-9 ()\-.]{1,25}\*?", fullmatch=True))
+def test_any_dial_string_pattern_gives_pattern_or_number_error(raw: str) -> None:
+    try:
+        entry = normalize_pattern(raw, "BR")
+    except NumberError:
+        return
+    assert entry == normalize_pattern(entry, "BR")

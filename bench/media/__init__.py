@@ -1,0 +1,1 @@
+"""Media benchmark: noise suppression and the call audio chain, measured on recorded speech."""
