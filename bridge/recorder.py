@@ -109,14 +109,17 @@ class ArchiveLayout:
         return self.root / UPLOADS_DIR / call_id
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write, fsync and rename: readers see the old file or the new one, never a torn one."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Write and rename: readers see the old file or the new one, never a torn one. ``durable``
+    also fsyncs, for power loss; a killed process loses nothing the kernel already has, so the
+    in-progress records written at call start skip that wait."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -261,8 +264,8 @@ class CallRecorder:
     def begin(self) -> None:
         """Marker and in-progress metadata, before any audio (writer thread)."""
         marker = self.layout.unfinished_marker(self.record.call_id)
-        write_json_atomic(marker, self.record.to_json())
-        write_json_atomic(self.layout.path(self.record.path, ".json"), self.record.to_json())
+        write_json_atomic(marker, self.record.to_json(), durable=False)
+        write_json_atomic(self.layout.path(self.record.path, ".json"), self.record.to_json(), durable=False)
 
     def service(self, now: float, final: bool = False) -> int:
         """Move queued audio and transcript to disk; returns bytes written (writer thread)."""
@@ -342,7 +345,7 @@ class CallRecorder:
         self._timeline = StereoTimeline(gap_tolerance=int(rate * GAP_TOLERANCE_SECONDS),
                                         max_lead=int(rate * MAX_LEAD_SECONDS))
         self.record = self.record.evolve(recorded=True, sample_rate=rate)
-        write_json_atomic(self.layout.path(self.record.path, ".json"), self.record.to_json())
+        write_json_atomic(self.layout.path(self.record.path, ".json"), self.record.to_json(), durable=False)
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = str(exc)
@@ -464,14 +467,25 @@ class RecordingWriter:
                 if rec.ended or stopping:
                     done.append(rec)
                     continue
-                written = rec.service(now)
+                try:
+                    written = rec.service(now)
+                except Exception as exc:  # a bug in one recording must not stop every other one
+                    log.error("call %s: recording failed", rec.record.call_id, exc_info=True)
+                    rec._fail(exc)
+                    continue
                 if written and self.metrics is not None:
                     self.metrics.recording_bytes.inc(written)
             for rec in done:
                 if not rec.ended:
                     rec.end("shutdown")
                 before = rec._wav.data_bytes if rec._wav is not None else 0
-                record = rec.finish(now)
+                try:
+                    record = rec.finish(now)
+                except Exception as exc:  # as above: the call is still reported finished
+                    log.error("call %s: closing the recording failed", rec.record.call_id, exc_info=True)
+                    rec._fail(exc)
+                    record = (rec.final or rec.record).evolve(
+                        recorded=False, extra={**rec.record.extra, "recording_error": str(exc)})
                 after = rec._wav.data_bytes if rec._wav is not None else 0
                 if self.metrics is not None and after > before:
                     self.metrics.recording_bytes.inc(after - before)

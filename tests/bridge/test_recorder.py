@@ -256,3 +256,41 @@ def test_sigkill_leaves_a_file_playable_to_within_a_second(tmp_path):
     np.testing.assert_array_equal(frames[:, 0], expected)
     np.testing.assert_array_equal(frames[:, 1], -expected)
     assert (tmp_path / ".unfinished" / call_id).exists()
+
+
+def test_a_broken_recording_does_not_stop_the_others(tmp_path):
+    metrics = Metrics(CollectorRegistry())
+    clock = FakeClock()
+    good = _recorder(tmp_path, clock, info=_info("aaaaaaaa-0000-4000-8000-000000000001"))
+    bad = _recorder(tmp_path, clock, info=_info("bbbbbbbb-0000-4000-8000-000000000002"))
+    finished: dict[str, CallRecord] = {}
+    done = threading.Event()
+
+    def on_finished(_rec, record):
+        finished[record.call_id] = record
+        if len(finished) == 2:
+            done.set()
+
+    writer = RecordingWriter(flush_interval=0.01, clock=clock, metrics=metrics, on_finished=on_finished)
+    writer.start()
+    try:
+        writer.attach(good)
+        writer.attach(bad)
+        audio = _voice(RATE, 9)
+        for k in range(len(audio) // FRAME):
+            clock.now += 0.02
+            good.caller_audio(audio[k * FRAME:(k + 1) * FRAME], RATE)
+            good.agent_audio(np.zeros(FRAME, dtype=np.int16), RATE)
+            # Not a mono frame: whatever handed this over is wrong, and only this call suffers.
+            bad.caller_audio(np.zeros((FRAME, 2), dtype=np.int16), RATE)
+            bad.agent_audio(np.zeros(FRAME, dtype=np.int16), RATE)
+        time.sleep(0.1)
+        good.end("normal")
+        bad.end("normal")
+        writer.wake()
+        assert done.wait(5)
+    finally:
+        writer.stop(5)
+    assert finished[good.record.call_id].recorded
+    np.testing.assert_array_equal(_read(good.paths()[".wav"])[: len(audio), 0], audio)
+    assert bad.failed and not finished[bad.record.call_id].recorded
