@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -436,6 +437,9 @@ class CallArchive:
             except (OSError, ValueError, TypeError, RecordingError) as exc:
                 log.error("call %s: cannot recover: %s", call_id, exc)
                 continue
+            if record is None:
+                log.info("call %s is being recorded by another process; left alone", call_id)
+                continue
             await self._archive(record)
             recovered.append(record)
         if recovered:
@@ -443,9 +447,22 @@ class CallArchive:
         self.recovered.extend(recovered)
         return recovered
 
-    def _recover_files(self, call_id: str) -> CallRecord:
-        """Writer-side repair of one unfinished call (blocking; runs in a thread)."""
+    def _recover_files(self, call_id: str) -> CallRecord | None:
+        """Repair of one unfinished call (blocking; runs in a thread); None while the call's
+        recorder, in another process, still holds the marker's lock."""
         marker = self.layout.unfinished_marker(call_id)
+        fd = os.open(marker, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return self._repair_call(marker)
+        finally:
+            os.close(fd)
+
+    def _repair_call(self, marker: Path) -> CallRecord:
+        call_id = marker.name
         record = CallRecord.from_json(json.loads(marker.read_text(encoding="utf-8")))
         meta = self.layout.path(record.path, ".json")
         with contextlib.suppress(FileNotFoundError, ValueError, TypeError):

@@ -28,6 +28,7 @@ Files of one call, relative to the root (``stem`` = ``<tenant>/<yyyy>/<mm>/<dd>/
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -186,6 +187,7 @@ class CallRecorder:
         self._jsonl: IO[bytes] | None = None
         self.failed: str | None = None
         self.finished = threading.Event()
+        self._marker_fd: int | None = None
 
     # ------------------------------------------------------------------ CallTap (event loop)
     def caller_audio(self, samples: np.ndarray, rate_hz: int) -> None:
@@ -265,6 +267,12 @@ class CallRecorder:
         """Marker and in-progress metadata, before any audio (writer thread)."""
         marker = self.layout.unfinished_marker(self.record.call_id)
         write_json_atomic(marker, self.record.to_json(), durable=False)
+        # Held until the call is finished: another daemon sharing this directory (a rolling
+        # restart) sees the call is alive and leaves it alone; the kernel drops the lock when
+        # this process dies, however it dies.
+        fd = os.open(marker, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._marker_fd = fd
         write_json_atomic(self.layout.path(self.record.path, ".json"), self.record.to_json(), durable=False)
 
     def service(self, now: float, final: bool = False) -> int:
@@ -401,8 +409,14 @@ class CallRecorder:
         except OSError as exc:
             log.error("call %s: cannot write metadata: %s", final.call_id, exc)
         self.final = final
+        self.release_marker()
         self.finished.set()
         return final
+
+    def release_marker(self) -> None:
+        fd, self._marker_fd = self._marker_fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class RecordingWriter:
@@ -484,6 +498,7 @@ class RecordingWriter:
                 except Exception as exc:  # as above: the call is still reported finished
                     log.error("call %s: closing the recording failed", rec.record.call_id, exc_info=True)
                     rec._fail(exc)
+                    rec.release_marker()
                     record = (rec.final or rec.record).evolve(
                         recorded=False, extra={**rec.record.extra, "recording_error": str(exc)})
                 after = rec._wav.data_bytes if rec._wav is not None else 0

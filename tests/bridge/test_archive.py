@@ -63,7 +63,8 @@ async def test_finished_call_is_indexed_with_its_files(tmp_path):
     assert metrics.registry.get_sample_value("callbridge_recordings_total", {"result": "written"}) == 1
 
 
-async def _killed_call(root: Path, call_id: str, frames_before_kill: int) -> int:
+async def _recording_process(root: Path, call_id: str, frames: int) -> tuple[asyncio.subprocess.Process, int]:
+    """Another process recording a call in ``root``, once it has handed over ``frames`` frames."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.peers.killed_recorder", str(root), call_id,
@@ -71,13 +72,21 @@ async def _killed_call(root: Path, call_id: str, frames_before_kill: int) -> int
     assert proc.stdout is not None
     fed = 0
     try:
-        while fed < frames_before_kill:
+        while fed < frames:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, "recorder process died"
             fed = int(line)
-    finally:
-        proc.send_signal(signal.SIGKILL)
+    except BaseException:
+        proc.kill()
         await proc.wait()
+        raise
+    return proc, fed
+
+
+async def _killed_call(root: Path, call_id: str, frames_before_kill: int) -> int:
+    proc, fed = await _recording_process(root, call_id, frames_before_kill)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
     return fed
 
 
@@ -256,3 +265,24 @@ async def test_calls_are_indexed_in_postgres_when_tenants_live_there(tmp_path):
         assert not any((settings.recording.directory).glob("*.sqlite3"))
     finally:
         await _pg_drop(cluster, name)
+
+
+async def test_a_call_recorded_by_another_live_process_is_left_alone(tmp_path):
+    """Two daemons on one recordings directory (a rolling restart): the one starting must not
+    take the other's calls in progress for interrupted ones."""
+    settings = make_settings(tmp_path)
+    root = settings.recording.directory
+    call_id = "1ive0000-0000-4000-8000-000000000001"
+    proc, _ = await _recording_process(root, call_id, 25)
+    try:
+        archive = CallArchive(settings, Metrics(CollectorRegistry()))
+        async with archive.running():
+            assert archive.recovered == []
+            assert (root / ".unfinished" / call_id).exists()
+            assert await archive.get(call_id) is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    again = CallArchive(settings, Metrics(CollectorRegistry()))
+    async with again.running():
+        assert [r.call_id for r in again.recovered] == [call_id]
