@@ -71,7 +71,7 @@ def s3_settings(tmp_path: Path, server: S3Server, **s3_extra):
 async def eventually(predicate, seconds: float = 20.0) -> None:
     # Upload progress is observed from outside, as an operator would (gauges, counters).
     async with asyncio.timeout(seconds):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await asyncio.sleep(0.05)
 
 

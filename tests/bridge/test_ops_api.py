@@ -210,7 +210,7 @@ async def test_in_progress_calls_are_listed_but_not_served(tmp_path):
             tap.caller_audio(voice(160, 1), RATE)
         async with asyncio.timeout(5):
             # The in-progress row is written in the background, as the call starts.
-            while await archive.get(info.call_id) is None:  # noqa: ASYNC110
+            while await archive.get(info.call_id) is None:
                 await asyncio.sleep(0.02)
         async with http.get("/api/calls?status=in_progress", headers=bearer(ADMIN)) as resp:
             assert [c["call_id"] for c in (await resp.json())["calls"]] == [info.call_id]

@@ -84,7 +84,7 @@ async def test_sigkill_mid_call_leaves_a_repaired_playable_recording(tmp_path, f
         playing = asyncio.create_task(caller.play(sent, start=connected))
         # Kill once the call has run three seconds, in the middle of the caller's speech.
         async with asyncio.timeout(30):
-            while time.monotonic() - connected < 3.0:  # noqa: ASYNC110
+            while time.monotonic() - connected < 3.0:
                 await asyncio.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
