@@ -149,19 +149,19 @@ class FastAgiServer:
         switchboard = self.switchboard
 
         if switchboard.draining:
-            switchboard.refused(TRANSPORT, Refusal.DRAINING)
+            switchboard.refused(TRANSPORT, Refusal.DRAINING, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         try:
             resolution = await switchboard.route(dialled)
         except Exception as exc:  # a tenant store failure must not take the call down silently
             log.error("tenant lookup failed: %s", exc)
-            switchboard.refused(TRANSPORT, Refusal.LOOKUP_FAILED)
+            switchboard.refused(TRANSPORT, Refusal.LOOKUP_FAILED, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         if resolution is None:
             log.info("no tenant for dialled number; refusing the call")
-            switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER)
+            switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNKNOWN_NUMBER")
             if self.tenants.refuse_announcement:
                 await session.command("EXEC", "Playback", self.tenants.refuse_announcement, timeout=60)
@@ -169,7 +169,8 @@ class FastAgiServer:
             return
         refusal = switchboard.admit(resolution.tenant)
         if refusal is not None:
-            switchboard.refused(TRANSPORT, refusal)
+            switchboard.refused(TRANSPORT, refusal, dialled=dialled, caller_id=caller_id,
+                                tenant=resolution.tenant)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "BUSY")
             return
 

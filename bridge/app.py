@@ -61,6 +61,7 @@ class Application:
         self.stasis: Any = None  # bridge.stasis.StasisApplication when ARI is enabled
         self.ami: Any = None  # bridge.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
+        self.archive: Any = None  # bridge.archive.CallArchive while recording is enabled
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -83,11 +84,27 @@ class Application:
                 simulator_url = self.simulator.url
                 log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
             endpoint = endpoint_from_settings(settings, simulator_url)
+            tap_factory = self.tap_factory
+            if settings.recording.enabled and tap_factory is None:
+                from bridge.archive import CallArchive
+
+                # Entered before the listeners, left after them: recordings of calls still
+                # finishing are closed and indexed before the stack unwinds further.
+                self.archive = await stack.enter_async_context(
+                    CallArchive(settings, self.metrics, clock=self.clock).running()
+                )
+                tap_factory = self.archive.open_tap
             switchboard = self.switchboard = Switchboard(
-                settings, directory, endpoint, self.metrics, tap_factory=self.tap_factory, clock=self.clock
+                settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
+            if self.archive is not None:
+                switchboard.refusal_listener = self.archive.record_refusal
             if settings.http.enabled:
                 self.http = HttpServer(settings.http, switchboard, self.metrics)
+                if self.archive is not None and settings.ops.enabled:
+                    from bridge.ops_api import OpsApi
+
+                    self.http.install(OpsApi(self.archive, settings.ops).install)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
                 self.wsmedia = WebSocketMediaServer(switchboard)
                 self.http.install(self.wsmedia.install)

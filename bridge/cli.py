@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "bridge.check_command",
     "bridge.simulator",
     "bridge.tenant_commands",
+    "bridge.calls_command",
 )
 
 

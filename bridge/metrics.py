@@ -139,6 +139,15 @@ class Metrics:
         self.uploads_pending = Gauge(
             "callbridge_uploads_pending", "Recordings waiting to be uploaded to object storage", registry=r
         )
+        self.uploads = Counter(
+            "callbridge_uploads_total", "Upload attempts to object storage by result (ok, failed)",
+            ["result"], registry=r,
+        )
+        self.webhooks = Counter(
+            "callbridge_webhooks_total",
+            "Post-call webhook deliveries by result (delivered, failed, dropped)",
+            ["result"], registry=r,
+        )
         self.event_loop_lag = Histogram(
             "callbridge_event_loop_lag_seconds", "Delay of a periodic event-loop probe past its deadline",
             buckets=_FAST_BUCKETS, registry=r,

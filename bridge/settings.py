@@ -208,10 +208,81 @@ class TenantSettings(BaseModel):
         return self
 
 
+class RecordingStorage(enum.StrEnum):
+    LOCAL = "local"  # the recordings directory is the store
+    S3 = "s3"  # the directory spools; recordings are uploaded after the call
+
+
+class CallIndexBackend(enum.StrEnum):
+    AUTO = "auto"  # postgres when the tenants backend is postgres, else sqlite
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+class S3Settings(BaseModel):
+    bucket: str = Field(..., min_length=3)
+    prefix: str = "recordings/"
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph, R2 ...)
+    region: str | None = None
+    # Unset: boto3's own credential chain (environment, profile, instance role).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Lifetime of the presigned URLs handed to ops clients.
+    presign_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)
+    keep_local: bool = False  # keep the local copy after a successful upload
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    # Back-off between upload attempts while the store is down: doubles up to the maximum.
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+
+
 class RecordingSettings(BaseModel):
     enabled: bool = True
     directory: Path = Path("var/recordings")
+    # Days a call (recording, transcript, index row) is kept when its tenant sets none; 0 keeps
+    # calls until deleted by hand.
     retention_days: int = Field(90, ge=0)
+    storage: RecordingStorage = RecordingStorage.LOCAL
+    s3: S3Settings | None = None
+    index: CallIndexBackend = CallIndexBackend.AUTO
+    sqlite_path: Path | None = None  # None: calls.sqlite3 in the recordings directory
+    database_url: SecretStr | None = None  # None: the tenants database URL
+    # How often the writer thread moves queued audio to disk, and how much audio may go by
+    # between WAV header updates: together they bound what a SIGKILL can cost.
+    flush_interval: float = Field(0.2, gt=0, le=1.0)
+    header_interval: float = Field(0.5, gt=0, le=1.0)
+    # Seconds of audio per call waiting for the writer before the oldest is dropped.
+    max_backlog_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _s3_configured(self) -> RecordingSettings:
+        if self.storage is RecordingStorage.S3 and self.s3 is None:
+            raise ValueError("storage s3 needs recording.s3 (bucket, endpoint ...)")
+        return self
+
+
+class OpsSettings(BaseModel):
+    """The ops API (/api/calls ...) and web page (/ops/)."""
+
+    enabled: bool = True
+    admin_token: SecretStr | None = None  # sees every tenant
+    tenant_tokens: dict[str, SecretStr] = Field(default_factory=dict)  # tenant slug -> token
+    # Base URL the daemon is reached at by ops staff and webhook receivers (recording links).
+    public_url: str | None = None
+    link_seconds: int = Field(300, ge=1, le=24 * 3600)  # lifetime of signed recording links
+    max_page_size: int = Field(500, ge=1)
+
+
+class WebhookSettings(BaseModel):
+    """Delivery of the post-call webhook (the URL and secret are per tenant)."""
+
+    timeout: float = Field(10.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    queue_size: int = Field(1000, ge=1)
 
 
 class CallLimits(BaseModel):
@@ -250,6 +321,8 @@ class Settings(BaseSettings):
     ami: AmiSettings = Field(default_factory=AmiSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 

@@ -39,6 +39,18 @@ class Refusal(enum.StrEnum):
     UNKNOWN_CALL = "unknown_call"
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedCall:
+    """A call turned away before reaching the model, for the call index."""
+
+    transport: str
+    reason: Refusal
+    dialled: str
+    caller_id: str
+    tenant: TenantConfig | None
+    at: float = field(default_factory=time.time)  # wall clock, for records only
+
+
 @dataclass(slots=True)
 class PendingCall:
     """A call announced by signalling (FastAGI, ARI) whose media connection is still to come."""
@@ -72,6 +84,7 @@ class Switchboard:
         self.metrics = metrics
         self.tap_factory = tap_factory
         self.clock = clock
+        self.refusal_listener: Callable[[RefusedCall], None] | None = None
         self.draining = False
         self._pending: dict[str, PendingCall] = {}
         self._endpoints: dict[str, ModelEndpoint] = {}
@@ -97,10 +110,14 @@ class Switchboard:
             return Refusal.TENANT_CAPACITY
         return None
 
-    def refused(self, transport: str, reason: Refusal) -> None:
+    def refused(self, transport: str, reason: Refusal, *, dialled: str | None = None,
+                caller_id: str = "", tenant: TenantConfig | None = None) -> None:
+        """Count a refusal; with the dialled number known it is also kept in the call index."""
         self.metrics.calls_offered.labels(transport).inc()
         self.metrics.calls_refused.labels(transport, reason.value).inc()
         self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
+        if dialled is not None and self.refusal_listener is not None:
+            self.refusal_listener(RefusedCall(transport, reason, dialled, caller_id, tenant))
 
     async def route(self, dialled: str) -> Resolution | None:
         """Resolve the dialled number, applying the unknown-number policy. Raises on lookup failure."""
