@@ -58,6 +58,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bridge import logs
 from bridge.ari import AriClient, AriError, AriHttpError, media_base_url
 from bridge.call import Call, CallInfo, Outcome
 from bridge.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
@@ -153,6 +154,7 @@ class StasisCall:
         self.media_id = f"{self.settings.app}-media-{token}"
         self.bridge_id = f"{self.settings.app}-bridge-{token}"
         self.state = "routing"
+        self.call_id = ""
         self.call: Call | None = None
         self.audiosocket_uuid: str | None = None
         self.pending: PendingCall | None = None
@@ -208,10 +210,14 @@ class StasisCall:
         return await self._race(self.app.client.request(req))
 
     async def _race(self, awaitable: Awaitable[Any]) -> Any:
+        """Await ``awaitable`` unless the caller leaves first (then CallerGone)."""
         task = asyncio.ensure_future(awaitable)
         gone = asyncio.ensure_future(self.caller_gone.wait())
         try:
             await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         finally:
             gone.cancel()
         if not task.done():
@@ -265,11 +271,15 @@ class StasisCall:
             switchboard.refused(transport, refusal)
             await self._fallback(Status.UNAVAILABLE if refusal is Refusal.DRAINING else Status.BUSY)
             return None
+        # One id names the call everywhere: logs, records, and for AudioSocket the UUID Asterisk
+        # sends first on the media connection.
+        self.call_id = str(uuid.uuid4())
+        logs.bind_call(self.call_id, resolution.tenant.slug)  # this task's log lines name the call
         # Hold a place under the switchboard's limits while the media is set up.
         key = self.media_id
         audio_format: AudioFormat | None = None
         if self.transport is ExternalMediaTransport.AUDIOSOCKET:
-            key = self.audiosocket_uuid = str(uuid.uuid4())
+            key = self.audiosocket_uuid = self.call_id
             audio_format = SLIN_16K if self.settings.format == "slin16" else SLIN_8K
         self.pending = switchboard.register_pending(
             key, resolution, resolution.number or self.dialled, self.caller_number, audio_format)
@@ -326,7 +336,7 @@ class StasisCall:
     def _open_call(self, resolution: Resolution, leg: Any) -> Call:
         switchboard = self.app.switchboard
         info = CallInfo(TRANSPORT_NAMES[self.transport], resolution.tenant,
-                        resolution.number or self.dialled, self.caller_number)
+                        resolution.number or self.dialled, self.caller_number, call_id=self.call_id)
         if self.pending is not None:
             switchboard.claim(self.pending.key)
         call = switchboard.open_call(info, leg)
