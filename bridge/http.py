@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -41,8 +42,8 @@ class HttpServer:
         self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await self._site.start()
         server = self._site._server
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server)
+        self.port = int(server.sockets[0].getsockname()[1])
         log.info("HTTP listening on %s:%d", self.settings.host, self.port)
 
     async def close(self) -> None:

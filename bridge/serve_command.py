@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             import uvloop
 
-            return uvloop.run(_main(settings))  # type: ignore[no-any-return]
+            return uvloop.run(_main(settings))
         except ImportError:
             log.warning("uvloop is not installed; using asyncio's loop")
     return asyncio.run(_main(settings))

@@ -469,7 +469,7 @@ def load_settings(
     yaml_token = _yaml_path.set(path)
     env_token = _legacy_env.set(environ)
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
