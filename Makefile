@@ -9,7 +9,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TSTAMP  = $(VENV)/.installed-test
 
-.PHONY: run test install install-test system-deps lint typecheck bench-media bench-load clean
+.PHONY: run test install install-test system-deps lint typecheck bench-media bench-load bench-recording clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-media: $(TSTAMP)
 
 bench-load: $(TSTAMP)
 	$(BIN)/python -m bench.load
+
+bench-recording: $(TSTAMP)
+	$(BIN)/python -m bench.recording
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
+from typing import Any
 
+from bridge import logs
 from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
 from bridge.switchboard import Refusal, Switchboard
 from sip import agi
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 TRANSPORT = "audiosocket"
 ENV_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
+# Channels of recent calls kept for AMI Hangup events that come after the AGI session.
+CHANNELS_REMEMBERED = 256
 
 
 class ChannelGone(Exception):
@@ -81,6 +86,11 @@ class FastAgiServer:
         self.audiosocket_port = audiosocket_port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        # An AMI connection (bridge.ami.AmiConnection) when configured: transfers then use the
+        # Redirect action if ``ami.redirect_transfers`` is set, and the PBX's hangup cause of each
+        # call is logged from the Hangup event.
+        self.ami: Any = None
+        self._channel_calls: OrderedDict[str, str] = OrderedDict()  # channel name -> call id
 
     @property
     def port(self) -> int:
@@ -139,19 +149,19 @@ class FastAgiServer:
         switchboard = self.switchboard
 
         if switchboard.draining:
-            switchboard.refused(TRANSPORT, Refusal.DRAINING)
+            switchboard.refused(TRANSPORT, Refusal.DRAINING, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         try:
             resolution = await switchboard.route(dialled)
         except Exception as exc:  # a tenant store failure must not take the call down silently
             log.error("tenant lookup failed: %s", exc)
-            switchboard.refused(TRANSPORT, Refusal.LOOKUP_FAILED)
+            switchboard.refused(TRANSPORT, Refusal.LOOKUP_FAILED, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         if resolution is None:
             log.info("no tenant for dialled number; refusing the call")
-            switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER)
+            switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNKNOWN_NUMBER")
             if self.tenants.refuse_announcement:
                 await session.command("EXEC", "Playback", self.tenants.refuse_announcement, timeout=60)
@@ -159,11 +169,17 @@ class FastAgiServer:
             return
         refusal = switchboard.admit(resolution.tenant)
         if refusal is not None:
-            switchboard.refused(TRANSPORT, refusal)
+            switchboard.refused(TRANSPORT, refusal, dialled=dialled, caller_id=caller_id,
+                                tenant=resolution.tenant)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "BUSY")
             return
 
         call_id = str(uuid.uuid4())
+        logs.bind_call(call_id, resolution.tenant.slug)  # this session's log lines name the call
+        if self.ami is not None and request.channel:
+            self._channel_calls[request.channel] = call_id
+            while len(self._channel_calls) > CHANNELS_REMEMBERED:
+                self._channel_calls.popitem(last=False)
         pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
         try:
             answered = await session.command("ANSWER")
@@ -177,14 +193,31 @@ class FastAgiServer:
             switchboard.forget(call_id)
         after = pending.after_call.result() if pending.after_call.done() else None
         if isinstance(after, TransferTarget):
-            await self._transfer(session, after)
+            await self._transfer(session, after, request.channel)
         else:
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "DONE")
 
-    async def _transfer(self, session: _Session, target: TransferTarget) -> None:
+    def ami_hangup(self, message: Any) -> None:
+        """AMI ``Hangup`` event: log why the PBX ended one of this server's calls (Q.850 cause)."""
+        call_id = self._channel_calls.pop(str(message.get("Channel", "")), None)
+        if call_id is not None:
+            log.info("call %s: PBX hangup cause %s (%s)", call_id[:8], message.get("Cause", "?"),
+                     message.get("Cause-txt", ""))
+
+    async def _transfer(self, session: _Session, target: TransferTarget, channel: str = "") -> None:
         log.info("transferring channel to %s@%s", target.destination, target.context)
         await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "TRANSFER")
         await session.command("SET VARIABLE", "CALLBRIDGE_TRANSFER_KIND", target.kind)
+        ami = self.ami
+        if ami is not None and ami.settings.redirect_transfers and channel:
+            from bridge.ami import AmiError
+
+            try:
+                # Redirect moves the channel at once, whatever the dialplan after AGI() does.
+                await ami.redirect(channel, target.context, target.destination, 1)
+                return
+            except AmiError as exc:
+                log.warning("AMI Redirect failed (%s); continuing the AGI session instead", exc)
         # On return from AGI() the channel continues at the location set here (res_agi.c
         # SET CONTEXT / SET EXTENSION / SET PRIORITY).
         await session.command("SET CONTEXT", target.context)

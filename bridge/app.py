@@ -58,7 +58,10 @@ class Application:
         self.http: HttpServer | None = None
         self.wsmedia: WebSocketMediaServer | None = None
         self.simulator: Any = None
+        self.stasis: Any = None  # bridge.stasis.StasisApplication when ARI is enabled
+        self.ami: Any = None  # bridge.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
+        self.archive: Any = None  # bridge.archive.CallArchive while recording is enabled
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -82,11 +85,27 @@ class Application:
                 log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
             endpoint = endpoint_from_settings(settings, simulator_url)
             stack.push_async_callback(endpoint.close)
+            tap_factory = self.tap_factory
+            if settings.recording.enabled and tap_factory is None:
+                from bridge.archive import CallArchive
+
+                # Entered before the listeners, left after them: recordings of calls still
+                # finishing are closed and indexed before the stack unwinds further.
+                self.archive = await stack.enter_async_context(
+                    CallArchive(settings, self.metrics, clock=self.clock).running()
+                )
+                tap_factory = self.archive.open_tap
             switchboard = self.switchboard = Switchboard(
-                settings, directory, endpoint, self.metrics, tap_factory=self.tap_factory, clock=self.clock
+                settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
+            if self.archive is not None:
+                switchboard.refusal_listener = self.archive.record_refusal
             if settings.http.enabled:
                 self.http = HttpServer(settings.http, switchboard, self.metrics)
+                if self.archive is not None and settings.ops.enabled:
+                    from bridge.ops_api import OpsApi
+
+                    self.http.install(OpsApi(self.archive, settings.ops).install)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
                 self.wsmedia = WebSocketMediaServer(switchboard)
                 self.http.install(self.wsmedia.install)
@@ -102,9 +121,12 @@ class Application:
                                              settings.tenants, self.audiosocket.port)
                     await self.agi.start()
                     stack.push_async_callback(self.agi.close)
+            stasis = await self._start_ari(stack, switchboard)
             self.metrics.ready.set(1)
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(self._probe_loop_lag())]
+                if stasis is not None:
+                    background.append(tg.create_task(stasis.run()))
                 watch = getattr(directory, "watch", None)
                 if callable(watch):
                     background.append(tg.create_task(watch()))
@@ -115,6 +137,30 @@ class Application:
                 for task in background:
                     task.cancel()
         log.info("callbridge stopped")
+
+    async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
+        """The ARI client and Stasis application (run in the background task group), and AMI."""
+        settings = self.settings
+        if settings.ami.enabled:
+            from bridge.ami import AmiConnection
+
+            self.ami = AmiConnection(settings.ami)
+            await self.ami.start()
+            stack.push_async_callback(self.ami.close)
+            if self.agi is not None:
+                self.agi.ami = self.ami
+                self.ami.on_event("Hangup", self.agi.ami_hangup)
+        if not settings.ari.enabled:
+            return None
+        from bridge.ari import AriClient
+        from bridge.stasis import StasisApplication
+
+        client = AriClient(settings.ari)
+        stack.push_async_callback(client.close)
+        port = self.audiosocket.port if self.audiosocket is not None else None
+        self.stasis = StasisApplication(settings, client, switchboard, audiosocket_port=port,
+                                        clock=self.clock)
+        return self.stasis
 
     async def _drain(self, switchboard: Switchboard) -> None:
         switchboard.start_draining()

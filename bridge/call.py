@@ -162,6 +162,13 @@ class CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['call_id'][:8]} {self.extra['tenant']}] {msg}", kwargs  # type: ignore[index]
 
 
+def mask_number(number: str) -> str:
+    """A caller's number for logs: enough to tell calls apart, not enough to identify the caller."""
+    if not number:
+        return "unknown"
+    return "*" * max(0, min(len(number) - 4, 8)) + number[-4:]
+
+
 def call_tools(tenant: TenantConfig) -> tuple[rt.ToolSpec, ...]:
     tools = [
         rt.ToolSpec(
@@ -245,6 +252,8 @@ class Call:
         self._responding = False
         self._playing = False  # agent audio of the current response has started toward the caller
         self._action_deadline = 0.0
+        self._announcement: str | None = None  # a transfer line waiting for the model to be free
+        self._announcement_playing = False
         self._started = clock()
         self._backlog_drops = metrics.frames_dropped.labels("inbound", "model_backlog")
         self._pacer_idle: asyncio.Future[None] | None = None
@@ -295,7 +304,9 @@ class Call:
             self.tap.event("dtmf", digit=digit)
         tenant = self.tenant
         if tenant.dtmf_transfer_digit and digit == tenant.dtmf_transfer_digit and tenant.transfer_targets:
-            self._pending_action = ("transfer", tenant.transfer_targets[0])
+            target = tenant.transfer_targets[0]
+            self._pending_action = ("transfer", target)
+            self._announce(target)
             self._request_action_after_playout()
             return
         # The model has no DTMF input on a bridged session: tell it in words.
@@ -325,7 +336,7 @@ class Call:
         """Bridge the call until it ends; returns the outcome. Never raises for peer errors."""
         transport = self.leg.transport
         self.metrics.calls_active.labels(transport).inc()
-        self.log.info("call from %r to %s over %s", self.info.caller_id, self.info.dialled, transport)
+        self.log.info("call from %s to %s over %s", mask_number(self.info.caller_id), self.info.dialled, transport)
         try:
             await self._run()
         except* ModelError as group:
@@ -358,6 +369,7 @@ class Call:
         if self.tenant.greeting:
             await session.send(rt.greeting_response(self.tenant.greeting))
         self.info.answered_at = time.time()
+        self.metrics.calls_answered.labels(self.leg.transport).inc()
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(self._model_sender(session)),
@@ -432,6 +444,10 @@ class Call:
                 self._responding = False
                 self._playing = False
                 self._finish_audio()
+                if self._announcement is not None:
+                    self._send_announcement()
+                elif self._announcement_playing:
+                    self._announcement_playing = False
             elif kind == rt.OUTPUT_ITEM_DONE:
                 await self._on_output_item_done(event)
             elif kind == rt.INPUT_TRANSCRIPT_DONE:
@@ -551,9 +567,32 @@ class Call:
                 return
             await session.send(rt.function_output(call_id, {"ok": True, "target": target.name}))
             self._pending_action = ("transfer", target)
+            self._announce(target)
             self._request_action_after_playout()
         else:
             await session.send(rt.function_output(call_id, {"ok": False, "error": f"unknown tool {name}"}))
+
+    def _announce(self, target: TransferTarget) -> None:
+        """Have the agent say the target's configured line before the caller leaves.
+
+        A response cannot be requested while one is in progress, so the request waits for the
+        current response to finish; the transfer then waits for the line to play out.
+        """
+        if not target.announcement:
+            return
+        self._announcement = target.announcement
+        if not self._responding:
+            self._send_announcement()
+
+    def _send_announcement(self) -> None:
+        text, self._announcement = self._announcement, None
+        if text is None:
+            return
+        self._announcement_playing = True
+        self._send_soon({
+            "type": "response.create",
+            "response": {"instructions": "Say exactly these words to the caller, then stop: " + text},
+        })
 
     def _request_action_after_playout(self) -> None:
         """The pacer carries out a pending hangup/transfer once queued agent audio has played."""
@@ -571,6 +610,8 @@ class Call:
         assert target is not None
         self.log.info("transferring to %s (%s)", target.name, target.kind)
         ok = await self.leg.transfer(target)
+        if self.tap is not None:
+            self.tap.event("transfer", target=target.name, kind=target.kind, ok=ok)
         if ok:
             self.info.transfer_target = target.name
             self._caller_gone = True  # the PBX has the caller now
@@ -636,7 +677,8 @@ class Call:
                 if tap is not None:
                     tap.agent_audio(zeros, rate)
                 if self._pending_action is not None and (
-                    (not self._responding and playout.buffered_samples == 0)
+                    (not self._responding and playout.buffered_samples == 0
+                     and self._announcement is None and not self._announcement_playing)
                     or clock() >= self._action_deadline
                 ):
                     await self._carry_out_action()

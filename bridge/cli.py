@@ -17,8 +17,10 @@ from bridge import __version__
 
 _COMMAND_MODULES = (
     "bridge.serve_command",
+    "bridge.check_command",
     "bridge.simulator",
     "bridge.tenant_commands",
+    "bridge.calls_command",
 )
 
 

@@ -13,8 +13,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from bridge import __version__
 
+# Label value for tenants beyond the configured bound (or every tenant when tenant labels are off).
+OTHER_TENANT = "other"
+
 # Buckets sized for telephony: tens of milliseconds matter, seconds are a failure.
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+)
 _FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
@@ -38,6 +43,29 @@ class Metrics:
         )
         self.calls = Counter(
             "callbridge_calls_total", "Calls ended, by outcome", ["transport", "outcome"], registry=r
+        )
+        self.calls_offered = Counter(
+            "callbridge_calls_offered_total",
+            "Calls that reached the daemon's media or signalling side, refused ones included",
+            ["transport"], registry=r,
+        )
+        self.calls_answered = Counter(
+            "callbridge_calls_answered_total",
+            "Calls bridged to a connected model session", ["transport"], registry=r,
+        )
+        self.tenant_calls = Counter(
+            "callbridge_tenant_calls_total",
+            "Calls ended, by tenant slug (only when metrics.tenant_labels bounds the tenant count)",
+            ["tenant", "outcome"], registry=r,
+        )
+        self.tenant_calls_active = Gauge(
+            "callbridge_tenant_calls_active",
+            "Calls currently bridged, by tenant slug (only when metrics.tenant_labels is on)",
+            ["tenant"], registry=r,
+        )
+        self.calls_capacity = Gauge(
+            "callbridge_calls_capacity", "Concurrent calls this instance admits (limits.max_calls)",
+            registry=r,
         )
         self.calls_refused = Counter(
             "callbridge_calls_refused_total",
@@ -111,6 +139,15 @@ class Metrics:
         self.uploads_pending = Gauge(
             "callbridge_uploads_pending", "Recordings waiting to be uploaded to object storage", registry=r
         )
+        self.uploads = Counter(
+            "callbridge_uploads_total", "Upload attempts to object storage by result (ok, failed)",
+            ["result"], registry=r,
+        )
+        self.webhooks = Counter(
+            "callbridge_webhooks_total",
+            "Post-call webhook deliveries by result (delivered, failed, dropped)",
+            ["result"], registry=r,
+        )
         self.event_loop_lag = Histogram(
             "callbridge_event_loop_lag_seconds", "Delay of a periodic event-loop probe past its deadline",
             buckets=_FAST_BUCKETS, registry=r,
@@ -120,3 +157,24 @@ class Metrics:
             "Algorithmic latency of the caller-to-model audio chain of the last call set up",
             registry=r,
         )
+
+
+class TenantLabels:
+    """Bounds the ``tenant`` label: the first ``limit`` slugs seen keep their name, later ones
+    become ``other``, so a growing tenant table cannot grow the series count without bound."""
+
+    def __init__(self, enabled: bool, limit: int) -> None:
+        self.enabled = enabled
+        self.limit = limit
+        self._named: set[str] = set()
+
+    def label(self, slug: str) -> str | None:
+        """The label value for ``slug``, or None when tenant labels are off."""
+        if not self.enabled:
+            return None
+        if slug in self._named:
+            return slug
+        if len(self._named) < self.limit:
+            self._named.add(slug)
+            return slug
+        return OTHER_TENANT

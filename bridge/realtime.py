@@ -45,10 +45,11 @@ class ModelError(Exception):
 class _SharedClient:
     """The endpoint's ``AsyncOpenAI`` client, built on first use and shared by its model variants."""
 
-    __slots__ = ("client",)
+    __slots__ = ("building", "client")
 
     def __init__(self) -> None:
         self.client: AsyncOpenAI | None = None
+        self.building: asyncio.Future[AsyncOpenAI] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +76,37 @@ class ModelEndpoint:
         )
 
     def client(self) -> AsyncOpenAI:
-        """The SDK client every session of this endpoint connects through."""
+        """The SDK client every session of this endpoint connects through (built here if need be)."""
         shared = self._shared
         if shared.client is None:
-            shared.client = AsyncOpenAI(
-                api_key=self.api_key,
-                base_url=self.base_url,
-                websocket_base_url=self.websocket_base_url,
-                max_retries=0,
-            )
+            shared.client = self._build()
         return shared.client
+
+    async def ready_client(self) -> AsyncOpenAI:
+        """The shared client, built once in a worker thread: building it loads the TLS trust store
+        (100-200 ms of CPU), which on the loop would stall the pacers of every call in progress."""
+        shared = self._shared
+        if shared.client is not None:
+            return shared.client
+        if shared.building is None:
+            shared.building = asyncio.ensure_future(asyncio.to_thread(self._build))
+        client = await asyncio.shield(shared.building)
+        if shared.client is None:
+            shared.client = client
+        return shared.client
+
+    def _build(self) -> AsyncOpenAI:
+        return AsyncOpenAI(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            websocket_base_url=self.websocket_base_url,
+            max_retries=0,
+        )
 
     async def close(self) -> None:
         """Release the shared client (at shutdown, once no session uses it)."""
         client, self._shared.client = self._shared.client, None
+        self._shared.building = None
         if client is not None:
             await client.close()
 
@@ -157,7 +175,8 @@ class RealtimeSession:
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
-        manager = endpoint.client().realtime.connect(
+        client = await endpoint.ready_client()
+        manager = client.realtime.connect(
             model=endpoint.model,
             extra_headers=endpoint.headers,
             extra_query=endpoint.query,

@@ -40,8 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
             if choice is EventLoop.UVLOOP:
                 log.warning("uvloop is not installed; using asyncio's loop")
         else:
-            log.info("event loop: uvloop %s", uvloop.__version__)
-            return uvloop.run(_main(settings))  # type: ignore[no-any-return]
+            log.info("event loop: uvloop")
+            return uvloop.run(_main(settings))
     log.info("event loop: asyncio")
     return asyncio.run(_main(settings))
 

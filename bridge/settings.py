@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -89,6 +92,78 @@ class AgiSettings(ListenerSettings):
     claim_timeout: float = Field(10.0, gt=0)
 
 
+class ExternalMediaTransport(enum.StrEnum):
+    """How audio of an ARI-driven call travels between Asterisk and the daemon."""
+
+    RTP = "rtp"  # chan_rtp UnicastRTP over UDP, ulaw or alaw
+    AUDIOSOCKET = "audiosocket"  # chan_audiosocket over TCP to the AudioSocket listener
+    WEBSOCKET = "websocket"  # chan_websocket (Asterisk >= 20.16 / 22.6): the daemon connects to /media/<id>
+
+
+class AriSettings(BaseModel):
+    """ARI: the daemon runs a Stasis application and drives calls over REST and the events WebSocket."""
+
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8088"  # Asterisk's HTTP server (http.conf); ARI lives under /ari
+    username: str = "callbridge"  # an ari.conf user
+    password: SecretStr | None = None
+    # The Stasis application name; give every instance its own when scaling out, so that each
+    # dialplan route (Stasis(<app>)) reaches one instance.
+    app: str = Field("callbridge", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    transport: ExternalMediaTransport = ExternalMediaTransport.RTP
+    format: Literal["ulaw", "alaw", "slin16"] = "ulaw"
+    # UDP ports for RTP external media, one per call, taken from this range.
+    rtp_host: str = "0.0.0.0"
+    rtp_port_min: int = Field(40000, ge=1024, le=65535)
+    rtp_port_max: int = Field(40999, ge=1024, le=65535)
+    # The address Asterisk sends RTP to (external_host); default: the address this host uses to
+    # reach Asterisk.
+    advertise_host: str | None = None
+    # Base of the chan_websocket media endpoint (ws://host:8088); default: derived from url.
+    media_url: str | None = None
+    # Where a call this instance does not take (unknown number, full, draining, set-up failed)
+    # continues in the dialplan, with CALLBRIDGE_STATUS set. Unset: right after the Stasis()
+    # line, like any application returning; a context alone keeps the dialled extension.
+    fallback_context: str | None = None
+    fallback_extension: str | None = None
+    fallback_priority: int | None = Field(None, ge=1)
+    # Seconds for one REST request, and for the external-media channel to enter Stasis.
+    request_timeout: float = Field(5.0, gt=0)
+    setup_timeout: float = Field(5.0, gt=0)
+    # Backoff of the events WebSocket reconnect after Asterisk restarts: min doubled up to max.
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AriSettings:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError("rtp_port_min must not exceed rtp_port_max")
+        if self.transport is ExternalMediaTransport.RTP and self.format == "slin16":
+            # Without SDP, Asterisk maps an incoming payload type through the static table only up
+            # to AST_RTP_PT_LAST_STATIC = 34 (main/rtp_engine.c ast_rtp_codecs_get_payload);
+            # slin16 is 118, so everything the daemon sent back would be dropped.
+            raise ValueError("format slin16 cannot be sent back to Asterisk over RTP: use ulaw or alaw, "
+                             "or transport audiosocket/websocket for 16 kHz")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return self
+
+
+class AmiSettings(BaseModel):
+    """AMI (manager.conf): call events and transfers (Redirect) for calls not driven by ARI."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = "callbridge"
+    secret: SecretStr | None = None
+    # Whole seconds between reconnect attempts after the connection drops (Asterisk restarts).
+    reconnect_interval: int = Field(2, ge=1)
+    # Transfers of FastAGI calls: Redirect the caller's channel over AMI instead of continuing
+    # the AGI session (for dialplans that do not return to the AGI() line).
+    redirect_transfers: bool = False
+
+
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
 
@@ -139,16 +214,94 @@ class TenantSettings(BaseModel):
         return self
 
 
+class RecordingStorage(enum.StrEnum):
+    LOCAL = "local"  # the recordings directory is the store
+    S3 = "s3"  # the directory spools; recordings are uploaded after the call
+
+
+class CallIndexBackend(enum.StrEnum):
+    AUTO = "auto"  # postgres when the tenants backend is postgres, else sqlite
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+class S3Settings(BaseModel):
+    bucket: str = Field(..., min_length=3)
+    prefix: str = "recordings/"
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph, R2 ...)
+    region: str | None = None
+    # Unset: boto3's own credential chain (environment, profile, instance role).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Lifetime of the presigned URLs handed to ops clients.
+    presign_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)
+    keep_local: bool = False  # keep the local copy after a successful upload
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    # Back-off between upload attempts while the store is down: doubles up to the maximum.
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+
+
 class RecordingSettings(BaseModel):
     enabled: bool = True
     directory: Path = Path("var/recordings")
+    # Days a call (recording, transcript, index row) is kept when its tenant sets none; 0 keeps
+    # calls until deleted by hand.
     retention_days: int = Field(90, ge=0)
+    storage: RecordingStorage = RecordingStorage.LOCAL
+    s3: S3Settings | None = None
+    index: CallIndexBackend = CallIndexBackend.AUTO
+    sqlite_path: Path | None = None  # None: calls.sqlite3 in the recordings directory
+    database_url: SecretStr | None = None  # None: the tenants database URL
+    # How often the writer thread moves queued audio to disk, and how much audio may go by
+    # between WAV header updates: together they bound what a SIGKILL can cost.
+    flush_interval: float = Field(0.2, gt=0, le=1.0)
+    header_interval: float = Field(0.5, gt=0, le=1.0)
+    # Seconds of audio per call waiting for the writer before the oldest is dropped.
+    max_backlog_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _s3_configured(self) -> RecordingSettings:
+        if self.storage is RecordingStorage.S3 and self.s3 is None:
+            raise ValueError("storage s3 needs recording.s3 (bucket, endpoint ...)")
+        return self
+
+
+class OpsSettings(BaseModel):
+    """The ops API (/api/calls ...) and web page (/ops/)."""
+
+    enabled: bool = True
+    admin_token: SecretStr | None = None  # sees every tenant
+    tenant_tokens: dict[str, SecretStr] = Field(default_factory=dict)  # tenant slug -> token
+    # Base URL the daemon is reached at by ops staff and webhook receivers (recording links).
+    public_url: str | None = None
+    link_seconds: int = Field(300, ge=1, le=24 * 3600)  # lifetime of signed recording links
+    max_page_size: int = Field(500, ge=1)
+
+
+class WebhookSettings(BaseModel):
+    """Delivery of the post-call webhook (the URL and secret are per tenant)."""
+
+    timeout: float = Field(10.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    queue_size: int = Field(1000, ge=1)
 
 
 class CallLimits(BaseModel):
     max_calls: int = Field(200, ge=1)
     drain_timeout: float = Field(60.0, ge=0)
     max_call_duration: float = Field(3600.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    # A ``tenant`` label on the per-tenant call families. Off by default: the series count must
+    # not follow the size of a tenant table; when on, slugs past ``max_tenant_labels`` are "other".
+    tenant_labels: bool = False
+    max_tenant_labels: int = Field(50, ge=1, le=1000)
 
 
 class Settings(BaseSettings):
@@ -168,14 +321,19 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
     # Per-module levels, e.g. {"bridge.realtime": "DEBUG"}.
-    log_levels: dict[str, str] = Field(default_factory=dict)
+    log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     model: ModelSettings = Field(default_factory=ModelSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
     agi: AgiSettings = Field(default_factory=AgiSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    ari: AriSettings = Field(default_factory=AriSettings)
+    ami: AmiSettings = Field(default_factory=AmiSettings)
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("log_level")
     @classmethod
@@ -184,6 +342,25 @@ class Settings(BaseSettings):
         if upper not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
             raise ValueError(f"unknown log level {value!r}")
         return upper
+
+    @field_validator("log_levels", mode="before")
+    @classmethod
+    def _module_levels(cls, value: Any) -> Any:
+        # Also accepted as "bridge.realtime=DEBUG,tenants=WARNING" (one environment variable).
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"log_levels is not valid JSON: {exc}") from None
+        elif isinstance(value, str):
+            pairs = [item.partition("=") for item in value.replace(";", ",").split(",") if item.strip()]
+            value = {name.strip(): level.strip() for name, _, level in pairs}
+        if isinstance(value, dict):
+            for name, level in value.items():
+                if str(level).upper() not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+                    raise ValueError(f"unknown log level {level!r} for module {name!r}")
+            return {str(name): str(level).upper() for name, level in value.items()}
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -301,13 +478,15 @@ def load_settings(
     yaml_token = _yaml_path.set(path)
     env_token = _legacy_env.set(environ)
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             problems.append(f"{where}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         _yaml_path.reset(yaml_token)
         _legacy_env.reset(env_token)

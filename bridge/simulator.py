@@ -1821,16 +1821,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runner: Callable[[Awaitable[None]], None] = asyncio.run  # type: ignore[assignment]
+    uvloop: Any = None
     if args.uvloop:
         try:
             import uvloop
-
-            runner = uvloop.run
         except ImportError:
             log.warning("uvloop is not installed; using asyncio's loop")
     try:
-        runner(_serve(args))
+        if uvloop is not None:
+            uvloop.run(_serve(args))
+        else:
+            asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
     return 0

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge import logs
 from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
-from bridge.metrics import Metrics
+from bridge.metrics import Metrics, TenantLabels
 from bridge.realtime import ModelEndpoint, endpoint_from_settings
 from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
@@ -38,6 +39,18 @@ class Refusal(enum.StrEnum):
     UNKNOWN_CALL = "unknown_call"
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedCall:
+    """A call turned away before reaching the model, for the call index."""
+
+    transport: str
+    reason: Refusal
+    dialled: str
+    caller_id: str
+    tenant: TenantConfig | None
+    at: float = field(default_factory=time.time)  # wall clock, for records only
+
+
 @dataclass(slots=True)
 class PendingCall:
     """A call announced by signalling (FastAGI, ARI) whose media connection is still to come."""
@@ -49,7 +62,9 @@ class PendingCall:
     expires_at: float
     audio_format: AudioFormat | None = None  # None: what the media transport says
     # Set by the media side when the call ends with a transfer, read by the signalling side.
-    after_call: asyncio.Future[object] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    after_call: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Switchboard:
@@ -69,6 +84,7 @@ class Switchboard:
         self.metrics = metrics
         self.tap_factory = tap_factory
         self.clock = clock
+        self.refusal_listener: Callable[[RefusedCall], None] | None = None
         self.draining = False
         self._pending: dict[str, PendingCall] = {}
         self._endpoints: dict[str, ModelEndpoint] = {}
@@ -76,6 +92,8 @@ class Switchboard:
         self._per_tenant: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tenant_labels = TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels)
+        metrics.calls_capacity.set(settings.limits.max_calls)
 
     # ----------------------------------------------------------------- admission
     @property
@@ -92,9 +110,14 @@ class Switchboard:
             return Refusal.TENANT_CAPACITY
         return None
 
-    def refused(self, transport: str, reason: Refusal) -> None:
+    def refused(self, transport: str, reason: Refusal, *, dialled: str | None = None,
+                caller_id: str = "", tenant: TenantConfig | None = None) -> None:
+        """Count a refusal; with the dialled number known it is also kept in the call index."""
+        self.metrics.calls_offered.labels(transport).inc()
         self.metrics.calls_refused.labels(transport, reason.value).inc()
         self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
+        if dialled is not None and self.refusal_listener is not None:
+            self.refusal_listener(RefusedCall(transport, reason, dialled, caller_id, tenant))
 
     async def route(self, dialled: str) -> Resolution | None:
         """Resolve the dialled number, applying the unknown-number policy. Raises on lookup failure."""
@@ -151,6 +174,7 @@ class Switchboard:
 
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
+        self.metrics.calls_offered.labels(info.transport).inc()
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)
@@ -161,9 +185,21 @@ class Switchboard:
         self._active.add(call)
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
         self._idle.clear()
+        # run_call runs in the call's own task: every line it and the tasks it starts log names
+        # the call and its tenant.
+        log_token = logs.bind_call(call.info.call_id, call.info.tenant.slug)
+        tenant_label = self._tenant_labels.label(call.info.tenant.slug)
+        if tenant_label is not None:
+            self.metrics.tenant_calls_active.labels(tenant_label).inc()
         try:
-            return await call.run()
+            outcome = await call.run()
+            if tenant_label is not None:
+                self.metrics.tenant_calls.labels(tenant_label, outcome.value).inc()
+            return outcome
         finally:
+            logs.unbind_call(log_token)
+            if tenant_label is not None:
+                self.metrics.tenant_calls_active.labels(tenant_label).dec()
             self._active.discard(call)
             left = self._per_tenant.get(tenant_id, 1) - 1
             if left:

@@ -119,22 +119,22 @@ async def route_call(
 ) -> Resolution | tuple[CloseCode, str]:
     """The tenant for ``dialled``, or the close code and reason refusing the call."""
     if switchboard.draining:
-        switchboard.refused(transport, Refusal.DRAINING)
+        switchboard.refused(transport, Refusal.DRAINING, dialled=dialled)
         return CloseCode.TRY_AGAIN_LATER, "service draining"
     try:
         resolution = await switchboard.route(dialled)
     except (DirectoryError, TenantError, TimeoutError) as exc:
         log.error("%s: tenant lookup failed: %s", transport, exc)
-        switchboard.refused(transport, Refusal.LOOKUP_FAILED)
+        switchboard.refused(transport, Refusal.LOOKUP_FAILED, dialled=dialled)
         return CloseCode.INTERNAL_ERROR, "tenant lookup failed"
     if resolution is None:
         log.info("%s: no active tenant for the dialled number; refusing the call", transport)
-        switchboard.refused(transport, Refusal.UNKNOWN_NUMBER)
+        switchboard.refused(transport, Refusal.UNKNOWN_NUMBER, dialled=dialled)
         return CloseCode.UNKNOWN_NUMBER, "unknown number"
     refusal = switchboard.admit(resolution.tenant)
     if refusal is not None:
         log.warning("%s: call refused: %s", transport, refusal.value)
-        switchboard.refused(transport, refusal)
+        switchboard.refused(transport, refusal, dialled=dialled, tenant=resolution.tenant)
         return CloseCode.TRY_AGAIN_LATER, refusal.value
     return resolution
 

@@ -36,6 +36,18 @@ from media.resample import StreamResampler, is_polyphase_pair, zero_stuff
 Samples = npt.NDArray[np.int16]
 
 _SUPPRESSOR_RATE_HZ = 16000
+_EMPTY: Samples = np.zeros(0, dtype=np.int16)
+
+
+class ChainError(ValueError):
+    """Samples a chain cannot take (wrong type or shape)."""
+
+
+def _check_samples(samples: npt.ArrayLike) -> Samples:
+    x = np.asarray(samples)
+    if x.ndim != 1 or x.dtype != np.int16:
+        raise ChainError(f"expected 1-D int16 samples, got {x.dtype} shape {x.shape}")
+    return x
 
 
 class InboundChain:
@@ -79,7 +91,7 @@ class InboundChain:
                 self._after = StreamResampler(rate, model_rate_hz)
         # A suppressor takes whole 10 ms blocks; any partial block waits here for the next chunk.
         self._block = 0 if self.suppressor is None else self.suppressor.rate_hz // 100
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
         self.latency_seconds = sum(
             s.latency_seconds for s in (self._before, self.suppressor, self._after) if s is not None
         )
@@ -94,7 +106,7 @@ class InboundChain:
         return self.suppressor is None and self.caller_rate_hz == self.model_rate_hz
 
     def process(self, samples: Samples) -> Samples:
-        x = np.asarray(samples)
+        x = _check_samples(samples)
         if self.suppressor is None:
             return self._after.process(x)
         if self._stuff:
@@ -104,7 +116,7 @@ class InboundChain:
         if len(self._carry):
             x = np.concatenate((self._carry, x))
         usable = len(x) - len(x) % self._block
-        self._carry = x[usable:].copy()
+        self._carry = x[usable:].copy() if usable < len(x) else _EMPTY
         if usable:
             x = self.suppressor.process(x[:usable])
         else:
@@ -115,7 +127,7 @@ class InboundChain:
         for stage in (self._before, self.suppressor, self._after):
             if stage is not None:
                 stage.reset()
-        self._carry = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
 
 
 class OutboundChain:
@@ -136,11 +148,10 @@ class OutboundChain:
         return self.model_rate_hz == self.caller_rate_hz
 
     def process(self, samples: Samples) -> Samples:
-        return self._resampler.process(samples)
+        return self._resampler.process(_check_samples(samples))
 
     def reset(self) -> None:
         self._resampler.reset()
 
     def flush(self) -> Samples:
         return self._resampler.flush()
-

@@ -385,7 +385,7 @@ def zero_stuff(samples: Samples) -> Samples:
     stage after it removes the image band anyway: a ``StreamResampler`` from 16 kHz with
     ``stopband_hz`` at the first image of the passband edge (4.6 kHz) and ``gain=2``.
     """
-    x = np.asarray(samples, dtype=np.int16)
+    x = _check_input(samples)
     if _LITTLE_ENDIAN:
         # Zero-extending each 16-bit sample to 32 bits lays out (sample, 0) pairs in memory.
         return x.view(np.uint16).astype(np.uint32).view(np.int16)

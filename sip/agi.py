@@ -111,7 +111,7 @@ class AgiProtocol:
         if self._state is _State.CLOSED:
             return
         self._buffer += data
-        while self._state is not _State.CLOSED:
+        while not self.closed:  # a line handler may close the session
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > MAX_LINE_BYTES:

@@ -289,7 +289,7 @@ def control_command(
     correlation_id: str | None = None,
     direction: str | None = None,
 ) -> str:
-    """Any control command; prefer the named helpers below."""
+    """Any control command; the named builders below cover each one."""
     if fmt is ControlFormat.JSON:
         body: dict[str, str] = {"command": name}
         if correlation_id is not None:

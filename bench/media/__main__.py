@@ -35,7 +35,8 @@ from bench.media.signals import (
 )
 from media.chain import InboundChain, OutboundChain
 from media.codec import ULAW_8K
-from media.noise import DEFAULT_LEVEL_DB, DEFAULT_SUPPRESSION, make_suppressor
+from media.noise import DEFAULT_LEVEL_DB, DEFAULT_SUPPRESSION, IMAGE_STOPBAND_HZ, make_suppressor
+from media.resample import StreamResampler
 
 FRAME = RATE_HZ // 50  # 20 ms
 Samples = npt.NDArray[np.int16]
@@ -93,6 +94,19 @@ def chain_variant(suppression: str, level_db: int, label: str) -> Variant:
     return Variant(label, build)
 
 
+def interpolated_speex_variant(level_db: int) -> Variant:
+    # The alternative to zero stuffing: a proper 8 -> 16 kHz interpolation filter in front of the
+    # 16 kHz suppressor, and the usual anti-alias filter back down. Kept to show what stuffing costs.
+    def build() -> Pipeline:
+        up = StreamResampler(RATE_HZ, 16000)
+        core = make_suppressor("speex", 16000, level_db)
+        down = StreamResampler(16000, RATE_HZ, stopband_hz=IMAGE_STOPBAND_HZ)
+        delay = up.latency_seconds + core.latency_seconds + down.latency_seconds
+        return Pipeline([lambda f: down.process(core.process(up.process(f)))], delay, delay)
+
+    return Variant(f"speex {level_db} dB, interpolated", build)
+
+
 DEFAULT_CHAIN = f"default chain ({DEFAULT_SUPPRESSION} {DEFAULT_LEVEL_DB} dB, 8k->24k)"
 
 
@@ -100,6 +114,8 @@ def variants(quick: bool) -> list[Variant]:
     out = [suppressor_variant("off", DEFAULT_LEVEL_DB)]
     levels = (DEFAULT_LEVEL_DB,) if quick else (-15, -20, -25, -30)
     out += [suppressor_variant("speex", level) for level in levels]
+    if not quick:
+        out.append(interpolated_speex_variant(DEFAULT_LEVEL_DB))
     webrtc_levels = (-10,) if quick else (-6, -10, -15, -21)
     out += [suppressor_variant("webrtc", level) for level in webrtc_levels]
     if not quick:
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     summary: dict[str, dict[str, float]] = {}
-    widths = [46, 8, 8, 9, 8, 8, 9, 9, 9]
+    widths = [max(len(v.name) for v in vs), 8, 8, 9, 8, 8, 9, 9, 9]
     print(
         fmt_row(
             [
@@ -310,24 +326,31 @@ def main(argv: list[str] | None = None) -> int:
     for ci, c in enumerate(CONDITIONS):
         if c.snr_db is not None:
             groups[c.noise, c.snr_db].append(ci)
-    cols = [14] + [20] * len(vs)
-    for metric, fmt, delta_fmt in (
-        ("pesq_nb", "{:.2f}", "{:+.2f}"),
-        ("stoi", "{:.3f}", "{:+.3f}"),
-        ("seg_snr_db", "{:.1f}", "{:+.1f}"),
+    ordered = sorted(groups.items(), key=lambda kv: (NOISE_TYPES.index(kv[0][0]), kv[0][1]))
+    name_width = max(len(v.name) for v in vs)
+    for metric, label, fmt, delta_fmt in (
+        ("pesq_nb", "PESQ-NB", "{:.2f}", "{:+.2f}"),
+        ("stoi", "STOI", "{:.3f}", "{:+.3f}"),
+        ("seg_snr_db", "segmental SNR dB", "{:.1f}", "{:+.1f}"),
     ):
-        print(f"{metric} per condition (mean over clips; change vs noisy input in brackets)")
-        print(fmt_row(["noise/SNR"] + [v.name[:20] for v in vs], cols))
-        for (kind, snr), idx in sorted(
-            groups.items(), key=lambda kv: (NOISE_TYPES.index(kv[0][0]), kv[0][1])
-        ):
-            cells = [f"{kind} {snr:g} dB"]
-            for vi in range(len(vs)):
-                val = statistics.fmean(getattr(results[vi, ci], metric) for ci in idx)
-                ref = statistics.fmean(getattr(results[base, ci], metric) for ci in idx)
-                cells.append(fmt.format(val) + ("" if vi == base else f" ({delta_fmt.format(val - ref)})"))
-            print(fmt_row(cells, cols))
-        print()
+        cell = len(fmt.format(-10.0)) + 2
+        cols = [name_width] + [max(cell, 8)] * len(ordered)
+        header = ["noise SNR dB"] + [f"{kind[:5]} {snr:g}" for (kind, snr), _ in ordered]
+        for delta in (False, True):
+            what = "change vs the noisy input" if delta else "mean over clips"
+            print(f"{label} per condition, {what}")
+            print(fmt_row(header, cols))
+            for vi, v in enumerate(vs):
+                if delta and vi == base:
+                    continue
+                cells = [v.name]
+                for _, idx in ordered:
+                    val = statistics.fmean(getattr(results[vi, ci], metric) for ci in idx)
+                    if delta:
+                        val -= statistics.fmean(getattr(results[base, ci], metric) for ci in idx)
+                    cells.append((delta_fmt if delta else fmt).format(val))
+                print(fmt_row(cells, cols))
+            print()
 
     chain = summary[DEFAULT_CHAIN]
     checks = [

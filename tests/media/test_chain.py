@@ -8,7 +8,7 @@ from pesq import pesq
 from scipy import signal
 
 from media import g711
-from media.chain import InboundChain, OutboundChain
+from media.chain import ChainError, InboundChain, OutboundChain
 from media.noise import SuppressorError
 from tests.conftest import load_wav
 
@@ -139,3 +139,14 @@ def test_model_mode_asks_the_model_and_suppresses_nothing_locally() -> None:
 def test_unknown_suppression_is_refused() -> None:
     with pytest.raises(SuppressorError):
         InboundChain(8000, 24000, "loud")
+
+
+def test_bad_samples_are_refused_and_the_chain_stays_usable(speech8k) -> None:
+    chain = InboundChain(8000)
+    with pytest.raises(ChainError):
+        chain.process(np.zeros(160, np.float64))
+    with pytest.raises(ChainError):
+        chain.process(np.zeros((2, 160), np.int16))
+    with pytest.raises(ChainError):
+        OutboundChain(24000, 8000).process(np.zeros(480, np.int32))
+    assert len(chain.process(speech8k[:160])) == 480

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.resample import ResampleError, StreamResampler
+from media.resample import ResampleError, StreamResampler, zero_stuff
 
 TELEPHONY_PAIRS = [(8000, 24000), (24000, 8000), (16000, 24000), (24000, 16000), (8000, 16000), (16000, 8000)]
 FRAME_SECONDS = 0.020
@@ -188,3 +188,25 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
     with pytest.raises(ResampleError):
         StreamResampler(0, 8000)
     assert len(r.process(np.zeros(0, dtype=np.int16))) == 0
+
+
+def test_zero_stuffing_then_image_filter_equals_interpolation() -> None:
+    x = np.rint(tone(1000, 8000, 0.5)).astype(np.int16)
+    stuffed = zero_stuff(x)
+    assert len(stuffed) == 2 * len(x)
+    assert np.array_equal(stuffed[::2], x) and not stuffed[1::2].any()
+    # The stage after the stuffing removes the image (from 4.6 kHz) and restores the level.
+    after = StreamResampler(16000, 24000, passband_hz=3400, stopband_hz=4600, gain=2.0)
+    y = stream(after, stuffed, 320).astype(np.float64)[1200:]
+    expected = tone(1000, 24000, 0.5, delay=after.latency_seconds)[1200:]
+    assert rms_db(expected) - rms_db(y - expected) > 55
+    assert band_power_db(y, 24000, 4600, 12000) < band_power_db(y, 24000, 0, 4000) - 60
+
+
+def test_custom_filters_are_only_for_the_polyphase_path() -> None:
+    with pytest.raises(ResampleError):
+        StreamResampler(8000, 8000, gain=2.0)
+    with pytest.raises(ResampleError):
+        StreamResampler(44100, 8000, stopband_hz=4000)
+    with pytest.raises(ResampleError):
+        zero_stuff(np.zeros(4, np.float32))
