@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 TRANSPORT = "audiosocket"
 ENV_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
+CLOSE_GRACE = 5.0
 # Channels of recent calls kept for AMI Hangup events that come after the AGI session.
 CHANNELS_REMEMBERED = 256
 
@@ -105,8 +106,12 @@ class FastAgiServer:
         if self._server is not None:
             self._server.close()
 
-    async def close(self) -> None:
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
         self.stop_accepting()
+        # A session whose call just ended still has to tell Asterisk how it went (and carry out a
+        # transfer): let it finish before cancelling what is left.
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=grace)
         for task in list(self._sessions):
             task.cancel()
         if self._sessions:
