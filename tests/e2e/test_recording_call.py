@@ -39,6 +39,9 @@ def settings_for(tmp_path, **extra):
     )
 
 
+FRAME_SECONDS = 0.020
+
+
 def best_alignment(recorded: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
     """(lag, normalised correlation over the overlap) of ``reference`` against ``recorded``; a
     negative lag means the reference starts before the recording."""
@@ -75,7 +78,17 @@ def utterances(received: list[ReceivedFrame], quiet_frames: int = 10) -> list[tu
     for run in out:
         if len(run) < 25:  # shorter than half a second: not an utterance to find
             continue
-        samples = np.concatenate([np.frombuffer(f.payload, dtype=np.int16) for f in run])
+        # On the line, a frame that arrives late leaves a gap the caller hears as silence (Asterisk
+        # plays nothing meanwhile): rebuild the utterance on its arrival timeline, as the
+        # recording keeps it, rather than splicing late frames onto early ones.
+        pieces = []
+        for previous, frame in zip([None, *run[:-1]], run, strict=True):
+            if previous is not None:
+                missing = round((frame.at - previous.at - FRAME_SECONDS) / FRAME_SECONDS)
+                if missing >= 2:
+                    pieces.append(np.zeros(missing * 160, dtype=np.int16))
+            pieces.append(np.frombuffer(frame.payload, dtype=np.int16))
+        samples = np.concatenate(pieces)
         result.append((run[0].at - len(run[0].payload) / 2 / 8000, samples))
     return result
 
