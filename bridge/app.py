@@ -84,6 +84,7 @@ class Application:
                 simulator_url = self.simulator.url
                 log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
             endpoint = endpoint_from_settings(settings, simulator_url)
+            stack.push_async_callback(endpoint.close)
             tap_factory = self.tap_factory
             if settings.recording.enabled and tap_factory is None:
                 from bridge.archive import CallArchive

@@ -8,12 +8,16 @@ what it reads: ``receive_audio``, ``receive_dtmf``, ``caller_hung_up``, ``protoc
 connects the model and runs three tasks in one TaskGroup, so none outlives the call:
 
 * model sender: caller audio, already decoded, suppressed and resampled on arrival, waits in a
-  bounded queue (oldest dropped and counted) and is appended to the model's input buffer;
+  bounded queue (oldest dropped and counted) and is appended to the model's input buffer; when
+  frames have piled up (the model link was slow) they go out together in one append;
 * model receiver: server events; agent audio is resampled to the caller's rate into the playout
   buffer; ``speech_started`` triggers barge-in; tool calls are carried out;
 * pacer: exactly one frame per 20 ms against ``t0 + n * 20 ms`` on the monotonic clock, agent
   audio when buffered, else silence on legs that need keep-alive (Asterisk's AudioSocket() app
-  hangs up after 2 s without frames).
+  hangs up after 2 s without frames). A leg without keep-alive (the WebSocket media streams) gets
+  frames only while the agent speaks: between talkspurts the pacer sleeps until agent audio
+  arrives, sends its first frame at once and paces the talkspurt from there (no wait for the next
+  slot of an idle 20 ms grid, and no wake-ups while nobody speaks).
 
 Barge-in: on ``input_audio_buffer.speech_started`` the playout buffer is cleared at once, remote
 playback is flushed (where the transport buffers), and ``conversation.item.truncate`` reports the
@@ -49,7 +53,7 @@ from bridge.realtime import ModelEndpoint, ModelError, RealtimeSession
 from media import g711
 from media.chain import InboundChain, OutboundChain
 from media.codec import MODEL_RATE_HZ, AudioFormat, Encoding
-from media.pacing import Pacer
+from media.pacing import FRAME_PERIOD, Pacer
 from media.playout import PlayoutBuffer
 from sip import realtime as rt
 from tenants.config import AudioMode, TenantConfig, TransferTarget
@@ -233,7 +237,7 @@ class Call:
         frame_samples = fmt.samples_for_ms(20)
         self.playout = PlayoutBuffer(fmt.rate_hz, frame_samples)
 
-        self._inbound_queue: deque[str] = deque()
+        self._inbound_queue: deque[bytes] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
         self._inbound_ready = asyncio.Event()
         self._ended = asyncio.Event()
@@ -251,6 +255,8 @@ class Call:
         self._announcement: str | None = None  # a transfer line waiting for the model to be free
         self._announcement_playing = False
         self._started = clock()
+        self._backlog_drops = metrics.frames_dropped.labels("inbound", "model_backlog")
+        self._pacer_idle: asyncio.Future[None] | None = None
         self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
         self._leg_end_of_segment: Callable[[], Any] | None = getattr(leg, "end_of_segment", None)
 
@@ -271,7 +277,7 @@ class Call:
                 ulaw = g711.ulaw_encode(samples)
                 if self.tap is not None:
                     self.tap.caller_audio(samples, fmt.rate_hz)
-            b64 = base64.b64encode(ulaw).decode("ascii")
+            chunk = ulaw
         else:
             assert self.inbound is not None
             samples = fmt.decode(payload)
@@ -280,13 +286,13 @@ class Call:
             out = self.inbound.process(samples)
             if len(out) == 0:
                 return
-            b64 = base64.b64encode(out.tobytes()).decode("ascii")
+            chunk = out.tobytes()
         queue = self._inbound_queue
         if len(queue) >= INBOUND_QUEUE_FRAMES:
             queue.popleft()
             self.stats.inbound_dropped += 1
-            self.metrics.frames_dropped.labels("inbound", "model_backlog").inc()
-        queue.append(b64)
+            self._backlog_drops.inc()
+        queue.append(chunk)
         self._inbound_ready.set()
 
     def receive_dtmf(self, digit: str) -> None:
@@ -412,8 +418,13 @@ class Call:
             while control or queue:
                 if control:
                     await session.send_raw(control.popleft())
+                elif len(queue) == 1:
+                    await session.send_audio(queue.popleft())
                 else:
-                    await session.send_audio_b64(queue.popleft())
+                    # Frames piled up while a send waited: one append carries them all, in order.
+                    chunk = b"".join(queue)
+                    queue.clear()
+                    await session.send_audio(chunk)
 
     async def _model_receiver(self, session: RealtimeSession) -> None:
         async for event in session.events():
@@ -480,6 +491,7 @@ class Call:
         self._current_item = item_id
         if len(samples):
             dropped = self.playout.write(samples, item_id)
+            self._kick_pacer()
             if dropped:
                 self.metrics.frames_dropped.labels("outbound", "playout_full").inc(
                     max(1, dropped // self.playout.frame_samples))
@@ -490,6 +502,7 @@ class Call:
             if len(tail) and self._current_item is not None:
                 self.playout.write(tail, self._current_item)
         self.playout.end_of_audio()
+        self._kick_pacer()
 
     async def _barge_in(self) -> None:
         started = self.clock()
@@ -584,6 +597,7 @@ class Call:
     def _request_action_after_playout(self) -> None:
         """The pacer carries out a pending hangup/transfer once queued agent audio has played."""
         self._action_deadline = self.clock() + 8.0
+        self._kick_pacer()
 
     async def _carry_out_action(self) -> None:
         action, self._pending_action = self._pending_action, None
@@ -609,7 +623,14 @@ class Call:
                 await self._session.send(rt.response_create())
 
     # ----------------------------------------------------------------- pacing
+    def _kick_pacer(self) -> None:
+        """Wake an idle pacer: there may be something to send or do now."""
+        waiter = self._pacer_idle
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _pacer(self) -> None:
+        loop = asyncio.get_running_loop()
         clock = self.clock
         leg = self.leg
         fmt = self.caller_format
@@ -623,6 +644,7 @@ class Call:
         zeros = np.zeros(fmt.samples_for_ms(20), dtype=np.int16)
         end_of_segment = self._leg_end_of_segment
         in_segment = False
+        keepalive = leg.keepalive
         while True:
             delay = pacer.delay(clock())
             if delay > 0:
@@ -646,10 +668,11 @@ class Call:
                     in_segment = False
                     if end_of_segment is not None:
                         await end_of_segment()
-                if self._responding and self._playing:
+                starved = self._responding and self._playing
+                if starved:
                     self.stats.underruns += 1
                     underruns.inc()
-                if leg.keepalive:
+                if keepalive:
                     await leg.send_audio(silence)
                 if tap is not None:
                     tap.agent_audio(zeros, rate)
@@ -659,5 +682,24 @@ class Call:
                     or clock() >= self._action_deadline
                 ):
                     await self._carry_out_action()
+                elif not keepalive and self._pending_action is None:
+                    # A leg without keep-alive gets frames only while the agent speaks: sleep until
+                    # agent audio (or an action) arrives, then send its first frame at once and
+                    # pace the talkspurt from there, instead of waiting for the old 20 ms grid.
+                    self.stats.frames_out += 1
+                    lateness_metric.observe(pacer.frame_sent(clock()))
+                    idle_since = clock()
+                    waiter = self._pacer_idle = loop.create_future()
+                    try:
+                        await waiter
+                    finally:
+                        self._pacer_idle = None
+                    now = clock()
+                    if starved and self._responding:
+                        missed = int((now - idle_since) / FRAME_PERIOD)
+                        self.stats.underruns += missed
+                        underruns.inc(missed)
+                    pacer.restart(now)
+                    continue
             self.stats.frames_out += 1
             lateness_metric.observe(pacer.frame_sent(clock()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,8 +42,8 @@ class HttpServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await self._site.start()
-        server = self._site._server
-        assert isinstance(server, asyncio.Server)
+        # An asyncio.Server or uvloop's equivalent (which does not subclass it): duck-typed.
+        server = cast(asyncio.Server, self._site._server)
         self.port = int(server.sockets[0].getsockname()[1])
         log.info("HTTP listening on %s:%d", self.settings.host, self.port)
 

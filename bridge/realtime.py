@@ -4,14 +4,25 @@ The SDK owns the WebSocket handshake, authentication and URL building (it honour
 ``OPENAI_BASE_URL`` and ``websocket_base_url``). Frames are sent and received raw
 (``send_raw`` / ``recv_bytes``): the audio path runs 50 times a second per direction per call and
 does not need a pydantic model per frame. Unknown server events pass through untouched.
+
+Audio appends, 50 a second per call, are written to the SDK's underlying ``websockets`` connection
+directly. The SDK's own ``send_raw`` first offers each frame to a queue that exists for its
+reconnection feature; sessions here never reconnect (no ``on_reconnecting`` handler, so that queue
+is always empty and the frame goes on to the same ``send``), and the detour cost as much CPU as
+the send itself. When an SDK release no longer exposes the connection this way, ``send_raw`` is used.
+
+One ``AsyncOpenAI`` client serves every call of an endpoint. Building one builds an HTTP client
+and loads the CA bundle into a TLS context, 100-200 ms of CPU on the event loop: per call, that
+stalled every other call's audio at each call set-up. The client holds no per-call state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +42,16 @@ class ModelError(Exception):
         self.kind = kind  # small fixed set: connect, closed, protocol, error
 
 
+class _SharedClient:
+    """The endpoint's ``AsyncOpenAI`` client, built on first use and shared by its model variants."""
+
+    __slots__ = ("building", "client")
+
+    def __init__(self) -> None:
+        self.client: AsyncOpenAI | None = None
+        self.building: asyncio.Future[AsyncOpenAI] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelEndpoint:
     """Where and how to reach a realtime model (one per provider, shared by calls)."""
@@ -44,14 +65,50 @@ class ModelEndpoint:
     headers: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
+    _shared: _SharedClient = field(default_factory=_SharedClient, compare=False, repr=False)
 
     def with_model(self, model: str | None) -> ModelEndpoint:
         if not model or model == self.model:
             return self
         return ModelEndpoint(
             self.provider, model, self.api_key, self.websocket_base_url, self.base_url,
-            self.dialect, self.headers, self.query, self.connect_timeout,
+            self.dialect, self.headers, self.query, self.connect_timeout, self._shared,
         )
+
+    def client(self) -> AsyncOpenAI:
+        """The SDK client every session of this endpoint connects through (built here if need be)."""
+        shared = self._shared
+        if shared.client is None:
+            shared.client = self._build()
+        return shared.client
+
+    async def ready_client(self) -> AsyncOpenAI:
+        """The shared client, built once in a worker thread: building it loads the TLS trust store
+        (100-200 ms of CPU), which on the loop would stall the pacers of every call in progress."""
+        shared = self._shared
+        if shared.client is not None:
+            return shared.client
+        if shared.building is None:
+            shared.building = asyncio.ensure_future(asyncio.to_thread(self._build))
+        client = await asyncio.shield(shared.building)
+        if shared.client is None:
+            shared.client = client
+        return shared.client
+
+    def _build(self) -> AsyncOpenAI:
+        return AsyncOpenAI(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            websocket_base_url=self.websocket_base_url,
+            max_retries=0,
+        )
+
+    async def close(self) -> None:
+        """Release the shared client (at shutdown, once no session uses it)."""
+        client, self._shared.client = self._shared.client, None
+        self._shared.building = None
+        if client is not None:
+            await client.close()
 
 
 def endpoint_from_settings(
@@ -97,27 +154,28 @@ def endpoint_from_settings(
                          query={"api-version": m.voicelive_api_version}, connect_timeout=timeout)
 
 
+def _socket_send(connection: Any) -> Callable[[str], Awaitable[Any]] | None:
+    """``send`` of the ``websockets`` connection under an SDK realtime connection, if exposed."""
+    socket = getattr(connection, "_connection", None)
+    send = getattr(socket, "send", None)
+    if send is None or not asyncio.iscoroutinefunction(send):
+        return None
+    return send  # type: ignore[no-any-return]
+
+
 class RealtimeSession:
     """A connected realtime-model session. Create with ``await RealtimeSession.connect(...)``."""
 
-    def __init__(self, client: AsyncOpenAI, manager: Any, connection: Any, dialect: rt.Dialect) -> None:
-        self._client = client
+    def __init__(self, manager: Any, connection: Any, dialect: rt.Dialect) -> None:
         self._manager = manager
         self._conn = connection
         self.dialect = dialect
         self._closed = False
+        self._send_text: Callable[[str], Awaitable[Any]] = _socket_send(connection) or connection.send_raw
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
-        # Building the client loads the TLS trust store (~100 ms of CPU): off the loop, or every
-        # call set-up would stall the pacers of all the calls in progress.
-        client = await asyncio.to_thread(
-            AsyncOpenAI,
-            api_key=endpoint.api_key,
-            base_url=endpoint.base_url,
-            websocket_base_url=endpoint.websocket_base_url,
-            max_retries=0,
-        )
+        client = await endpoint.ready_client()
         manager = client.realtime.connect(
             model=endpoint.model,
             extra_headers=endpoint.headers,
@@ -127,25 +185,32 @@ class RealtimeSession:
             async with asyncio.timeout(endpoint.connect_timeout):
                 connection = await manager.__aenter__()
         except TimeoutError:
-            await client.close()
             raise ModelError("timed out connecting to the model", "connect") from None
-        except asyncio.CancelledError:
-            await client.close()
-            raise
         except Exception as exc:  # the SDK raises websockets/httpx/OSError variants
-            await client.close()
             raise ModelError(f"cannot connect to the model: {type(exc).__name__}: {exc}", "connect") from exc
-        return cls(client, manager, connection, endpoint.dialect)
+        return cls(manager, connection, endpoint.dialect)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(event, separators=(",", ":")))
 
     async def send_audio_b64(self, b64_audio: str) -> None:
-        await self.send_raw(rt.append_audio_json(b64_audio))
+        await self._send(rt.append_audio_json(b64_audio))
+
+    async def send_audio(self, audio: bytes) -> None:
+        """Append audio, already in the session's input format, to the model's input buffer."""
+        await self._send(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
 
     async def send_raw(self, data: str) -> None:
         try:
             await self._conn.send_raw(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"model connection lost while sending: {type(exc).__name__}", "closed") from exc
+
+    async def _send(self, data: str) -> None:
+        try:
+            await self._send_text(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -185,5 +250,3 @@ class RealtimeSession:
                 await self._conn.close()
         except (TimeoutError, Exception) as exc:  # closing a dead socket: nothing more to do
             log.debug("model session close: %s", type(exc).__name__)
-        finally:
-            await self._client.close()

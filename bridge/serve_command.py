@@ -10,15 +10,19 @@ import sys
 from typing import Any
 
 from bridge import logs
-from bridge.settings import ConfigError, load_settings
+from bridge.settings import ConfigError, EventLoop, load_settings
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="run the daemon")
-    parser.add_argument("--uvloop", action="store_true", help="use uvloop's event loop when installed")
-    parser.set_defaults(func=_serve)
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument("--uvloop", dest="event_loop", action="store_const", const=EventLoop.UVLOOP,
+                      help="run on uvloop's event loop (the default when it is installed)")
+    loop.add_argument("--asyncio", dest="event_loop", action="store_const", const=EventLoop.ASYNCIO,
+                      help="run on asyncio's own event loop")
+    parser.set_defaults(func=_serve, event_loop=None)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,13 +32,17 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json, settings.log_levels)
-    if args.uvloop:
+    choice = args.event_loop or settings.event_loop
+    if choice is not EventLoop.ASYNCIO:
         try:
             import uvloop
-
-            return uvloop.run(_main(settings))
         except ImportError:
-            log.warning("uvloop is not installed; using asyncio's loop")
+            if choice is EventLoop.UVLOOP:
+                log.warning("uvloop is not installed; using asyncio's loop")
+        else:
+            log.info("event loop: uvloop")
+            return uvloop.run(_main(settings))
+    log.info("event loop: asyncio")
     return asyncio.run(_main(settings))
 
 

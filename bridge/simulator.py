@@ -91,6 +91,22 @@ bridge that forwards DTMF digits as text lets a phone keypad trigger tools this 
 client sent (session updates, truncations, cancellations, response requests, speech timestamps on
 the server's clock), so tests can assert what a bridge did. Audio is never kept beyond the last
 caller turn (at most 10 s).
+
+Timing log (``events_log``, ``--events-log FILE``): one JSON line per timing event, stamped with the
+server's clock (``time.monotonic()`` by default, which is system-wide on Linux, so another process
+on the host can line its own readings up with them). Off by default; when off the audio path pays
+one ``is None`` test per append. Lines (``s`` is the session id, ``t`` the clock reading)::
+
+    {"e": "open", "s", "t"}
+    {"e": "speech_started", "s", "t", "agent": true|false}     t: just before the event is sent;
+                                                                agent: a response was streaming audio
+    {"e": "speech_end", "s", "t", "stopped": t2}               t: arrival of the append that completed
+                                                                the turn's last speech frame
+    {"e": "first_audio", "s", "r", "t", "kind"}                t: just before the first delta is sent
+    {"e": "done", "s", "r", "t", "status", "audio_ms", "voiced_ms": [first, last]}
+                                                                voiced_ms: span of non-zero samples
+                                                                within the audio sent
+    {"e": "close", "s", "t"}
 """
 
 from __future__ import annotations
@@ -154,6 +170,8 @@ _SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
 _SEMANTIC_PREFIX_MS = 300
 # Bounded observability records.
 _MAX_EVENTS_RECORDED = 100_000
+# Appends remembered for the timing log: a turn ends silence_duration_ms after its last speech frame.
+_ARRIVALS_KEPT = 1024
 
 GREETING_TRANSCRIPT = "Hello, this is the callbridge test line. Say something and I will repeat it."
 # The first words of the greeting recording ("Hello, this is the callbridge test line."), reused
@@ -810,6 +828,9 @@ class SimulatedConnection:
         self._active: _Response | None = None
         self._voice_locked = False
         self._next_turn_item_id = self._new_id("item")
+        self._timing = server.timing_log
+        # (stream position after the append in ms, arrival time), only while timing is logged.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=_ARRIVALS_KEPT)
         self._tg: asyncio.TaskGroup | None = None
         self._idle_task: asyncio.Task[None] | None = None
         self._limit_task: asyncio.Task[None] | None = None
@@ -974,6 +995,7 @@ class SimulatedConnection:
     # -- input audio ---------------------------------------------------------------------------
 
     async def _on_append(self, event: Json) -> None:
+        arrived = self._clock() if self._timing is not None else 0.0
         audio = event.get("audio")
         if not isinstance(audio, str):
             raise InvalidRequest("Missing required parameter: 'audio'.", code="missing_required_parameter",
@@ -995,14 +1017,22 @@ class SimulatedConnection:
         else:
             samples = codec.decode(payload)
         self.record.input_audio_ms += len(samples) * 1000.0 / codec.rate_hz
-        for ev in self._input.feed(samples):
+        detected = self._input.feed(samples)
+        if self._timing is not None:
+            self._arrivals.append((self._input.stream_ms, arrived))
+        for ev in detected:
             if isinstance(ev, _SpeechStarted):
                 await self._speech_started(ev)
             else:
                 await self._speech_stopped(ev.turn)
 
     async def _speech_started(self, ev: _SpeechStarted) -> None:
-        self.record.speech_started_at.append(self._clock())
+        now = self._clock()
+        self.record.speech_started_at.append(now)
+        if self._timing is not None:
+            active = self._active
+            self._timing.write("speech_started", self.record.id, now,
+                               agent=active is not None and active.first_audio_at is not None)
         self._cancel_idle_timer()
         await self._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": ev.audio_start_ms,
                           "item_id": self._next_turn_item_id})
@@ -1012,7 +1042,12 @@ class SimulatedConnection:
             await self._finish(active, "cancelled", "turn_detected")
 
     async def _speech_stopped(self, turn: _Turn) -> None:
-        self.record.speech_stopped_at.append(self._clock())
+        now = self._clock()
+        self.record.speech_stopped_at.append(now)
+        if self._timing is not None:
+            arrived = next((t for end_ms, t in self._arrivals if end_ms >= turn.speech_end_ms), None)
+            if arrived is not None:
+                self._timing.write("speech_end", self.record.id, arrived, stopped=now)
         await self._send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": turn.end_ms,
                           "item_id": self._next_turn_item_id})
         await self._commit_turn(turn)
@@ -1452,6 +1487,9 @@ class SimulatedConnection:
                 if resp.first_audio_at is None:
                     resp.first_audio_at = self._clock()
                     self._voice_locked = True
+                    if self._timing is not None:
+                        self._timing.write("first_audio", self.record.id, resp.first_audio_at,
+                                           r=resp.id, kind=resp.kind)
                 frames.append(prefix + self._new_id("event") + '","delta":"'
                               + base64.b64encode(piece).decode("ascii") + '"}')
             await self._send_raw(frames)
@@ -1518,6 +1556,10 @@ class SimulatedConnection:
         summary = next((r for r in reversed(self.record.responses) if r["id"] == resp.id), None)
         if summary is not None:
             summary.update(status=status, reason=reason, audio_ms=item.produced_ms, done_at=self._clock())
+        if self._timing is not None and resp.first_audio_at is not None:
+            self._timing.write("done", self.record.id, self._clock(), r=resp.id, status=status,
+                               audio_ms=item.produced_ms,
+                               voiced_ms=_voiced_span_ms(resp.audio[:resp.sent_bytes], resp.codec))
         await self._send(*events)
         playback_remaining = 0.0
         if resp.first_audio_at is not None and status == "completed":
@@ -1570,6 +1612,31 @@ def _format_json(codec: AudioFormat) -> Json:
     return {"type": "audio/pcm", "rate": MODEL_RATE_HZ}
 
 
+def _voiced_span_ms(audio: bytes, codec: AudioFormat) -> list[float]:
+    """First and last millisecond of ``audio`` holding a non-zero sample ([0, 0] when none)."""
+    samples = codec.decode(audio)
+    nonzero = np.flatnonzero(samples)
+    if not len(nonzero):
+        return [0.0, 0.0]
+    per_ms = codec.rate_hz / 1000
+    return [round(nonzero[0] / per_ms, 3), round((nonzero[-1] + 1) / per_ms, 3)]
+
+
+class TimingLog:
+    """The JSON-lines timing log (see the module docstring). Written from the event loop through a
+    buffered file: a few lines per turn, flushed at close."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "w", encoding="utf-8", buffering=1 << 16)
+
+    def write(self, event: str, session: str, at: float, /, **fields: Any) -> None:
+        line = {"e": event, "s": session, "t": at, **fields}
+        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -1586,6 +1653,7 @@ class SimulatorServer:
         delta_ms: int = 50,
         clock: Callable[[], float] = time.monotonic,
         max_session_seconds: float = MAX_SESSION_SECONDS,
+        events_log: str | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -1604,6 +1672,8 @@ class SimulatorServer:
         self._live: set[SimulatedConnection] = set()
         self._runner: web.AppRunner | None = None
         self._closed = False
+        self._events_log = events_log
+        self.timing_log: TimingLog | None = None
 
     @property
     def url(self) -> str:
@@ -1613,6 +1683,8 @@ class SimulatorServer:
 
     async def start(self) -> None:
         greeting_samples()  # fail at start-up, not on the first call, if the package data is missing
+        if self._events_log is not None:
+            self.timing_log = TimingLog(self._events_log)
         app = web.Application()
         for path in REALTIME_PATHS:
             app.router.add_get(path, self._handle)
@@ -1633,6 +1705,9 @@ class SimulatorServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.timing_log is not None:
+            self.timing_log.close()
+            self.timing_log = None
 
     async def drop_all(self, code: int = 1011) -> None:
         """Close every live session with ``code`` (simulates the model service failing)."""
@@ -1699,6 +1774,8 @@ class SimulatorServer:
         self.sessions.append(record)
         conn = SimulatedConnection(self, ws, record)
         self._live.add(conn)
+        if self.timing_log is not None:
+            self.timing_log.write("open", record.id, record.opened_at)
         log.debug("simulated session %s opened (model %s)", record.id, model)
         try:
             await conn.run()
@@ -1709,6 +1786,8 @@ class SimulatorServer:
         finally:
             self._live.discard(conn)
             record.closed_at = self.clock()
+            if self.timing_log is not None:
+                self.timing_log.write("close", record.id, record.closed_at)
             if record.close_code is None:
                 record.close_code = ws.close_code
             log.debug("simulated session %s closed (%s)", record.id, ws.close_code)
@@ -1733,13 +1812,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--delta-ms", type=int, default=50, help="audio per delta event in ms (default 50)")
     parser.add_argument("--api-key", default=None,
                         help="accept only this key (default: any key is accepted)")
+    parser.add_argument("--events-log", default=None, metavar="FILE",
+                        help="write a JSON line per timing event (monotonic clock) to FILE "
+                             "(load benchmarks)")
+    parser.add_argument("--uvloop", action="store_true", help="use uvloop's event loop when installed")
     parser.set_defaults(func=_run_command)
 
 
 def _run_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvloop: Any = None
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed; using asyncio's loop")
     try:
-        asyncio.run(_serve(args))
+        if uvloop is not None:
+            uvloop.run(_serve(args))
+        else:
+            asyncio.run(_serve(args))
     except KeyboardInterrupt:
         pass
     return 0
@@ -1751,7 +1843,7 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     server = SimulatorServer(args.host, args.port, pace=args.pace, api_key=args.api_key,
-                             delta_ms=args.delta_ms)
+                             delta_ms=args.delta_ms, events_log=args.events_log)
     async with server:
         print(f"realtime simulator ready: websocket_base_url={server.url}", flush=True)
         await stop.wait()

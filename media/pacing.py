@@ -61,6 +61,12 @@ class Pacer:
             self._n = 0
         return lateness
 
+    def restart(self, now: float) -> None:
+        """Start a new schedule whose first frame is due at ``now`` (after an idle stretch: a
+        stream that pauses between talkspurts starts the next one at once, not on the old grid)."""
+        self._t0 = now
+        self._n = 0
+
 
 _TOLERANCE_SECONDS = 1e-6
 

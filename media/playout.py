@@ -86,6 +86,27 @@ class PlayoutBuffer:
         n = self.frame_samples
         if self._buffered == 0 or (self._buffered < n and not self._ended):
             return None
+        head, item_id = self._chunks[0]
+        offset = self._head_offset
+        if len(head) - offset >= n:
+            # The common case, once per frame per call: the frame lies inside one chunk. Chunks are
+            # the buffer's own copies and never written to, so the frame can be a view of one.
+            end = offset + n
+            if end == len(head):
+                self._chunks.popleft()
+                self._head_offset = 0
+            else:
+                self._head_offset = end
+            self._buffered -= n
+            if item_id is not None:
+                played = self._played
+                if item_id in played:
+                    played[item_id] += n
+                else:
+                    played[item_id] = n
+                    if len(played) > _PLAYED_ITEMS_KEPT:
+                        del played[next(iter(played))]
+            return PlayoutFrame(head[offset:end], item_id, n)
         out = np.zeros(n, dtype=np.int16)
         filled = 0
         first_item: str | None = None

@@ -44,6 +44,8 @@ import numpy.typing as npt
 Samples = npt.NDArray[np.int16]
 _Floats = npt.NDArray[np.float32]
 _Doubles = npt.NDArray[np.float64]
+# A chunk size's output array and buffer views: (out, rows, rows_out, windows, windows_out).
+_Plan = tuple[_Floats, "_Floats | None", "_Floats | None", "_Floats | None", "_Floats | None"]
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 # Design attenuation; the requirement is 60 dB, the margin covers int16 rounding of the output.
@@ -51,6 +53,8 @@ _STOPBAND_DB = 70.0
 _PASSBAND_FRACTION = 0.85
 # Largest L or M served by the polyphase path; anything else goes to soxr.
 _MAX_POLYPHASE_FACTOR = 6
+# Distinct chunk sizes whose buffer views a resampler keeps (a stream has one or two).
+_PLANS_KEPT = 8
 # Block length in input samples is chosen among divisors of this (10 ms at the input rate) when
 # possible, so 10 and 20 ms frames never fall to the per-group path.
 _BLOCK_SPAN_SECONDS = 0.010
@@ -170,8 +174,14 @@ class _Polyphase:
         # precision than its 24-bit mantissa.
         self._span = np.ascontiguousarray(span, dtype=np.float32)
 
-        self._history = np.zeros(self._lookback, dtype=np.float32)
-        self._pending = np.zeros(0, dtype=np.float32)
+        # Streaming state: one float32 buffer holds the look-back history followed by the input not
+        # yet consumed, and is reused from call to call. The strided views of it (and the output
+        # arrays) for a given number of blocks are built once and kept, so a steady stream of equal
+        # chunks costs a copy in, one matrix product and a shift of the history: numpy calls here
+        # cost more than the arithmetic.
+        self._buf = np.zeros(self._lookback + 4 * self.block_in, dtype=np.float32)
+        self._fill = self._lookback  # valid samples in _buf: history, then pending input
+        self._plans: dict[tuple[int, int], _Plan] = {}
 
     def _choose_block(self, span_samples: int) -> int:
         # Blocks about half the look-back long measured fastest: longer rows multiply more zeros,
@@ -184,44 +194,60 @@ class _Polyphase:
         return -(-need // m) * m
 
     def reset(self) -> None:
-        self._history = np.zeros(self._lookback, dtype=np.float32)
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._buf[: self._lookback] = 0.0
+        self._fill = self._lookback
 
-    def process(self, x: npt.NDArray[np.integer]) -> _Floats:
-        block = self.block_in
-        lookback = self._lookback
-        if len(self._pending):
-            buf = np.concatenate((self._history, self._pending, x), dtype=np.float32)
-        else:
-            buf = np.concatenate((self._history, x), dtype=np.float32)
-        groups = (len(buf) - lookback) // self.down
-        consumed = groups * self.down
-        whole = consumed // block
-        rest = groups - whole * (block // self.down)
-        item = buf.itemsize
-        parts = []
+    def _plan(self, whole: int, rest: int) -> _Plan:
+        """Output array and the views of the buffer for ``whole`` blocks then ``rest`` groups."""
+        block, lookback, item = self.block_in, self._lookback, self._buf.itemsize
+        per_block = (block // self.down) * self.up
+        out = np.empty(whole * per_block + rest * self.up, dtype=np.float32)
+        rows = rows_out = windows = windows_out = None
         if whole:
-            rows = np.ndarray((whole, lookback + block), np.float32, buffer=buf, strides=(block * item, item))
-            parts.append((rows @ self._span).ravel())
+            rows = np.ndarray((whole, lookback + block), np.float32, buffer=self._buf, strides=(block * item, item))
+            rows_out = out[: whole * per_block].reshape(whole, per_block)
         if rest:
             # Group g's window starts at buffer index lookback + g*M + s_min = g*M.
-            windows = np.ndarray(
-                (rest, self._window),
-                np.float32,
-                buffer=buf,
-                offset=whole * block * item,
-                strides=(self.down * item, item),
-            )
-            parts.append((windows @ self._group).ravel())
-        self._history = buf[consumed : consumed + lookback]
-        self._pending = buf[lookback + consumed :]
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+            windows = np.ndarray((rest, self._window), np.float32, buffer=self._buf,
+                                 offset=whole * block * item, strides=(self.down * item, item))
+            windows_out = out[whole * per_block :].reshape(rest, self.up)
+        if len(self._plans) >= _PLANS_KEPT:
+            self._plans.pop(next(iter(self._plans)))
+        plan = (out, rows, rows_out, windows, windows_out)
+        self._plans[(whole, rest)] = plan
+        return plan
+
+    def process(self, x: npt.NDArray[np.integer]) -> _Floats:
+        """Filter ``x``; the result is only valid until the next call (it is a reused array)."""
+        fill = self._fill
+        end = fill + len(x)
+        buf = self._buf
+        if end > len(buf):
+            grown = np.zeros(max(end, 2 * len(buf)), dtype=np.float32)
+            grown[:fill] = buf[:fill]
+            self._buf = buf = grown
+            self._plans.clear()
+        buf[fill:end] = x
+        groups = (end - self._lookback) // self.down
+        consumed = groups * self.down
+        whole = consumed // self.block_in
+        rest = groups - whole * (self.block_in // self.down)
+        plan = self._plans.get((whole, rest))
+        if plan is None:
+            plan = self._plan(whole, rest)
+        out, rows, rows_out, windows, windows_out = plan
+        if rows is not None:
+            np.matmul(rows, self._span, out=rows_out)
+        if windows is not None:
+            np.matmul(windows, self._group, out=windows_out)
+        left = end - consumed
+        buf[:left] = buf[consumed:end]  # numpy copies overlapping ranges correctly
+        self._fill = left
+        return out
 
     @property
     def pending_input(self) -> int:
-        return len(self._pending)
+        return self._fill - self._lookback
 
 
 class _SoxrSteady:

@@ -96,3 +96,16 @@ def test_early_send_is_not_negative_lateness() -> None:
 def test_period_must_be_positive(period: float) -> None:
     with pytest.raises(ValueError):
         Pacer(start=0.0, period=period)
+
+
+def test_restart_starts_a_new_grid_at_now() -> None:
+    pacer = Pacer(start=10.0)
+    for n in range(3):
+        pacer.frame_sent(10.0 + n * FRAME_PERIOD)
+    # An idle stretch, then a talkspurt starting off the old grid: its first frame is due at once,
+    # the next ones one period apart from it.
+    pacer.restart(10.537)
+    assert pacer.delay(10.537) == 0.0
+    assert pacer.frame_sent(10.537) == 0.0
+    assert pacer.next_deadline == pytest.approx(10.537 + FRAME_PERIOD)
+    assert pacer.stats.frames == 4 and pacer.stats.resyncs == 0

@@ -1,0 +1,1 @@
+"""Load benchmark of the whole daemon: ``python -m bench.load`` (see bench/README.md)."""
