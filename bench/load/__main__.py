@@ -91,6 +91,7 @@ class RunConfig:
     seed: int = 1
     profile: bool = False
     source: Path = REPO_ROOT
+    recording: bool = True
 
 
 def _ramp_seconds(calls: int) -> float:
@@ -117,6 +118,8 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     workers: list[mp.Process] = []  # type: ignore[type-arg]
     try:
         env = bridge_environment(run_dir, ports, sim_port, tenants, max_calls=max(200, 2 * cfg.calls))
+        if not cfg.recording:
+            env["CALLBRIDGE_RECORDING__ENABLED"] = "false"
         bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.loop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
@@ -307,6 +310,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "calls": cfg.calls,
         "duration": cfg.duration,
         "event_loop": cfg.loop,
+        "recording": cfg.recording,
         "steady_seconds": (window[-1].at - window[0].at) if len(window) >= 2 else 0.0,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
@@ -402,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", action="store_true",
                         help="then look for the largest N meeting the delivery and latency targets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--no-recording", action="store_true",
+                        help="turn call recording off (to see its cost; the targets are with it on)")
     parser.add_argument("--profile", action="store_true",
                         help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(transport: str, n: int) -> dict[str, Any]:
         cfg = RunConfig(transport, n, duration, args.loop, not args.no_pin, args.fixtures,
                         keep=args.out is not None, out_dir=out_dir, profile=args.profile,
-                        source=args.source.resolve())
+                        source=args.source.resolve(), recording=not args.no_recording)
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)
