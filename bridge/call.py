@@ -674,7 +674,9 @@ class Call:
                     underruns.inc()
                 if keepalive:
                     await leg.send_audio(silence)
-                if tap is not None:
+                if tap is not None and starved:
+                    # Silence inside a response is part of what the caller heard. Between
+                    # responses nothing is handed over: the recording pads a quiet track itself.
                     tap.agent_audio(zeros, rate)
                 if self._pending_action is not None and (
                     (not self._responding and playout.buffered_samples == 0
