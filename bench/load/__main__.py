@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.load import analysis as an
-from bench.load.audio import default_fixtures_dir
+from bench.load.audio import FRAME_SECONDS, default_fixtures_dir
 from bench.load.processes import (
     REPO_ROOT,
     BridgePorts,
@@ -98,6 +98,19 @@ def _ramp_seconds(calls: int) -> float:
     return min(10.0, 0.05 * calls)
 
 
+def start_offsets(calls: int, ramp: float) -> list[float]:
+    """When each call starts, relative to the first: spread over ``ramp`` seconds, and at phases
+    spread evenly over the 20 ms frame period (golden-ratio steps). Calls from a real PBX send
+    their frames at unrelated phases; calls started on a common grid would all send at the same
+    instants and load the bridge in bursts no PBX produces."""
+    golden = (5 ** 0.5 - 1) / 2
+    out = []
+    for i in range(calls):
+        slot = math.floor(ramp * i / calls / FRAME_SECONDS) * FRAME_SECONDS
+        out.append(slot + ((i * golden) % 1.0) * FRAME_SECONDS)
+    return out
+
+
 def run_once(cfg: RunConfig) -> dict[str, Any]:
     run_dir = cfg.out_dir / f"{cfg.transport}-{cfg.calls}"
     if run_dir.exists():
@@ -127,7 +140,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         n_workers = max(1, min(MAX_WORKERS, math.ceil(cfg.calls / CALLS_PER_WORKER)))
         ramp = _ramp_seconds(cfg.calls)
-        offsets = [ramp * i / cfg.calls for i in range(cfg.calls)]
+        offsets = start_offsets(cfg.calls, ramp)
         ready, results = ctx.Queue(), ctx.Queue()
         gos = []
         for w in range(n_workers):
