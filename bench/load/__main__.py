@@ -72,7 +72,7 @@ tenants:
       - "{number}"
     greeting: Hello, this is the load benchmark line.
     instructions: Repeat what the caller says.
-    noise_suppression: speex
+    noise_suppression: "{suppression}"
     recording: true
     max_concurrent_calls: 100000
 """
@@ -92,6 +92,7 @@ class RunConfig:
     profile: bool = False
     source: Path = REPO_ROOT
     recording: bool = True
+    suppression: str = "speex"  # the tenant's noise suppression (speex is the tenant default)
 
 
 def _ramp_seconds(calls: int) -> float:
@@ -122,7 +123,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     pin(os.getpid(), harness_cpus)
 
     tenants = run_dir / "tenants.yaml"
-    tenants.write_text(TENANTS_YAML.format(number=DIALLED), encoding="utf-8")
+    tenants.write_text(TENANTS_YAML.format(number=DIALLED, suppression=cfg.suppression), encoding="utf-8")
     sim_port = free_port()
     events_log = run_dir / "simulator-events.jsonl"
     ports = BridgePorts(free_port(), free_port(), free_port())
@@ -324,6 +325,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "duration": cfg.duration,
         "event_loop": cfg.loop,
         "recording": cfg.recording,
+        "suppression": cfg.suppression,
         "steady_seconds": (window[-1].at - window[0].at) if len(window) >= 2 else 0.0,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
@@ -421,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--no-recording", action="store_true",
                         help="turn call recording off (to see its cost; the targets are with it on)")
+    parser.add_argument("--suppression", choices=("speex", "webrtc", "off"), default="speex",
+                        help="the tenant's noise suppression (default speex, the tenant default)")
     parser.add_argument("--profile", action="store_true",
                         help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
@@ -450,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(transport: str, n: int) -> dict[str, Any]:
         cfg = RunConfig(transport, n, duration, args.loop, not args.no_pin, args.fixtures,
                         keep=args.out is not None, out_dir=out_dir, profile=args.profile,
-                        source=args.source.resolve(), recording=not args.no_recording)
+                        source=args.source.resolve(), recording=not args.no_recording,
+                        suppression=args.suppression)
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)
