@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 calls x 15 s over AudioSocket")
     parser.add_argument("--calls", default="10,50,100", help="comma-separated N (default 10,50,100)")
     parser.add_argument("--duration", type=float, default=45.0, help="seconds per call (default 45)")
-    parser.add_argument("--transports", default="audiosocket,twilio",
+    parser.add_argument("--transports", default="audiosocket,twilio,ws_audio,freeswitch",
                         help="comma-separated: audiosocket, twilio, ws_audio, freeswitch")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="callbridge's event loop (default: its own default, uvloop when installed)")
