@@ -98,6 +98,7 @@ class Application:
             switchboard = self.switchboard = Switchboard(
                 settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
+            stack.push_async_callback(switchboard.close_endpoints)
             if self.archive is not None:
                 switchboard.refusal_listener = self.archive.record_refusal
             if settings.http.enabled:

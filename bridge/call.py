@@ -239,7 +239,8 @@ class Call:
 
         self._inbound_queue: deque[bytes] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
-        self._inbound_ready = asyncio.Event()
+        # Set while the model sender waits for something to send; resolved to wake it.
+        self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
         self._caller_gone = False
         self._session: RealtimeSession | None = None
@@ -293,7 +294,7 @@ class Call:
             self.stats.inbound_dropped += 1
             self._backlog_drops.inc()
         queue.append(chunk)
-        self._inbound_ready.set()
+        self._wake_sender()
 
     def receive_dtmf(self, digit: str) -> None:
         if self._ended.is_set():
@@ -406,15 +407,27 @@ class Call:
         # One sender task keeps the order of everything sent to the model; control events go
         # ahead of queued audio.
         self._control_queue.append(json.dumps(event, separators=(",", ":")))
-        self._inbound_ready.set()
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        # A bare future rather than an asyncio.Event: this runs for every caller frame.
+        waiter = self._sender_idle
+        if waiter is not None:
+            self._sender_idle = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _model_sender(self, session: RealtimeSession) -> None:
+        loop = asyncio.get_running_loop()
         queue = self._inbound_queue
         control = self._control_queue
-        ready = self._inbound_ready
         while True:
-            await ready.wait()
-            ready.clear()
+            if not control and not queue:
+                waiter = self._sender_idle = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._sender_idle = None
             while control or queue:
                 if control:
                     await session.send_raw(control.popleft())
@@ -674,7 +687,9 @@ class Call:
                     underruns.inc()
                 if keepalive:
                     await leg.send_audio(silence)
-                if tap is not None:
+                if tap is not None and starved:
+                    # Silence inside a response is part of what the caller heard. Between
+                    # responses nothing is handed over: the recording pads a quiet track itself.
                     tap.agent_audio(zeros, rate)
                 if self._pending_action is not None and (
                     (not self._responding and playout.buffered_samples == 0

@@ -217,6 +217,12 @@ class Switchboard:
         self.draining = True
         self.metrics.ready.set(0)
 
+    async def close_endpoints(self) -> None:
+        """Release the SDK clients of the per-tenant provider endpoints (at shutdown)."""
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        for endpoint in endpoints:
+            await endpoint.close()
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 

@@ -292,6 +292,10 @@ def envelope(frames: Samples, points: int) -> npt.NDArray[np.int16]:
     return out
 
 
+def _zeros(n: int) -> Samples:
+    return np.zeros(n, dtype=np.int16)
+
+
 class _Gap:
     """Silence on a track, held as a count so that it can shrink until it is handed out."""
 
@@ -389,21 +393,35 @@ class StereoTimeline:
 
     def _consume(self, channel: int, out: npt.NDArray[np.int16]) -> None:
         """Fill ``out`` (zeros already) from the front of the track's pending audio."""
+        # The pieces that fill ``out`` are joined first and copied in once: a writer pass takes
+        # a few hundred milliseconds of 20 ms chunks per call, and a copy per chunk into a strided
+        # column of ``out`` costs more than the data.
         pending = self._pending[channel]
+        parts: list[Samples] = []
         filled = 0
         need = len(out)
-        while filled < need:
-            head = pending[0]
+        used = 0
+        for head in pending:
+            if filled >= need:
+                break
             if isinstance(head, _Gap):
                 take = min(head.n, need - filled)
-                head.n -= take  # the zeros are already in ``out``
+                head.n -= take
+                if take:
+                    parts.append(_zeros(take))
                 if head.n == 0:
-                    pending.pop(0)
+                    used += 1
             else:
                 take = min(len(head), need - filled)
-                out[filled:filled + take] = head[:take]
                 if take == len(head):
-                    pending.pop(0)
+                    parts.append(head)
+                    used += 1
                 else:
-                    pending[0] = head[take:]
+                    parts.append(head[:take])
+                    pending[used] = head[take:]
             filled += take
+        del pending[:used]
+        if len(parts) == 1:
+            out[:] = parts[0]
+        elif parts:
+            out[:] = np.concatenate(parts)

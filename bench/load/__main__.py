@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.load import analysis as an
-from bench.load.audio import default_fixtures_dir
+from bench.load.audio import FRAME_SECONDS, default_fixtures_dir
 from bench.load.processes import (
     REPO_ROOT,
     BridgePorts,
@@ -72,7 +72,7 @@ tenants:
       - "{number}"
     greeting: Hello, this is the load benchmark line.
     instructions: Repeat what the caller says.
-    noise_suppression: speex
+    noise_suppression: "{suppression}"
     recording: true
     max_concurrent_calls: 100000
 """
@@ -91,10 +91,25 @@ class RunConfig:
     seed: int = 1
     profile: bool = False
     source: Path = REPO_ROOT
+    recording: bool = True
+    suppression: str = "speex"  # the tenant's noise suppression (speex is the tenant default)
 
 
 def _ramp_seconds(calls: int) -> float:
     return min(10.0, 0.05 * calls)
+
+
+def start_offsets(calls: int, ramp: float) -> list[float]:
+    """When each call starts, relative to the first: spread over ``ramp`` seconds, and at phases
+    spread evenly over the 20 ms frame period (golden-ratio steps). Calls from a real PBX send
+    their frames at unrelated phases; calls started on a common grid would all send at the same
+    instants and load the bridge in bursts no PBX produces."""
+    golden = (5 ** 0.5 - 1) / 2
+    out = []
+    for i in range(calls):
+        slot = math.floor(ramp * i / calls / FRAME_SECONDS) * FRAME_SECONDS
+        out.append(slot + ((i * golden) % 1.0) * FRAME_SECONDS)
+    return out
 
 
 def run_once(cfg: RunConfig) -> dict[str, Any]:
@@ -108,7 +123,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     pin(os.getpid(), harness_cpus)
 
     tenants = run_dir / "tenants.yaml"
-    tenants.write_text(TENANTS_YAML.format(number=DIALLED), encoding="utf-8")
+    tenants.write_text(TENANTS_YAML.format(number=DIALLED, suppression=cfg.suppression), encoding="utf-8")
     sim_port = free_port()
     events_log = run_dir / "simulator-events.jsonl"
     ports = BridgePorts(free_port(), free_port(), free_port())
@@ -117,6 +132,8 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     workers: list[mp.Process] = []  # type: ignore[type-arg]
     try:
         env = bridge_environment(run_dir, ports, sim_port, tenants, max_calls=max(200, 2 * cfg.calls))
+        if not cfg.recording:
+            env["CALLBRIDGE_RECORDING__ENABLED"] = "false"
         bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.loop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
@@ -124,7 +141,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         n_workers = max(1, min(MAX_WORKERS, math.ceil(cfg.calls / CALLS_PER_WORKER)))
         ramp = _ramp_seconds(cfg.calls)
-        offsets = [ramp * i / cfg.calls for i in range(cfg.calls)]
+        offsets = start_offsets(cfg.calls, ramp)
         ready, results = ctx.Queue(), ctx.Queue()
         gos = []
         for w in range(n_workers):
@@ -307,6 +324,8 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "calls": cfg.calls,
         "duration": cfg.duration,
         "event_loop": cfg.loop,
+        "recording": cfg.recording,
+        "suppression": cfg.suppression,
         "steady_seconds": (window[-1].at - window[0].at) if len(window) >= 2 else 0.0,
         "cpu_per_call_minute": cpu_per_call_minute,
         "bridge_cpu_share": cpu_share,
@@ -395,13 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10 calls x 15 s over AudioSocket")
     parser.add_argument("--calls", default="10,50,100", help="comma-separated N (default 10,50,100)")
     parser.add_argument("--duration", type=float, default=45.0, help="seconds per call (default 45)")
-    parser.add_argument("--transports", default="audiosocket,twilio",
+    parser.add_argument("--transports", default="audiosocket,twilio,ws_audio,freeswitch",
                         help="comma-separated: audiosocket, twilio, ws_audio, freeswitch")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="callbridge's event loop (default: its own default, uvloop when installed)")
     parser.add_argument("--search", action="store_true",
                         help="then look for the largest N meeting the delivery and latency targets")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--no-recording", action="store_true",
+                        help="turn call recording off (to see its cost; the targets are with it on)")
+    parser.add_argument("--suppression", choices=("speex", "webrtc", "off"), default="speex",
+                        help="the tenant's noise suppression (default speex, the tenant default)")
     parser.add_argument("--profile", action="store_true",
                         help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
@@ -431,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(transport: str, n: int) -> dict[str, Any]:
         cfg = RunConfig(transport, n, duration, args.loop, not args.no_pin, args.fixtures,
                         keep=args.out is not None, out_dir=out_dir, profile=args.profile,
-                        source=args.source.resolve())
+                        source=args.source.resolve(), recording=not args.no_recording,
+                        suppression=args.suppression)
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)

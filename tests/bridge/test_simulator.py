@@ -849,3 +849,43 @@ def test_register_adds_the_simulator_command() -> None:
     assert (args.command, args.host, args.port) == ("simulator", "0.0.0.0", 9000)
     assert (args.pace, args.delta_ms, args.api_key) == (1.5, 50, None)
     assert callable(args.func)
+
+
+async def test_timing_log_stamps_turns_and_responses(tmp_path: Path, fixtures_dir: Path) -> None:
+    log_path = tmp_path / "timing.jsonl"
+    speech = _speech_24k(fixtures_dir)
+    frame = 24000 * 20 // 1000 * 2  # bytes in 20 ms
+    async with SimulatorServer(pace=20.0, events_log=str(log_path)) as server:
+        async with connect(server) as peer:
+            await peer.conn.session.update(session=SESSION_PCM)
+            await peer.until("session.updated")
+            await peer.conn.response.create()  # the greeting
+            await peer.until("response.done")
+            sent_at: list[float] = []
+            pcm = speech.tobytes()
+            for i in range(0, len(pcm), frame):
+                sent_at.append(time.monotonic())
+                await peer.append(pcm[i:i + frame], frame, compact=True)
+            events = await peer.until("response.done")
+        session_id = server.sessions[-1].id
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert {line["s"] for line in lines} == {session_id}
+    kinds = [line["e"] for line in lines]
+    assert kinds[0] == "open" and kinds[-1] == "close"
+    assert kinds.count("first_audio") == kinds.count("done") == 2
+    # Stamps are the monotonic clock this process reads too.
+    assert all(sent_at[0] - 60 < line["t"] <= time.monotonic() for line in lines)
+    greeting_first = next(line for line in lines if line["e"] == "first_audio")
+    assert greeting_first["kind"] == "greeting"
+    greeting_done = next(line for line in lines if line["e"] == "done")
+    assert greeting_done["status"] == "completed" and greeting_done["r"] == greeting_first["r"]
+    assert 0 <= greeting_done["voiced_ms"][0] < greeting_done["voiced_ms"][1] <= greeting_done["audio_ms"]
+    started = next(line for line in lines if line["e"] == "speech_started")
+    assert started["agent"] is False  # the greeting had finished
+    # The turn's end is stamped with the arrival of the append that completed its last speech
+    # frame (sent when the speech stopped), before the silence that ends the turn had arrived.
+    stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
+    speech_end = next(line for line in lines if line["e"] == "speech_end")
+    last_speech_frame = (stopped["audio_end_ms"] - 500) // 20 - 1  # silence_duration_ms is 500
+    assert speech_end["t"] >= sent_at[last_speech_frame]
+    assert speech_end["t"] < speech_end["stopped"]
