@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bridge import heap
 from bridge.agi import FastAgiServer
 from bridge.audiosocket import AudioSocketServer
 from bridge.call import CallInfo, CallTap, Outcome
@@ -123,6 +124,13 @@ class Application:
                     await self.agi.start()
                     stack.push_async_callback(self.agi.close)
             stasis = await self._start_ari(stack, switchboard)
+            # The first call must not pay for start-up: the model SDK's client is built and its
+            # realtime modules imported now (in a thread), then start-up's heap is frozen.
+            await endpoint.warm_up()
+            heap.settle()
+            pauses = heap.PauseWatch(self.metrics.gc_pause)
+            pauses.install()
+            stack.callback(pauses.uninstall)
             self.metrics.ready.set(1)
             async with asyncio.TaskGroup() as tg:
                 background = [tg.create_task(self._probe_loop_lag())]

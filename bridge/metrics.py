@@ -152,6 +152,11 @@ class Metrics:
             "callbridge_event_loop_lag_seconds", "Delay of a periodic event-loop probe past its deadline",
             buckets=_FAST_BUCKETS, registry=r,
         )
+        self.gc_pause = Histogram(
+            "callbridge_gc_pause_seconds",
+            "Duration of each cyclic garbage collection by generation (the event loop waits it out)",
+            ["generation"], buckets=_FAST_BUCKETS, registry=r,
+        )
         self.inbound_chain_latency = Gauge(
             "callbridge_inbound_chain_latency_seconds",
             "Algorithmic latency of the caller-to-model audio chain of the last call set up",

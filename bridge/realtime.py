@@ -95,6 +95,13 @@ class ModelEndpoint:
             shared.client = client
         return shared.client
 
+    async def warm_up(self) -> None:
+        """Build the shared client and import what a realtime connection needs, in a worker
+        thread, so that the first call's set-up does not stall the loop (about half a second of
+        imports and TLS set-up on a cold process)."""
+        client = await self.ready_client()
+        await asyncio.to_thread(_import_connection_modules, client)
+
     def _build(self) -> AsyncOpenAI:
         return AsyncOpenAI(
             api_key=self.api_key,
@@ -152,6 +159,13 @@ def endpoint_from_settings(
     return ModelEndpoint(provider, m.voicelive_model, key, websocket_base_url=base,
                          dialect=rt.Dialect.BETA, headers={"api-key": key},
                          query={"api-version": m.voicelive_api_version}, connect_timeout=timeout)
+
+
+def _import_connection_modules(client: AsyncOpenAI) -> None:
+    import websockets.asyncio.client  # noqa: F401  (imported by the SDK on first connect)
+    import websockets.exceptions  # noqa: F401
+
+    _ = client.realtime  # the SDK's realtime resource modules load on first access
 
 
 def _socket_send(connection: Any) -> Callable[[str], Awaitable[Any]] | None:
