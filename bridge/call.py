@@ -7,9 +7,11 @@ A transport (AudioSocket, RTP, a WebSocket media stream) owns the socket to the 
 what it reads: ``receive_audio``, ``receive_dtmf``, ``caller_hung_up``, ``protocol_error``. ``run``
 connects the model and runs three tasks in one TaskGroup, so none outlives the call:
 
-* model sender: caller audio, already decoded, suppressed and resampled on arrival, waits in a
-  bounded queue (oldest dropped and counted) and is appended to the model's input buffer; when
-  frames have piled up (the model link was slow) they go out together in one append;
+* model sender: caller audio, already decoded, suppressed and resampled on arrival, is appended
+  to the model's input buffer there and then when the model connection can take it without
+  waiting (the common case: no task switch per frame); otherwise it waits in a bounded queue
+  (oldest dropped and counted) for this task, behind any control event; when frames have piled up
+  (the model link was slow) they go out together in one append;
 * model receiver: server events; agent audio is resampled to the caller's rate into the playout
   buffer; ``speech_started`` triggers barge-in; tool calls are carried out;
 * pacer: exactly one frame per 20 ms against ``t0 + n * 20 ms`` on the monotonic clock, agent
@@ -289,6 +291,15 @@ class Call:
                 return
             chunk = out.tobytes()
         queue = self._inbound_queue
+        session = self._session
+        if (
+            session is not None
+            and self._sender_idle is not None  # the sender has nothing in hand or in flight
+            and not queue
+            and not self._control_queue
+            and session.send_audio_now(chunk)
+        ):
+            return
         if len(queue) >= INBOUND_QUEUE_FRAMES:
             queue.popleft()
             self.stats.inbound_dropped += 1

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openai import AsyncOpenAI
+from websockets.protocol import State as _WsState
 
 from bridge.settings import ModelProvider, Settings
 from sip import realtime as rt
 
 log = logging.getLogger(__name__)
+
+_OPEN = _WsState.OPEN
 
 
 class ModelError(Exception):
@@ -168,6 +171,22 @@ def _import_connection_modules(client: AsyncOpenAI) -> None:
     _ = client.realtime  # the SDK's realtime resource modules load on first access
 
 
+def _socket(connection: Any) -> Any:
+    """The ``websockets`` asyncio connection under an SDK realtime connection, when it is one whose
+    state can be read for the immediate send (``protocol``, ``send_data``, flow control)."""
+    socket = getattr(connection, "_connection", None)
+    protocol = getattr(socket, "protocol", None)
+    if (
+        protocol is None
+        or not callable(getattr(protocol, "send_text", None))
+        or not callable(getattr(socket, "send_data", None))
+        or not hasattr(socket, "paused")
+        or not hasattr(socket, "fragmented_send_waiter")
+    ):
+        return None
+    return socket
+
+
 def _socket_send(connection: Any) -> Callable[[str], Awaitable[Any]] | None:
     """``send`` of the ``websockets`` connection under an SDK realtime connection, if exposed."""
     socket = getattr(connection, "_connection", None)
@@ -186,6 +205,7 @@ class RealtimeSession:
         self.dialect = dialect
         self._closed = False
         self._send_text: Callable[[str], Awaitable[Any]] = _socket_send(connection) or connection.send_raw
+        self._socket = _socket(connection)
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
@@ -213,6 +233,28 @@ class RealtimeSession:
     async def send_audio(self, audio: bytes) -> None:
         """Append audio, already in the session's input format, to the model's input buffer."""
         await self._send(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
+
+    def send_audio_now(self, audio: bytes) -> bool:
+        """Append audio without yielding, when the connection can take the frame at once: open, no
+        fragmented message under way, the transport not paused by flow control. Returns False
+        (nothing sent) otherwise; the caller then queues the audio for ``send_audio``, which waits.
+
+        This is what ``send`` does before it would wait, minus the task switch and the context
+        manager around it: 50 times a second per call, those cost more than the frame.
+        """
+        ws = self._socket
+        if ws is None or ws.paused or ws.fragmented_send_waiter is not None:
+            return False
+        protocol = ws.protocol
+        if protocol.state is not _OPEN:
+            return False
+        protocol.send_text(rt.append_audio_json(base64.b64encode(audio).decode("ascii")).encode())
+        try:
+            ws.send_data()
+        except Exception as exc:  # the transport failed under the write: end the connection
+            log.debug("immediate send failed: %s", type(exc).__name__)
+            ws.transport.abort()
+        return True
 
     async def send_raw(self, data: str) -> None:
         try:

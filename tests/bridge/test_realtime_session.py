@@ -83,3 +83,29 @@ def test_voice_live_endpoint_shape() -> None:
     assert endpoint.websocket_base_url == "wss://res.services.ai.azure.com/voice-live"
     assert endpoint.query == {"api-version": "2025-10-01"}
     assert endpoint.dialect is rt.Dialect.BETA
+
+
+async def test_audio_appended_at_once_arrives_whole_and_in_order_with_queued_sends(simulator) -> None:
+    settings = load_settings(env_file=None, environ={
+        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{simulator.port}/v1"})
+    session = await RealtimeSession.connect(endpoint_from_settings(settings))
+    try:
+        await _round_trip(session)
+        frame = bytes(960)  # 20 ms of PCM16 at 24 kHz
+        immediate = 0
+        for i in range(60):
+            if i % 10 == 9:
+                await session.send_audio(frame)  # the waiting path, between immediate ones
+            else:
+                immediate += session.send_audio_now(frame)
+        assert immediate == 54  # an idle, open connection takes every frame at once
+        record = simulator.sessions[-1]
+        async with asyncio.timeout(5):
+            while record.input_audio_ms < 60 * 20:
+                await asyncio.sleep(0.01)
+        assert record.input_audio_ms == pytest.approx(1200)
+        assert record.events_in.count("input_audio_buffer.append") == 60
+        assert not record.errors_sent
+    finally:
+        await session.close()
+    assert session.send_audio_now(bytes(960)) is False  # closed: the caller queues, and learns
