@@ -396,7 +396,7 @@ def meets_targets(r: dict[str, Any]) -> tuple[bool, list[str]]:
     family = "audiosocket" if r["transport"] == "audiosocket" else "websocket"
     if r["failed_calls"]:
         misses.append(f"{r['failed_calls']} failed calls")
-    if not r["delivered_pct"] >= 99.9:
+    if not r["delivered_pct"] >= 100.0:
         misses.append(f"delivered {r['delivered_pct']:.2f} %")
     if r["gaps_over_40ms"]:
         misses.append(f"{r['gaps_over_40ms']} gaps over 40 ms")

@@ -189,7 +189,10 @@ def analyse_call(c: CallerView, s: Session) -> CallFigures:
         fig.gaps.extend(float(g) for g in diffs[diffs > GAP_SECONDS])
         fig.agent_frames += i1 - i0 + 1
         fig.responses += 1
-        if done is not None and done["status"] == "completed":
+        # A response the model finished sending can still be cut short at the caller by a
+        # barge-in during its playout (the bridge flushes what is queued): not a delivery loss.
+        interrupted = any(t_first <= ts < span_end for ts in barges)
+        if done is not None and done["status"] == "completed" and not interrupted:
             v0, v1 = done["voiced_ms"]
             expected = math.ceil(v1 / 20.0) - math.floor(v0 / 20.0)
             heard = i1 - i0 + 1
