@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -165,9 +166,9 @@ def endpoint_from_settings(
 
 
 def _import_connection_modules(client: AsyncOpenAI) -> None:
-    import websockets.asyncio.client  # noqa: F401  (imported by the SDK on first connect)
-    import websockets.exceptions  # noqa: F401
-
+    # What the SDK imports on its first connect.
+    for module in ("websockets.asyncio.client", "websockets.exceptions"):
+        importlib.import_module(module)
     _ = client.realtime  # the SDK's realtime resource modules load on first access
 
 
