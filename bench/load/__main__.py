@@ -476,8 +476,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.search:
             passing = [r["calls"] for r in results if r["transport"] == transport and r["meets_targets"]]
             low = max(passing, default=0)
-            high = None
+            failing = [r["calls"] for r in results
+                       if r["transport"] == transport and not r["meets_targets"] and r["calls"] > low]
+            high = min(failing, default=None)  # the bisection starts from runs already made
             n = max(calls) if low == max(calls) else low
+            if not passing:
+                # Even the smallest N missed: step down until one meets the targets.
+                high = n = min(calls)
+                while n > 1 and not low:
+                    n //= 2
+                    if run(transport, n)["meets_targets"]:
+                        low = n
+                    else:
+                        high = n
+                n = 0
             while high is None and n:
                 n = int(n * 1.5)
                 if run(transport, n)["meets_targets"]:

@@ -16,8 +16,9 @@ Definitions (all times monotonic seconds):
   the last voiced frame of that response at the caller (its arrival + 20 ms);
 * gaps: between consecutive frames at the caller inside a response's voiced span, inter-arrival
   times over 40 ms;
-* audio delivered: for responses that finished, 20 ms frames the caller received from the first
-  to the last voiced one, against the frames spanned by the non-zero audio the model sent.
+* audio delivered: for responses that finished and were not cut short by a barge-in during their
+  playout, 20 ms frames the caller received from the first to the last voiced one, against the
+  frames spanned by the non-zero audio the model sent.
 """
 
 from __future__ import annotations
