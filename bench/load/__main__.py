@@ -39,6 +39,7 @@ from bench.load.processes import (
     BridgePorts,
     Process,
     bridge_environment,
+    cpu_times,
     free_port,
     peak_rss,
     pin,
@@ -168,6 +169,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
 
         del worker_pids
         sim_cpu0 = _cpu(simulator.pid)
+        steal0 = cpu_times()
         collected: list[dict[str, Any]] = []
         profilers: list[subprocess.Popen[bytes]] = []
         while len(collected) < len(workers):
@@ -188,6 +190,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         metrics_text = scrape_metrics(ports.http)
         bridge_peak = peak_rss(bridge.pid)
         wall = time.monotonic() - t_base
+        steal1 = cpu_times()
     finally:
         for p in workers:
             p.join(5)
@@ -204,6 +207,8 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
     result = summarise(cfg, collected, events_log, bridge, idle, steady, metrics_text, bridge_peak)
     result["simulator_runqueue_wait_share"] = _wait_share(simulator, steady)
     result["harness_cpu_share"] = (worker_cpu + sim_cpu) / wall if wall > 0 else math.nan
+    ticks = steal1[1] - steal0[1]
+    result["host_steal_share"] = (steal1[0] - steal0[0]) / ticks if ticks > 0 else math.nan
     result["simulator_cpu_share"] = sim_cpu / wall if wall > 0 else math.nan
     result["bridge_log_errors"] = _log_errors(bridge.log_path)
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
@@ -318,6 +323,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
     lateness = np.concatenate([c.lateness for c in callers]) if callers else np.zeros(0)
     pacer = an.histogram_summary(metrics_text, "callbridge_pacer_lateness_seconds")
     loop = an.histogram_summary(metrics_text, "callbridge_event_loop_lag_seconds")
+    gc_pauses = an.histogram_summary(metrics_text, "callbridge_gc_pause_seconds")
     turns = sum(len(c.raw["onsets"]) for c in callers)
     return {
         "transport": cfg.transport,
@@ -344,6 +350,10 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "pacer_lateness_mean": pacer["mean"],
         "pacer_lateness_p99_le": pacer["p99_le"],
         "bridge_loop_lag_p99_le": loop["p99_le"],
+        # Garbage collections over the whole run, all generations (bridge.heap).
+        "gc_collections": gc_pauses["count"],
+        "gc_pause_mean": gc_pauses["mean"],
+        "gc_pause_p99_le": gc_pauses["p99_le"],
         "gaps_over_40ms": len(gaps),
         "max_gap": max(gaps) if gaps else 0.0,
         "delivered_pct": 100.0 * delivered / expected if expected else math.nan,
@@ -373,8 +383,8 @@ def _trio(values: list[float]) -> str:
 HEADER = (
     "| transport | N | CPU s per call-min | bridge CPU | RSS idle / peak MB | RSS per call MB "
     "| inbound p50/95/99 ms | outbound p50/95/99 ms | barge-in p50/95/99 ms | pacer lateness mean / p99 ms "
-    "| gaps >40 ms | delivered % | failed | load gen lateness p99 / max ms |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| gaps >40 ms | delivered % | failed | load gen lateness p99 / max ms | host steal |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -386,7 +396,8 @@ def table_row(r: dict[str, Any]) -> str:
         f"| {_trio(r['inbound'])} | {_trio(r['outbound'])} | {_trio(r['barge_in'])} "
         f"| {1000 * r['pacer_lateness_mean']:.2f} / {_ms(r['pacer_lateness_p99_le'])} "
         f"| {r['gaps_over_40ms']} | {r['delivered_pct']:.2f} | {r['failed_calls']} "
-        f"| {_ms(r['harness_lateness'][1])} / {_ms(r['harness_lateness'][2])} |"
+        f"| {_ms(r['harness_lateness'][1])} / {_ms(r['harness_lateness'][2])} "
+        f"| {100 * r.get('host_steal_share', math.nan):.0f} % |"
     )
 
 

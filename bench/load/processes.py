@@ -60,6 +60,15 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(now, cpu, rss, wait, system)
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs from /proc/stat. Steal is time the hypervisor ran
+    something else while this VM's CPUs wanted to run: on a shared host it inflates everything."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
+
+
 def peak_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
