@@ -15,7 +15,8 @@ Definitions (all times monotonic seconds):
 * barge-in reaction: the model sending ``speech_started`` while its audio streamed -> the end of
   the last voiced frame of that response at the caller (its arrival + 20 ms);
 * gaps: between consecutive frames at the caller inside a response's voiced span, inter-arrival
-  times over 40 ms;
+  times over 40 ms, except those the load generator caused: when the caller's own loop was held
+  up (its frames went out late) over all but 40 ms of a gap, the gap is counted apart;
 * audio delivered: for responses that finished and were not cut short by a barge-in during their
   playout, 20 ms frames the caller received from the first to the last voiced one, against the
   frames spanned by the non-zero audio the model sent.
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 Floats = npt.NDArray[np.float64]
 
 GAP_SECONDS = 0.040
+HARNESS_STALL_SECONDS = 0.010
 FRAME = 0.020
 _TYPICAL_ONSET_DELAY = 0.1  # three 20 ms frames of speech plus transit
 _MATCH_WINDOW = 1.0
@@ -136,6 +138,9 @@ class CallFigures:
     outbound: list[float] = field(default_factory=list)
     barge_in: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)
+    # Gaps that are the load generator's: it was itself held up for all but 40 ms of them, so the
+    # frame after the gap may have arrived on time and only been read late.
+    harness_gaps: list[float] = field(default_factory=list)
     agent_frames: int = 0
     expected_frames: int = 0
     delivered_frames: int = 0
@@ -148,8 +153,25 @@ def _first_at_or_after(times: Floats, t: float) -> int:
     return int(np.searchsorted(times, t, side="left"))
 
 
+def harness_stalls(c: CallerView) -> tuple[Floats, Floats]:
+    """When the caller's own process was held up: a frame due at ``d`` and sent ``l`` late means
+    its event loop ran nothing over ``[d, d + l]``, receiving included."""
+    late = np.flatnonzero(c.lateness > HARNESS_STALL_SECONDS)
+    due = c.raw["media_at"] + FRAME * late
+    return due, due + c.lateness[late].astype(np.float64)
+
+
+def _overlap(stalls: tuple[Floats, Floats], a: float, b: float) -> float:
+    starts, ends = stalls
+    if not len(starts):
+        return 0.0
+    cut = np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0.0, None)
+    return float(cut.max())
+
+
 def analyse_call(c: CallerView, s: Session) -> CallFigures:
     fig = CallFigures()
+    stalls = harness_stalls(c)
     t = c.recv_t
     voiced = c.voiced
     voiced_idx = np.flatnonzero(voiced)
@@ -187,7 +209,12 @@ def analyse_call(c: CallerView, s: Session) -> CallFigures:
             continue
         i0, i1 = int(voiced_idx[j]), int(voiced_idx[j_end])
         diffs = np.diff(t[i0 : i1 + 1])
-        fig.gaps.extend(float(g) for g in diffs[diffs > GAP_SECONDS])
+        for k in np.flatnonzero(diffs > GAP_SECONDS):
+            a, b = float(t[i0 + k]), float(t[i0 + k + 1])
+            if (b - a) - _overlap(stalls, a, b) > GAP_SECONDS:
+                fig.gaps.append(b - a)
+            else:
+                fig.harness_gaps.append(b - a)
         fig.agent_frames += i1 - i0 + 1
         fig.responses += 1
         # A response the model finished sending can still be cut short at the caller by a
