@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from bridge.call import CallInfo
     from bridge.metrics import Metrics
     from bridge.switchboard import RefusedCall
+    from tenants.config import TenantConfig
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +281,6 @@ class CallArchive:
         except RecordingError as exc:
             log.warning("call not archived: %s", exc)
             return None
-        days = tenant.retention_days
-        if days is None:
-            days = self.settings.recording.retention_days
         record = CallRecord(
             call_id=info.call_id,
             tenant=tenant.slug,
@@ -294,7 +292,7 @@ class CallArchive:
             model=tenant.model or self.default_model,
             voice=tenant.voice,
             path=stem,
-            expires_at=info.started_at + days * 86400.0 if days > 0 else None,
+            expires_at=self._expires_at(tenant, info.started_at),
         )
         recorder = CallRecorder(
             info, record, self.layout,
@@ -313,6 +311,13 @@ class CallArchive:
         self._index_writes[info.call_id] = self._spawn(self._put(record))
         return recorder
 
+    def _expires_at(self, tenant: TenantConfig | None, started_at: float) -> float | None:
+        """When a call's files and index entry are due for deletion (None: kept for good)."""
+        days = self.settings.recording.retention_days
+        if tenant is not None and tenant.retention_days is not None:
+            days = tenant.retention_days
+        return started_at + days * 86400.0 if days > 0 else None
+
     def record_refusal(self, refused: RefusedCall) -> None:
         """Index a call turned away before reaching the model (no files: nothing was said)."""
         if self._tg is None:
@@ -320,9 +325,6 @@ class CallArchive:
         if self._refusal_writes >= MAX_REFUSAL_WRITES:
             return  # a flood of refused calls must not queue without bound
         tenant = refused.tenant
-        days = self.settings.recording.retention_days
-        if tenant is not None and tenant.retention_days is not None:
-            days = tenant.retention_days
         record = CallRecord(
             call_id=str(uuid.uuid4()),
             tenant=tenant.slug if tenant is not None else "",
@@ -334,7 +336,7 @@ class CallArchive:
             status=CallStatus.COMPLETE,
             ended_at=refused.at,
             outcome="refused",
-            expires_at=refused.at + days * 86400.0 if days > 0 else None,
+            expires_at=self._expires_at(tenant, refused.at),
             extra={"refusal": refused.reason.value},
         )
         self._refusal_writes += 1

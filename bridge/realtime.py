@@ -79,13 +79,6 @@ class ModelEndpoint:
             self.dialect, self.headers, self.query, self.connect_timeout, self._shared,
         )
 
-    def client(self) -> AsyncOpenAI:
-        """The SDK client every session of this endpoint connects through (built here if need be)."""
-        shared = self._shared
-        if shared.client is None:
-            shared.client = self._build()
-        return shared.client
-
     async def ready_client(self) -> AsyncOpenAI:
         """The shared client, built once in a worker thread: building it loads the TLS trust store
         (100-200 ms of CPU), which on the loop would stall the pacers of every call in progress."""
@@ -174,11 +167,13 @@ def _import_connection_modules(client: AsyncOpenAI) -> None:
 
 def _socket(connection: Any) -> Any:
     """The ``websockets`` asyncio connection under an SDK realtime connection, when it is one whose
-    state can be read for the immediate send (``protocol``, ``send_data``, flow control)."""
+    ``send`` can be called directly and whose state can be read for the immediate send
+    (``protocol``, ``send_data``, flow control); None otherwise."""
     socket = getattr(connection, "_connection", None)
     protocol = getattr(socket, "protocol", None)
     if (
         protocol is None
+        or not asyncio.iscoroutinefunction(getattr(socket, "send", None))
         or not callable(getattr(protocol, "send_text", None))
         or not callable(getattr(socket, "send_data", None))
         or not hasattr(socket, "paused")
@@ -188,13 +183,8 @@ def _socket(connection: Any) -> Any:
     return socket
 
 
-def _socket_send(connection: Any) -> Callable[[str], Awaitable[Any]] | None:
-    """``send`` of the ``websockets`` connection under an SDK realtime connection, if exposed."""
-    socket = getattr(connection, "_connection", None)
-    send = getattr(socket, "send", None)
-    if send is None or not asyncio.iscoroutinefunction(send):
-        return None
-    return send  # type: ignore[no-any-return]
+def _append_message(audio: bytes) -> str:
+    return rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
 
 
 class RealtimeSession:
@@ -205,8 +195,10 @@ class RealtimeSession:
         self._conn = connection
         self.dialect = dialect
         self._closed = False
-        self._send_text: Callable[[str], Awaitable[Any]] = _socket_send(connection) or connection.send_raw
         self._socket = _socket(connection)
+        self._send_text: Callable[[str], Awaitable[Any]] = (
+            self._socket.send if self._socket is not None else connection.send_raw
+        )
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> RealtimeSession:
@@ -228,12 +220,9 @@ class RealtimeSession:
     async def send(self, event: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(event, separators=(",", ":")))
 
-    async def send_audio_b64(self, b64_audio: str) -> None:
-        await self._send(rt.append_audio_json(b64_audio))
-
     async def send_audio(self, audio: bytes) -> None:
         """Append audio, already in the session's input format, to the model's input buffer."""
-        await self._send(rt.append_audio_json(base64.b64encode(audio).decode("ascii")))
+        await self._send(self._send_text, _append_message(audio))
 
     def send_audio_now(self, audio: bytes) -> bool:
         """Append audio without yielding, when the connection can take the frame at once: open, no
@@ -249,7 +238,7 @@ class RealtimeSession:
         protocol = ws.protocol
         if protocol.state is not _OPEN:
             return False
-        protocol.send_text(rt.append_audio_json(base64.b64encode(audio).decode("ascii")).encode())
+        protocol.send_text(_append_message(audio).encode())
         try:
             ws.send_data()
         except Exception as exc:  # the transport failed under the write: end the connection
@@ -258,16 +247,11 @@ class RealtimeSession:
         return True
 
     async def send_raw(self, data: str) -> None:
-        try:
-            await self._conn.send_raw(data)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"model connection lost while sending: {type(exc).__name__}", "closed") from exc
+        await self._send(self._conn.send_raw, data)
 
-    async def _send(self, data: str) -> None:
+    async def _send(self, send: Callable[[str], Awaitable[Any]], data: str) -> None:
         try:
-            await self._send_text(data)
+            await send(data)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -196,13 +196,13 @@ class CallRecorder:
 
     # ------------------------------------------------------------------ CallTap (event loop)
     def caller_audio(self, samples: np.ndarray, rate_hz: int) -> None:
-        if self.ended or not self.record_audio or (rate_hz != self.rate_hz and not self._accept_rate(rate_hz)):
+        if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
         at = round((self._clock() - self._t0) * rate_hz)
         self._push(_Chunk(CALLER, at - len(samples), np.array(samples, dtype=np.int16), at))
 
     def agent_audio(self, samples: np.ndarray, rate_hz: int) -> None:
-        if self.ended or not self.record_audio or (rate_hz != self.rate_hz and not self._accept_rate(rate_hz)):
+        if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
         at = round((self._clock() - self._t0) * rate_hz)
         self._push(_Chunk(AGENT, at, np.array(samples, dtype=np.int16), at))

@@ -292,10 +292,6 @@ def envelope(frames: Samples, points: int) -> npt.NDArray[np.int16]:
     return out
 
 
-def _zeros(n: int) -> Samples:
-    return np.zeros(n, dtype=np.int16)
-
-
 class _Gap:
     """Silence on a track, held as a count so that it can shrink until it is handed out."""
 
@@ -408,7 +404,7 @@ class StereoTimeline:
                 take = min(head.n, need - filled)
                 head.n -= take
                 if take:
-                    parts.append(_zeros(take))
+                    parts.append(np.zeros(take, dtype=np.int16))
                 if head.n == 0:
                     used += 1
             else:
