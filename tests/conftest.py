@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,3 +24,19 @@ def fixtures_dir() -> Path:
     if not FIXTURES_DIR.is_dir():
         pytest.skip(f"shared audio fixtures not found at {FIXTURES_DIR}")
     return FIXTURES_DIR
+
+
+def loopback_settings(tmp_path: Path, *, record: bool = False, **sections: Any) -> Any:
+    """Settings for a daemon started inside a test: HTTP, AudioSocket and FastAGI on 127.0.0.1 at
+    ports the kernel picks, nothing read from the environment or a .env file, recordings under
+    ``tmp_path`` (off unless ``record``). Each keyword section replaces its default whole."""
+    from bridge.settings import load_settings
+
+    base: dict[str, Any] = {
+        "http": {"host": "127.0.0.1", "port": 0},
+        "audiosocket": {"host": "127.0.0.1", "port": 0},
+        "agi": {"host": "127.0.0.1", "port": 0},
+        "recording": {"enabled": record, "directory": str(tmp_path / "rec")},
+    }
+    base.update(sections)
+    return load_settings(env_file=None, environ={}, **base)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge import heap
 from bridge.metrics import Metrics
+from tests.conftest import loopback_settings
 
 
 class Node:
@@ -72,15 +73,8 @@ async def test_the_daemon_freezes_its_start_up_heap_and_exports_pauses(tmp_path)
     import aiohttp
 
     from bridge.app import Application
-    from bridge.settings import load_settings
 
-    settings = load_settings(
-        env_file=None, environ={},
-        http={"host": "127.0.0.1", "port": 0},
-        audiosocket={"host": "127.0.0.1", "port": 0},
-        agi={"host": "127.0.0.1", "port": 0},
-        recording={"directory": str(tmp_path / "rec")},
-    )
+    settings = loopback_settings(tmp_path, record=True)
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     app = Application(settings)

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
-from bridge.settings import load_settings
 from bridge.simulator import greeting_samples
 from media.resample import StreamResampler
-from tests.conftest import load_wav
+from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
 
 pytestmark = pytest.mark.realtime
@@ -22,15 +21,7 @@ DEMO_NUMBER = "+5511999990001"
 
 
 def _settings(tmp_path, **extra):
-    return load_settings(
-        env_file=None,
-        environ={},
-        http={"host": "127.0.0.1", "port": 0},
-        audiosocket={"host": "127.0.0.1", "port": 0},
-        agi={"host": "127.0.0.1", "port": 0},
-        recording={"enabled": False, "directory": str(tmp_path / "rec")},
-        **extra,
-    )
+    return loopback_settings(tmp_path, **extra)
 
 
 async def _start(tmp_path, **extra):

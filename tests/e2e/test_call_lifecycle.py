@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
-from bridge.settings import load_settings
+from tests.conftest import loopback_settings
 from tests.peers.asterisk import AsteriskCaller
 
 pytestmark = pytest.mark.realtime
@@ -18,14 +18,7 @@ DEMO_NUMBER = "+5511999990001"
 
 
 def _settings(tmp_path, **extra):
-    base = {
-        "http": {"host": "127.0.0.1", "port": 0},
-        "audiosocket": {"host": "127.0.0.1", "port": 0},
-        "agi": {"host": "127.0.0.1", "port": 0},
-        "recording": {"enabled": False, "directory": str(tmp_path / "rec")},
-    }
-    base.update(extra)
-    return load_settings(env_file=None, environ={}, **base)
+    return loopback_settings(tmp_path, **extra)
 
 
 async def _start(settings):

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
-from bridge.settings import load_settings
 from media.resample import StreamResampler
 from sip import freeswitch as fs
-from tests.conftest import load_wav
+from tests.conftest import load_wav, loopback_settings
 from tests.peers.media_ws import FreeSwitchPeer, rms
 
 pytestmark = pytest.mark.realtime
@@ -22,14 +21,8 @@ DEMO_NUMBER = "+5511999990001"
 
 
 def _settings(tmp_path, **extra):
-    base = {
-        "http": {"host": "127.0.0.1", "port": 0},
-        "audiosocket": {"enabled": False, "host": "127.0.0.1", "port": 0},
-        "agi": {"enabled": False, "host": "127.0.0.1", "port": 0},
-        "recording": {"enabled": False, "directory": str(tmp_path / "rec")},
-    }
-    base.update(extra)
-    return load_settings(env_file=None, environ={}, **base)
+    # WebSocket media only: the AudioSocket and FastAGI listeners stay off.
+    return loopback_settings(tmp_path, audiosocket={"enabled": False}, agi={"enabled": False}, **extra)
 
 
 async def _start(tmp_path, **extra):

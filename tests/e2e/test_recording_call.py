@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
-from bridge.settings import load_settings
-from tests.conftest import load_wav
+from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller, ReceivedFrame
 
 pytestmark = pytest.mark.realtime
@@ -27,13 +26,8 @@ PIZZA = "e2e-pizza-token"
 
 
 def settings_for(tmp_path, **extra):
-    return load_settings(
-        env_file=None,
-        environ={},
-        http={"host": "127.0.0.1", "port": 0},
-        audiosocket={"host": "127.0.0.1", "port": 0},
-        agi={"host": "127.0.0.1", "port": 0},
-        recording={"directory": str(tmp_path / "rec")},
+    return loopback_settings(
+        tmp_path, record=True,
         ops={"admin_token": ADMIN, "tenant_tokens": {"demo": DEMO, "pizzaria-bella": PIZZA}},
         **extra,
     )

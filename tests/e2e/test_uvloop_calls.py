@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from bridge.app import Application
-from bridge.settings import load_settings
-from tests.conftest import load_wav
+from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
 from tests.peers.media_ws import WsPeer
 
@@ -34,14 +33,7 @@ def event_loop_policy() -> object:
 
 
 async def _start(tmp_path: Path) -> tuple[Application, asyncio.Event, asyncio.Task[None]]:
-    settings = load_settings(
-        env_file=None,
-        environ={},
-        http={"host": "127.0.0.1", "port": 0},
-        audiosocket={"host": "127.0.0.1", "port": 0},
-        agi={"host": "127.0.0.1", "port": 0},
-        recording={"enabled": True, "directory": str(tmp_path / "rec")},
-    )
+    settings = loopback_settings(tmp_path, record=True)
     app = Application(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop.wait()))
