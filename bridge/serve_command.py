@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_json, settings.log_levels)
+    _log_dsp_engines()
     choice = args.event_loop or settings.event_loop
     if choice is not EventLoop.ASYNCIO:
         try:
@@ -44,6 +45,16 @@ def _serve(args: argparse.Namespace) -> int:
             return uvloop.run(_main(settings))
     log.info("event loop: asyncio")
     return asyncio.run(_main(settings))
+
+
+def _log_dsp_engines() -> None:
+    from media.noise import speexdsp_available
+
+    if speexdsp_available():
+        log.info("speex suppression: libspeexdsp at the caller's rate")
+    else:
+        log.warning("speex suppression: pyspeex-noise at 16 kHz (libspeexdsp is not installed; "
+                    "with it each call's suppression costs about half the CPU)")
 
 
 async def _main(settings: Any) -> int:

@@ -1,10 +1,12 @@
 """The per-call audio chains between the caller's rate and the model's rate.
 
-Inbound (caller -> model): noise suppression, then rate conversion. Both suppressor libraries run
-at 16 kHz. With a caller at 8 kHz and a model at 24 kHz the chain zero-stuffs 8 -> 16 kHz (no
-delay), suppresses, and converts 16 -> 24 kHz with a filter that also removes the zero-stuffing
-image (stopband from 4.6 kHz, gain 2; see ``media.noise``), instead of letting the suppressor go
-back down to 8 kHz and the chain up again: one conversion, 11.875 ms in all with Speex.
+Inbound (caller -> model): noise suppression, then rate conversion. Speex on the system's
+libspeexdsp runs at the caller's rate, so the chain is suppress then 8 -> 24 kHz (11.875 ms in all).
+The suppressor wheels run only at 16 kHz: with a caller at 8 kHz and a model at 24 kHz the chain
+then zero-stuffs 8 -> 16 kHz (no delay), suppresses, and converts 16 -> 24 kHz with a filter that
+also removes the zero-stuffing image (stopband from 4.6 kHz, gain 2; see ``media.noise``), instead
+of letting the suppressor go back down to 8 kHz and the chain up again: one conversion, 11.875 ms
+in all with Speex.
 
 Outbound (model -> caller): rate conversion only.
 
@@ -30,12 +32,12 @@ from media.noise import (
     NoiseSuppressor,
     PassthroughSuppressor,
     make_suppressor,
+    working_rate_hz,
 )
 from media.resample import StreamResampler, is_polyphase_pair, zero_stuff
 
 Samples = npt.NDArray[np.int16]
 
-_SUPPRESSOR_RATE_HZ = 16000
 _EMPTY: Samples = np.zeros(0, dtype=np.int16)
 
 
@@ -63,9 +65,9 @@ class InboundChain:
         self.caller_rate_hz = caller_rate_hz
         self.model_rate_hz = model_rate_hz
         self.suppression = suppression
-        # Both suppressor libraries really run at 16 kHz (see media.noise), so the chain builds the
-        # 16 kHz flavour and converts the caller's rate to it itself.
-        probe = make_suppressor(suppression, _SUPPRESSOR_RATE_HZ, level_db)
+        # The suppressor is built at the rate it really runs at (see media.noise): the caller's own
+        # for Speex on libspeexdsp, else 16 kHz, which the chain converts to and from itself.
+        probe = make_suppressor(suppression, working_rate_hz(suppression, caller_rate_hz), level_db)
         self._before: StreamResampler | None = None
         self._stuff = False
         if isinstance(probe, PassthroughSuppressor):

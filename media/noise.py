@@ -27,11 +27,22 @@ filter stage and 1.9 ms less.
 A chain that carries the audio on at another rate builds the 16 kHz suppressor and does the
 same around it (``media.chain``), so the 8 kHz round trip is skipped.
 
+Speex has a second engine: when the system's ``libspeexdsp`` (Debian package ``libspeexdsp1``) is
+installed, the preprocessor is built for the caller's own rate with 10 ms blocks (80 samples at
+8 kHz) and called through ``ctypes``. That is the same algorithm without the detour through
+16 kHz: half the FFT work per frame (about 19 against 36 us per 20 ms), no zero stuffing, no image
+filter, and the same 10 ms delay. ``speexdsp_available()`` says which engine ``make_suppressor``
+picks; the binding above stays the fallback.
+
 All latencies here are whole samples at 8 kHz, so a caller can compensate them exactly.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import weakref
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -207,6 +218,120 @@ class WebRtcSuppressor(_BlockSuppressor):
         return result
 
 
+# speex_preprocess.h request codes (speexdsp 1.2).
+_SPEEX_SET_DENOISE = 0
+_SPEEX_SET_AGC = 2
+_SPEEX_SET_NOISE_SUPPRESS = 18
+_SPEEX_GET_NOISE_SUPPRESS = 19
+_SPEEXDSP_SONAME = "libspeexdsp.so.1"
+
+
+@functools.cache
+def _speexdsp() -> ctypes.CDLL | None:
+    """The system's libspeexdsp with its preprocessor's signatures declared, or None."""
+    for name in (_SPEEXDSP_SONAME, ctypes.util.find_library("speexdsp")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.speex_preprocess_state_init.restype = ctypes.c_void_p
+        lib.speex_preprocess_state_init.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.speex_preprocess_state_destroy.restype = None
+        lib.speex_preprocess_state_destroy.argtypes = [ctypes.c_void_p]
+        lib.speex_preprocess_ctl.restype = ctypes.c_int
+        lib.speex_preprocess_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        lib.speex_preprocess_run.restype = ctypes.c_int
+        lib.speex_preprocess_run.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        return lib
+    return None
+
+
+def speexdsp_available() -> bool:
+    """True when Speex suppression runs on the system's libspeexdsp at the caller's own rate."""
+    return _speexdsp() is not None
+
+
+class SpeexDspSuppressor:
+    """Speex preprocessor noise suppression (no AGC, no VAD) from the system's libspeexdsp, at
+    ``rate_hz`` itself in 10 ms blocks; output lags input by one block (10 ms)."""
+
+    mode = "speex"
+    model_noise_reduction = False
+    latency_seconds = _SPEEX_DELAY_BLOCKS * _BLOCK_SECONDS
+
+    def __init__(self, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -> None:
+        _check_rate(rate_hz)
+        if not -60 <= level_db < 0:
+            raise SuppressorError(f"speex suppression level must be in -60..-1 dB, got {level_db}")
+        lib = _speexdsp()
+        if lib is None:
+            raise SuppressorError(f"{_SPEEXDSP_SONAME} is not installed")
+        self._lib = lib
+        self.rate_hz = rate_hz
+        self.level_db = int(level_db)
+        self._block = rate_hz // 100
+        # The preprocessor works in place on int16 samples: one ctypes buffer per suppressor,
+        # seen from numpy without a copy, grown if a longer chunk ever comes.
+        self._capacity = 0
+        self._grow(2 * self._block)
+        self._state: int | None = None
+        self._finalizer: weakref.finalize[..., SpeexDspSuppressor] | None = None
+        self._open()
+
+    def _grow(self, samples: int) -> None:
+        self._buffer = (ctypes.c_int16 * samples)()
+        self._address = ctypes.addressof(self._buffer)
+        self._view: Samples = np.frombuffer(memoryview(self._buffer).cast("B"), dtype=np.int16)
+        self._capacity = samples
+
+    def _open(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # destroys the previous state
+        lib = self._lib
+        state = lib.speex_preprocess_state_init(self._block, self.rate_hz)
+        if not state:
+            raise SuppressorError("speex_preprocess_state_init failed")
+        # Denoise on, AGC off (level changes are the caller's, not ours to make), depth in dB.
+        for request, value in ((_SPEEX_SET_DENOISE, 1), (_SPEEX_SET_AGC, 0),
+                               (_SPEEX_SET_NOISE_SUPPRESS, self.level_db)):
+            lib.speex_preprocess_ctl(state, request, ctypes.byref(ctypes.c_int(value)))
+        self._state = state
+        self._finalizer = weakref.finalize(self, lib.speex_preprocess_state_destroy, state)
+
+    @property
+    def configured_level_db(self) -> int:
+        """The suppression depth as the library reports it back."""
+        value = ctypes.c_int(0)
+        self._lib.speex_preprocess_ctl(self._state, _SPEEX_GET_NOISE_SUPPRESS, ctypes.byref(value))
+        return value.value
+
+    def process(self, frame: Samples) -> Samples:
+        x = _check_frame(frame, self.rate_hz)
+        n = len(x)
+        if n > self._capacity:
+            self._grow(n)
+        view = self._view[:n]
+        view[:] = x
+        run, state, address = self._lib.speex_preprocess_run, self._state, self._address
+        step = 2 * self._block
+        for offset in range(0, 2 * n, step):
+            run(state, address + offset)
+        return view.copy()
+
+    def reset(self) -> None:
+        self._open()
+
+
+def working_rate_hz(mode: str, caller_rate_hz: int) -> int:
+    """The rate at which ``mode`` suppresses without converting inside: the caller's own for
+    Speex on libspeexdsp, otherwise 16 kHz, the only rate both wheels run at."""
+    if mode == "speex" and speexdsp_available() and caller_rate_hz in SUPPORTED_RATES_HZ:
+        return caller_rate_hz
+    return _LIBRARY_RATE_HZ
+
+
 def make_suppressor(mode: str, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -> NoiseSuppressor:
     """Build the suppressor for a tenant's ``mode`` at the caller's rate (8000 or 16000 Hz)."""
     if mode == "off":
@@ -214,6 +339,8 @@ def make_suppressor(mode: str, rate_hz: int, level_db: int = DEFAULT_LEVEL_DB) -
     if mode == "model":
         return PassthroughSuppressor(rate_hz, model_noise_reduction=True)
     if mode == "speex":
+        if speexdsp_available():
+            return SpeexDspSuppressor(rate_hz, level_db)
         return SpeexSuppressor(rate_hz, level_db)
     if mode == "webrtc":
         return WebRtcSuppressor(rate_hz, level_db)

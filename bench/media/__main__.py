@@ -35,7 +35,14 @@ from bench.media.signals import (
 )
 from media.chain import InboundChain, OutboundChain
 from media.codec import ULAW_8K
-from media.noise import DEFAULT_LEVEL_DB, DEFAULT_SUPPRESSION, IMAGE_STOPBAND_HZ, make_suppressor
+from media.noise import (
+    DEFAULT_LEVEL_DB,
+    DEFAULT_SUPPRESSION,
+    IMAGE_STOPBAND_HZ,
+    SpeexSuppressor,
+    make_suppressor,
+    speexdsp_available,
+)
 from media.resample import StreamResampler
 
 FRAME = RATE_HZ // 50  # 20 ms
@@ -94,6 +101,16 @@ def chain_variant(suppression: str, level_db: int, label: str) -> Variant:
     return Variant(label, build)
 
 
+def wheel_speex_variant(level_db: int) -> Variant:
+    # Speex through the pyspeex-noise wheel (16 kHz only, 8 kHz zero-stuffed around it): what the
+    # chain falls back to without the system's libspeexdsp.
+    def build() -> Pipeline:
+        s = SpeexSuppressor(RATE_HZ, level_db)
+        return Pipeline([s.process], s.latency_seconds, s.latency_seconds)
+
+    return Variant(f"speex {level_db} dB, wheel at 16 kHz", build)
+
+
 def interpolated_speex_variant(level_db: int) -> Variant:
     # The alternative to zero stuffing: a proper 8 -> 16 kHz interpolation filter in front of the
     # 16 kHz suppressor, and the usual anti-alias filter back down. Kept to show what stuffing costs.
@@ -114,6 +131,8 @@ def variants(quick: bool) -> list[Variant]:
     out = [suppressor_variant("off", DEFAULT_LEVEL_DB)]
     levels = (DEFAULT_LEVEL_DB,) if quick else (-15, -20, -25, -30)
     out += [suppressor_variant("speex", level) for level in levels]
+    if speexdsp_available():
+        out.append(wheel_speex_variant(DEFAULT_LEVEL_DB))
     if not quick:
         out.append(interpolated_speex_variant(DEFAULT_LEVEL_DB))
     webrtc_levels = (-10,) if quick else (-6, -10, -15, -21)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from pesq import pesq
@@ -11,12 +13,25 @@ from media import g711
 from media.noise import (
     NoiseSuppressor,
     PassthroughSuppressor,
+    SpeexDspSuppressor,
+    SpeexSuppressor,
     SuppressorError,
     make_suppressor,
+    speexdsp_available,
+    working_rate_hz,
 )
 from tests.conftest import load_wav
 
 RATE = 8000
+# "speex" is whatever make_suppressor picks (libspeexdsp at the caller's rate where installed);
+# "speex-wheel" is the pyspeex-noise fallback at 16 kHz, tested beside it.
+WHEEL = "speex-wheel"
+
+
+def build(mode: str, rate: int, level_db: int = -25) -> NoiseSuppressor:
+    if mode == WHEEL:
+        return SpeexSuppressor(rate, level_db)
+    return make_suppressor(mode, rate, level_db)
 
 
 @pytest.fixture(scope="module")
@@ -57,32 +72,32 @@ def lag(reference: np.ndarray, processed: np.ndarray, max_lag: int = 400) -> int
     return int(np.argmax([np.dot(reference[:n], processed[d : d + n]) for d in range(max_lag)]))
 
 
-@pytest.mark.parametrize(("mode", "min_gain"), [("speex", 0.4), ("webrtc", 0.15)])
+@pytest.mark.parametrize(("mode", "min_gain"), [("speex", 0.4), (WHEEL, 0.4), ("webrtc", 0.15)])
 def test_suppressor_improves_noisy_speech(clean, white, mode: str, min_gain: float) -> None:
     received = phone_line(at_snr(clean, white, 5.0))
-    out = suppress(make_suppressor(mode, RATE), received)
+    out = suppress(build(mode, RATE), received)
     before = pesq(RATE, clean, received.astype(np.float64), "nb")
     after = pesq(RATE, clean, out, "nb")
     assert after - before >= min_gain, (before, after)
     assert stoi(clean, out, RATE) >= stoi(clean, received.astype(np.float64), RATE) - 0.01
 
 
-@pytest.mark.parametrize(("mode", "min_pesq"), [("speex", 4.0), ("webrtc", 4.2), ("off", 4.4)])
+@pytest.mark.parametrize(("mode", "min_pesq"), [("speex", 4.0), (WHEEL, 4.0), ("webrtc", 4.2), ("off", 4.4)])
 def test_suppressor_does_not_harm_clean_speech(clean, mode: str, min_pesq: float) -> None:
     received = phone_line(clean)
-    out = suppress(make_suppressor(mode, RATE), received)
+    out = suppress(build(mode, RATE), received)
     assert pesq(RATE, clean, out, "nb") >= min_pesq
     assert stoi(clean, out, RATE) >= 0.975
 
 
-@pytest.mark.parametrize("mode", ["speex", "webrtc"])
+@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_reported_latency_is_the_real_delay(fixtures_dir, mode: str, rate: int) -> None:
     speech, got_rate = load_wav(fixtures_dir / "speech" / f"real_libri1_{rate // 1000}k.wav")
     assert got_rate == rate
     rng = np.random.default_rng(2)
     x = np.clip(speech[: rate * 4] + rng.normal(0, 150, rate * 4), -32768, 32767).astype(np.int16)
-    s = make_suppressor(mode, rate)
+    s = build(mode, rate)
     n = rate // 50
     out = np.concatenate([s.process(x[i : i + n]) for i in range(0, len(x), n)])
     assert len(out) == len(x)
@@ -100,21 +115,21 @@ def test_steady_noise_is_pushed_down_by_the_configured_depth(white) -> None:
     assert residual[-30] < min(-18, residual[-15] - 5)
 
 
-@pytest.mark.parametrize("mode", ["speex", "webrtc"])
+@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
 def test_frame_size_does_not_change_the_output(clean, mode: str) -> None:
     x = phone_line(clean[: RATE * 2])
-    outs = [suppress(make_suppressor(mode, RATE), x, frame_ms) for frame_ms in (10, 20, 60)]
+    outs = [suppress(build(mode, RATE), x, frame_ms) for frame_ms in (10, 20, 60)]
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("mode", ["speex", "webrtc"])
+@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
 def test_reset_starts_over(clean, mode: str) -> None:
     x = phone_line(clean[:RATE])
-    s = make_suppressor(mode, RATE)
+    s = build(mode, RATE)
     suppress(s, phone_line(clean[RATE : RATE * 3]))
     s.reset()
-    assert np.array_equal(suppress(s, x), suppress(make_suppressor(mode, RATE), x))
+    assert np.array_equal(suppress(s, x), suppress(build(mode, RATE), x))
 
 
 def test_off_and_model_leave_audio_alone() -> None:
@@ -152,3 +167,42 @@ def test_bad_configuration_and_frames_are_refused() -> None:
         s.process(np.zeros(160, np.float32))
     # A refused frame leaves the suppressor usable.
     assert len(s.process(np.zeros(160, np.int16))) == 160
+
+
+def test_speex_runs_on_libspeexdsp_at_the_callers_rate_where_installed() -> None:
+    # CI installs the library (.ci/system-deps): there the fast engine must be the one in use.
+    if os.environ.get("CI") == "true":
+        assert speexdsp_available()
+    if not speexdsp_available():
+        assert isinstance(make_suppressor("speex", RATE), SpeexSuppressor)
+        assert working_rate_hz("speex", RATE) == 16000
+        return
+    for rate in (8000, 16000):
+        s = make_suppressor("speex", rate, -17)
+        assert isinstance(s, SpeexDspSuppressor)
+        assert working_rate_hz("speex", rate) == rate
+        assert s.configured_level_db == -17  # read back from the library
+        assert s.latency_seconds == 0.010
+    assert working_rate_hz("webrtc", RATE) == 16000
+
+
+def test_libspeexdsp_engine_takes_long_chunks_and_frees_its_state(clean) -> None:
+    if not speexdsp_available():
+        pytest.skip("libspeexdsp is not installed")
+    x = phone_line(clean[: RATE * 2])
+    whole = SpeexDspSuppressor(RATE).process(x[: RATE])  # 1 s at once: the buffer grows
+    s = SpeexDspSuppressor(RATE)
+    framed = np.concatenate([s.process(x[i : i + 160]) for i in range(0, RATE, 160)])
+    assert np.array_equal(whole, framed)
+    # Each suppressor's state is destroyed with it (and on reset): many calls do not pile up.
+    before = _rss_kb()
+    for _ in range(3000):
+        t = SpeexDspSuppressor(RATE)
+        t.process(x[:160])
+        t.reset()
+    assert _rss_kb() - before < 20_000
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
