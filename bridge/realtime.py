@@ -238,7 +238,7 @@ class RealtimeSession:
         protocol = ws.protocol
         if protocol.state is not _OPEN:
             return False
-        protocol.send_text(_append_message(audio).encode())
+        protocol.send_text(rt.append_audio_message(audio))
         try:
             ws.send_data()
         except Exception as exc:  # the transport failed under the write: end the connection

@@ -10,6 +10,7 @@ call logic handles one vocabulary.
 
 from __future__ import annotations
 
+import binascii
 import enum
 import json
 from dataclasses import dataclass, field
@@ -179,6 +180,15 @@ def greeting_response(greeting: str) -> dict[str, Any]:
 def append_audio_json(b64_audio: str) -> str:
     """``input_audio_buffer.append`` serialised directly: this runs 50 times a second per call."""
     return '{"type":"input_audio_buffer.append","audio":"' + b64_audio + '"}'
+
+
+_APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL = b'"}'
+
+
+def append_audio_message(audio: bytes) -> bytes:
+    """The same event as UTF-8 bytes, straight from the audio (base64 is ASCII, needs no escaping)."""
+    return _APPEND_HEAD + binascii.b2a_base64(audio, newline=False) + _APPEND_TAIL
 
 
 def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:

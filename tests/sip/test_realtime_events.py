@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 
 from sip import realtime as rt
@@ -69,6 +70,9 @@ def test_tools_and_small_events() -> None:
     assert s["tools"][0]["type"] == "function" and s["tools"][0]["name"] == "end_call"
     assert s["tool_choice"] == "auto"
     assert json.loads(rt.append_audio_json("QUJD")) == {"type": "input_audio_buffer.append", "audio": "QUJD"}
+    assert json.loads(rt.append_audio_message(b"ABC")) == {"type": "input_audio_buffer.append", "audio": "QUJD"}
+    audio = bytes(range(256)) * 4
+    assert rt.append_audio_message(audio) == rt.append_audio_json(base64.b64encode(audio).decode()).encode()
     assert rt.truncate("item_1", -5)["audio_end_ms"] == 0
     assert rt.truncate("item_1", 1234.9) == {"type": "conversation.item.truncate", "item_id": "item_1",
                                              "content_index": 0, "audio_end_ms": 1234}
