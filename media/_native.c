@@ -120,6 +120,7 @@ polyphase_dealloc(PolyphaseObject *self)
     PyMem_Free(self->scratch);
     PyTypeObject *type = Py_TYPE(self);
     type->tp_free((PyObject *)self);
+    Py_DECREF(type); /* instances of a heap type hold a reference to it */
 }
 
 static double
@@ -479,34 +480,41 @@ PyDoc_STRVAR(polyphase_doc,
 "consumes ``down`` inputs; its rows start ``lookback`` samples before the group's first input\n"
 "(see media.resample).");
 
-static PyTypeObject PolyphaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "media._native.Polyphase",
-    .tp_basicsize = sizeof(PolyphaseObject),
-    .tp_dealloc = (destructor)polyphase_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = polyphase_doc,
-    .tp_methods = polyphase_methods,
-    .tp_getset = polyphase_getset,
-    .tp_new = polyphase_new,
+/* A heap type, created per module object, so the module holds no state shared between
+ * interpreters. */
+static PyType_Slot polyphase_slots[] = {
+    {Py_tp_dealloc, polyphase_dealloc},
+    {Py_tp_doc, (void *)polyphase_doc},
+    {Py_tp_methods, polyphase_methods},
+    {Py_tp_getset, polyphase_getset},
+    {Py_tp_new, polyphase_new},
+    {0, NULL},
+};
+
+static PyType_Spec polyphase_spec = {
+    .name = "media._native.Polyphase",
+    .basicsize = sizeof(PolyphaseObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = polyphase_slots,
 };
 
 static int
 native_exec(PyObject *module)
 {
-    if (PyType_Ready(&PolyphaseType) < 0) {
+    PyObject *type = PyType_FromModuleAndSpec(module, &polyphase_spec, NULL);
+    if (type == NULL) {
         return -1;
     }
-    Py_INCREF(&PolyphaseType);
-    if (PyModule_AddObject(module, "Polyphase", (PyObject *)&PolyphaseType) < 0) {
-        Py_DECREF(&PolyphaseType);
-        return -1;
-    }
-    return 0;
+    int status = PyModule_AddObjectRef(module, "Polyphase", type);
+    Py_DECREF(type);
+    return status;
 }
 
 static PyModuleDef_Slot native_slots[] = {
     {Py_mod_exec, native_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
     {0, NULL},
 };
 
