@@ -10,11 +10,17 @@ products that are not zero are computed.
 Output samples are handled in *groups* of ``L`` that consume exactly ``M`` input samples, so the
 pattern of taps repeats from group to group and a block of ``B`` groups is a fixed linear map of the
 block's input and of the samples just before it (the filter's look-back). All whole blocks of a
-chunk are therefore one small matrix product against a precomputed matrix; numpy hands it to BLAS,
-which keeps a 20 ms frame in the tens of microseconds without any compiled code of our own. Groups
-left over when a chunk is not a whole number of blocks go through the same taps one group at a time
-(slower, exact), so any chunk size works and streaming output equals one-shot output sample for
-sample.
+chunk are therefore one small matrix product against a precomputed matrix, which numpy hands to
+BLAS. Groups left over when a chunk is not a whole number of blocks go through the same taps one
+group at a time (slower, exact), so any chunk size works and streaming output equals one-shot output
+sample for sample.
+
+Two implementations run that filter. The numpy one (``_Polyphase``) is the reference; a 20 ms frame
+costs it some ten numpy calls, whose overhead outweighs the arithmetic. ``media._native``
+(``media/_native.c``, built at install time when a C compiler is there) runs the same group taps
+over the same float32 history in one call per frame; ``NATIVE`` says whether this install has it,
+and ``StreamResampler`` uses it when it does. The two agree to within one LSB (float sums in a
+different order can round the other way).
 
 The prototype is a Kaiser-windowed sinc (Kaiser, "Nonrecursive digital filter design using the
 I0-sinh window function", 1974) computed here with numpy, so the runtime needs nothing else. Its
@@ -37,9 +43,14 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from media._native import Polyphase as _NativePolyphase
 
 Samples = npt.NDArray[np.int16]
 _Floats = npt.NDArray[np.float32]
@@ -62,6 +73,20 @@ _BLOCK_SPAN_SECONDS = 0.010
 
 class ResampleError(ValueError):
     """Raised for unusable rates or input."""
+
+
+def _native_polyphase() -> type[_NativePolyphase] | None:
+    try:
+        from media._native import Polyphase
+    except ImportError:  # installed without a C compiler: the numpy path serves
+        return None
+    return Polyphase
+
+
+_NATIVE_POLYPHASE = _native_polyphase()
+# Whether StreamResampler runs the compiled filter loop in this install (for the daemon to report).
+NATIVE = _NATIVE_POLYPHASE is not None
+_INT16 = np.dtype(np.int16)
 
 
 def kaiser_beta(attenuation_db: float) -> float:
@@ -119,47 +144,57 @@ def _check_input(samples: npt.ArrayLike) -> Samples:
     return arr.astype(np.int16)
 
 
+@dataclass(frozen=True, slots=True)
+class _Design:
+    """The filter of one rate pair as taps per group of ``up`` outputs (see the module docstring)."""
+
+    up: int  # L: outputs per group
+    down: int  # M: inputs per group
+    lookback: int  # inputs before a group's first one that still reach its outputs
+    group: _Floats  # (window, up): y[q*L + r] = sum_s x[q*M - lookback + s] * group[s, r]
+    latency_seconds: float
+
+
+def _design(
+    in_rate_hz: int, out_rate_hz: int, passband_hz: float | None, stopband_hz: float | None, gain: float
+) -> _Design:
+    g = math.gcd(in_rate_hz, out_rate_hz)
+    up, down = out_rate_hz // g, in_rate_hz // g
+    nyquist = min(in_rate_hz, out_rate_hz) / 2.0
+    passband = passband_hz if passband_hz is not None else _PASSBAND_FRACTION * nyquist
+    if stopband_hz is None:
+        stopband_hz = nyquist if out_rate_hz < in_rate_hz else 2.0 * nyquist - passband
+    common_rate = float(in_rate_hz * up)
+    # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
+    # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
+    taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * (up * gain)
+
+    # Input offsets s (relative to the group's first input) that reach some output of a group.
+    s_min = -((len(taps) - 1) // up)
+    s_max = ((up - 1) * down) // up
+
+    def coefficient(s: int, r: int) -> float:
+        k = r * down - s * up
+        return float(taps[k]) if 0 <= k < len(taps) else 0.0
+
+    # One group at a time: y[q*L + r] = sum_s x[q*M + s] * group[s - s_min, r].
+    group = np.zeros((s_max - s_min + 1, up))
+    for s in range(s_min, s_max + 1):
+        for r in range(up):
+            group[s - s_min, r] = coefficient(s, r)
+    return _Design(up, down, -s_min, group.astype(np.float32), (len(taps) - 1) / 2.0 / common_rate)
+
+
 class _Polyphase:
-    """Exact rational-ratio FIR resampler (see the module docstring)."""
+    """Exact rational-ratio FIR resampler in numpy (see the module docstring); the reference."""
 
-    def __init__(
-        self,
-        in_rate_hz: int,
-        out_rate_hz: int,
-        passband_hz: float | None,
-        stopband_hz: float | None,
-        gain: float,
-    ) -> None:
-        g = math.gcd(in_rate_hz, out_rate_hz)
-        up, down = out_rate_hz // g, in_rate_hz // g
+    def __init__(self, design: _Design, in_rate_hz: int) -> None:
+        up, down = design.up, design.down
         self.up, self.down = up, down
-        nyquist = min(in_rate_hz, out_rate_hz) / 2.0
-        passband = passband_hz if passband_hz is not None else _PASSBAND_FRACTION * nyquist
-        if stopband_hz is None:
-            stopband_hz = nyquist if out_rate_hz < in_rate_hz else 2.0 * nyquist - passband
-        common_rate = float(in_rate_hz * up)
-        # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
-        # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
-        taps = lowpass_taps(common_rate, passband, stopband_hz, _STOPBAND_DB, up * down) * (up * gain)
-        self.num_taps = len(taps)
-        self.latency_seconds = (len(taps) - 1) / 2.0 / common_rate
-
-        # Input offsets s (relative to the group's first input) that reach some output of a group.
-        s_min = -((len(taps) - 1) // up)
-        s_max = ((up - 1) * down) // up
-        self._lookback = -s_min
-        self._window = s_max - s_min + 1
-
-        def coefficient(s: int, r: int) -> float:
-            k = r * down - s * up
-            return float(taps[k]) if 0 <= k < len(taps) else 0.0
-
-        # One group at a time: y[q*L + r] = sum_s x[q*M + s] * group[s - s_min, r].
-        group = np.zeros((self._window, up))
-        for s in range(s_min, s_max + 1):
-            for r in range(up):
-                group[s - s_min, r] = coefficient(s, r)
-        self._group = group.astype(np.float32)
+        self.latency_seconds = design.latency_seconds
+        self._lookback = design.lookback
+        self._group = group = design.group
+        self._window = len(group)
 
         # Whole blocks of B groups: block k's outputs are its input block (B*M samples) together
         # with the `lookback` samples before it, times self._span. In the buffer those rows overlap
@@ -332,24 +367,42 @@ class StreamResampler:
             raise ResampleError(f"sample rates must be positive, got {in_rate_hz} -> {out_rate_hz}")
         self.in_rate_hz = in_rate_hz
         self.out_rate_hz = out_rate_hz
-        self._impl: _Polyphase | _SoxrSteady | None
+        # At most one of these is set; neither for equal rates (an identity).
+        self._native: _NativePolyphase | None = None
+        self._impl: _Polyphase | _SoxrSteady | None = None
+        self._latency_seconds = 0.0
         if in_rate_hz == out_rate_hz:
             if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
                 raise ResampleError("equal rates are an identity; no filter or gain is applied")
-            self._impl = None
         elif is_polyphase_pair(in_rate_hz, out_rate_hz):
-            self._impl = _Polyphase(in_rate_hz, out_rate_hz, passband_hz, stopband_hz, gain)
+            design = _design(in_rate_hz, out_rate_hz, passband_hz, stopband_hz, gain)
+            self._latency_seconds = design.latency_seconds
+            if _NATIVE_POLYPHASE is not None:
+                self._native = _NATIVE_POLYPHASE(design.group, design.up, design.down, design.lookback)
+            else:
+                self._impl = _Polyphase(design, in_rate_hz)
         else:
             if gain != 1.0 or passband_hz is not None or stopband_hz is not None:
                 raise ResampleError(f"{in_rate_hz} -> {out_rate_hz} Hz goes through soxr: no custom filter")
             self._impl = _SoxrSteady(in_rate_hz, out_rate_hz)
+            self._latency_seconds = self._impl.latency_seconds
 
     @property
     def latency_seconds(self) -> float:
         """Algorithmic delay from input to output."""
-        return 0.0 if self._impl is None else self._impl.latency_seconds
+        return self._latency_seconds
 
     def process(self, samples: npt.ArrayLike) -> Samples:
+        native = self._native
+        if native is not None:
+            # An int16 array goes straight in (the per-frame case); anything else is checked and
+            # converted first, so both paths accept and refuse the same input.
+            if not (type(samples) is np.ndarray and samples.dtype is _INT16):
+                samples = _check_input(samples)
+            try:
+                return np.frombuffer(native.process(samples), dtype=np.int16)
+            except ValueError as exc:  # an int16 array of the wrong shape
+                raise ResampleError(str(exc)) from None
         x = _check_input(samples)
         if self._impl is None:
             return x.copy()
@@ -358,20 +411,33 @@ class StreamResampler:
         return _to_int16(self._impl.process(x))
 
     def reset(self) -> None:
-        if self._impl is not None:
+        if self._native is not None:
+            self._native.reset()
+        elif self._impl is not None:
             self._impl.reset()
+
+    def _tail(self, pending_input: int, up: int, down: int) -> tuple[int, int]:
+        """Zeros to feed and outputs owed to bring out the held-back input (``flush``)."""
+        delay_in = math.ceil(self._latency_seconds * self.in_rate_hz)
+        pad = delay_in + (-(pending_input + delay_in)) % down
+        owed = (pending_input * up + down - 1) // down
+        owed += math.ceil(self._latency_seconds * self.out_rate_hz)
+        return pad, owed
 
     def flush(self) -> Samples:
         """Emit the held-back tail (the filter delay plus any partial group) and reset."""
+        native = self._native
+        if native is not None:
+            pad, owed = self._tail(native.pending_input, native.up, native.down)
+            tail = np.frombuffer(native.process(np.zeros(pad, dtype=np.int16)), dtype=np.int16)
+            native.reset()
+            return tail[:owed].copy()
         impl = self._impl
         if impl is None:
             return np.zeros(0, dtype=np.int16)
         if isinstance(impl, _SoxrSteady):
             return _to_int16(impl.flush())
-        delay_in = math.ceil(impl.latency_seconds * self.in_rate_hz)
-        pad = delay_in + (-(impl.pending_input + delay_in)) % impl.down
-        owed = (impl.pending_input * impl.up + impl.down - 1) // impl.down
-        owed += math.ceil(impl.latency_seconds * self.out_rate_hz)
+        pad, owed = self._tail(impl.pending_input, impl.up, impl.down)
         y = impl.process(np.zeros(pad, dtype=np.int16))
         impl.reset()
         return _to_int16(y[:owed].copy())

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
+from media import resample
 from media.resample import ResampleError, StreamResampler, zero_stuff
 
 TELEPHONY_PAIRS = [(8000, 24000), (24000, 8000), (16000, 24000), (24000, 16000), (8000, 16000), (16000, 8000)]
 FRAME_SECONDS = 0.020
+# The inbound chain's 16 -> 24 kHz stage after zero stuffing and suppression (media.chain).
+CHAIN_STAGE = {"passband_hz": 3400.0, "stopband_hz": 4600.0, "gain": 2.0}
+
+
+@pytest.fixture(params=["native", "numpy"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once on the compiled filter loop and once on the numpy reference."""
+    if request.param == "numpy":
+        monkeypatch.setattr(resample, "_NATIVE_POLYPHASE", None)
+    return str(request.param)
+
+
+def numpy_resampler(in_rate: int, out_rate: int, **options: float) -> StreamResampler:
+    saved = resample._NATIVE_POLYPHASE
+    resample._NATIVE_POLYPHASE = None
+    try:
+        return StreamResampler(in_rate, out_rate, **options)
+    finally:
+        resample._NATIVE_POLYPHASE = saved
 
 
 def tone(freq_hz: float, rate_hz: int, seconds: float, amplitude: float = 10000.0, delay: float = 0.0):
@@ -33,7 +55,7 @@ def rms_db(x: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), TELEPHONY_PAIRS)
-def test_every_20ms_frame_gives_20ms_out_with_low_latency(in_rate: int, out_rate: int) -> None:
+def test_every_20ms_frame_gives_20ms_out_with_low_latency(in_rate: int, out_rate: int, implementation: str) -> None:
     r = StreamResampler(in_rate, out_rate)
     assert 0 < r.latency_seconds <= 0.005
     x = tone(1000, in_rate, 1.0).astype(np.int16)
@@ -47,7 +69,7 @@ def test_every_20ms_frame_gives_20ms_out_with_low_latency(in_rate: int, out_rate
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 24000), (24000, 8000), (16000, 8000)])
-def test_odd_chunks_total_exactly_and_carry_the_remainder(in_rate: int, out_rate: int) -> None:
+def test_odd_chunks_total_exactly_and_carry_the_remainder(in_rate: int, out_rate: int, implementation: str) -> None:
     r = StreamResampler(in_rate, out_rate)
     rng = np.random.default_rng(1)
     total_in = total_out = 0
@@ -60,7 +82,7 @@ def test_odd_chunks_total_exactly_and_carry_the_remainder(in_rate: int, out_rate
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), TELEPHONY_PAIRS)
-def test_tone_level_frequency_and_delay_are_preserved(in_rate: int, out_rate: int) -> None:
+def test_tone_level_frequency_and_delay_are_preserved(in_rate: int, out_rate: int, implementation: str) -> None:
     r = StreamResampler(in_rate, out_rate)
     for freq in (300.0, 1000.0, 2500.0, 3400.0):
         r.reset()
@@ -126,7 +148,7 @@ def test_passband_is_flat_for_noise() -> None:
 
 
 @pytest.mark.parametrize(("in_rate", "out_rate"), TELEPHONY_PAIRS)
-def test_streaming_matches_one_shot(in_rate: int, out_rate: int) -> None:
+def test_streaming_matches_one_shot(in_rate: int, out_rate: int, implementation: str) -> None:
     rng = np.random.default_rng(5)
     x = np.rint(rng.normal(0, 4000, in_rate)).astype(np.int16)
     one_shot = StreamResampler(in_rate, out_rate).process(x)
@@ -140,9 +162,12 @@ def test_streaming_matches_one_shot(in_rate: int, out_rate: int) -> None:
     streamed = np.concatenate(parts)
     assert len(streamed) == len(one_shot)
     assert np.abs(streamed.astype(np.int32) - one_shot).max() <= 1
+    if implementation == "native":
+        # Each output sums the same products in the same order whatever the chunking.
+        assert np.array_equal(streamed, one_shot)
 
 
-def test_reset_forgets_history_and_flush_emits_the_tail() -> None:
+def test_reset_forgets_history_and_flush_emits_the_tail(implementation: str) -> None:
     r = StreamResampler(8000, 24000)
     x = np.rint(tone(1000, 8000, 0.1)).astype(np.int16)
     r.process(x)
@@ -179,7 +204,7 @@ def test_other_pairs_go_through_soxr_steadily() -> None:
     assert abs(rms_db(y) - rms_db(x[4410:])) < 0.5
 
 
-def test_bad_input_is_refused_with_a_clear_error() -> None:
+def test_bad_input_is_refused_with_a_clear_error(implementation: str) -> None:
     r = StreamResampler(8000, 24000)
     with pytest.raises(ResampleError):
         r.process(np.zeros((2, 160), dtype=np.int16))
@@ -190,7 +215,7 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
     assert len(r.process(np.zeros(0, dtype=np.int16))) == 0
 
 
-def test_zero_stuffing_then_image_filter_equals_interpolation() -> None:
+def test_zero_stuffing_then_image_filter_equals_interpolation(implementation: str) -> None:
     x = np.rint(tone(1000, 8000, 0.5)).astype(np.int16)
     stuffed = zero_stuff(x)
     assert len(stuffed) == 2 * len(x)
@@ -210,3 +235,143 @@ def test_custom_filters_are_only_for_the_polyphase_path() -> None:
         StreamResampler(44100, 8000, stopband_hz=4000)
     with pytest.raises(ResampleError):
         zero_stuff(np.zeros(4, np.float32))
+
+
+# --------------------------------------------------------------------------- compiled filter loop
+def test_the_compiled_filter_loop_is_built_and_used() -> None:
+    """This install must have media._native: a failed build would otherwise pass unnoticed on numpy."""
+    from media import _native
+
+    assert resample.NATIVE
+    r = StreamResampler(16000, 24000, **CHAIN_STAGE)
+    assert isinstance(r._native, _native.Polyphase)
+    assert r._impl is None
+    assert numpy_resampler(16000, 24000)._native is None
+
+
+def _signal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noise at speech-like levels with bursts of full-scale square wave, which clip a gain-2 stage."""
+    x = rng.normal(0, 6000, n)
+    for start in rng.integers(0, n - 400, size=n // 4000):
+        x[start : start + 400] = np.where(np.arange(400) % 20 < 10, 32767, -32768)
+    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
+EQUIVALENCE_CASES = [(a, b, {}) for a, b in TELEPHONY_PAIRS] + [(16000, 24000, CHAIN_STAGE)]
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate", "options"), EQUIVALENCE_CASES)
+def test_native_and_numpy_agree_within_one_lsb(in_rate: int, out_rate: int, options: dict[str, float]) -> None:
+    rng = np.random.default_rng(in_rate + out_rate + len(options))
+    x = _signal(rng, in_rate * 5)
+    native = StreamResampler(in_rate, out_rate, **options)
+    reference = numpy_resampler(in_rate, out_rate, **options)
+    assert native._native is not None and reference._native is None
+    assert native.latency_seconds == reference.latency_seconds
+    got, want, i = [], [], 0
+    while i < len(x):
+        size = int(rng.integers(1, 1000))
+        a, b = native.process(x[i : i + size]), reference.process(x[i : i + size])
+        assert len(a) == len(b)  # the same remainder is carried
+        got.append(a)
+        want.append(b)
+        i += size
+    got.append(native.flush())
+    want.append(reference.flush())
+    y, ref = np.concatenate(got), np.concatenate(want)
+    assert len(y) == len(ref) >= len(x) * out_rate // in_rate
+    diff = np.abs(y.astype(np.int32) - ref)
+    assert diff.max() <= 1
+    # Only float sums landing next to a rounding boundary can differ.
+    assert np.count_nonzero(diff) < len(y) // 100
+    assert np.abs(ref).max() == 32767  # the clamping was exercised
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate", "options"), EQUIVALENCE_CASES)
+def test_native_and_numpy_reset_and_flush_alike(in_rate: int, out_rate: int, options: dict[str, float]) -> None:
+    rng = np.random.default_rng(11)
+    x = _signal(rng, in_rate)
+    native = StreamResampler(in_rate, out_rate, **options)
+    reference = numpy_resampler(in_rate, out_rate, **options)
+
+    def both(chunk: np.ndarray) -> None:
+        a, b = native.process(chunk), reference.process(chunk)
+        assert len(a) == len(b) and np.abs(a.astype(np.int32) - b).max(initial=0) <= 1
+
+    # Sizes that leave a partial group pending when the ratio's M is 2 or 3.
+    for size in (7, 331, 1, 479, 2):
+        both(x[:size])
+    native.reset()
+    reference.reset()
+    both(x)
+    for size in (0, 1, 5, 161):
+        both(x[:size])
+        a, b = native.flush(), reference.flush()
+        assert len(a) == len(b) > 0
+        assert np.abs(a.astype(np.int32) - b).max() <= 1
+    # After flush both start clean: the same as a new resampler, sample for sample.
+    a = native.process(x[:500])
+    assert np.array_equal(a, StreamResampler(in_rate, out_rate, **options).process(x[:500]))
+    assert np.abs(a.astype(np.int32) - reference.process(x[:500])).max(initial=0) <= 1
+
+
+def test_output_is_a_fresh_writable_int16_array(implementation: str) -> None:
+    r = StreamResampler(8000, 24000)
+    x = np.rint(tone(1000, 8000, 0.02)).astype(np.int16)
+    first = r.process(x)
+    assert first.dtype == np.int16 and first.flags.writeable
+    kept = first.copy()
+    first[:] = 0
+    r.process(x)
+    assert np.array_equal(first, np.zeros_like(first))
+    assert np.array_equal(kept, StreamResampler(8000, 24000).process(x))
+
+
+def test_any_int16_array_layout_and_other_integer_types_are_accepted(implementation: str) -> None:
+    x = np.rint(tone(700, 16000, 0.1)).astype(np.int16)
+    want = StreamResampler(16000, 8000).process(x)
+    strided = np.zeros(2 * len(x), dtype=np.int16)
+    strided[::2] = x
+    for same in (strided[::2], x.astype(">i2"), x.astype(np.int32), x.tolist()):
+        assert np.array_equal(StreamResampler(16000, 8000).process(same), want)
+    with pytest.raises(ResampleError, match="int16"):
+        StreamResampler(16000, 8000).process(x.astype(np.int32) * 4)  # out of the int16 range
+
+
+def test_native_polyphase_refuses_bad_input_clearly() -> None:
+    from media._native import Polyphase
+
+    design = resample._design(24000, 8000, None, None, 1.0)
+    p = Polyphase(design.group, design.up, design.down, design.lookback)
+    x = np.rint(tone(500, 24000, 0.02)).astype(np.int16)
+    # Raw native-endian PCM16 bytes are int16 samples too.
+    assert p.process(x[:241].tobytes()) == Polyphase(design.group, 1, 3, design.lookback).process(x[:241])
+    assert p.pending_input == 1
+    with pytest.raises(TypeError, match="int16"):
+        p.process(x.astype(np.float32))
+    with pytest.raises(TypeError, match="int16"):
+        p.process(x.astype(">i2"))  # not native byte order
+    with pytest.raises(TypeError):
+        p.process([1, 2, 3])  # type: ignore[arg-type]  # a list has no buffer
+    with pytest.raises(ValueError, match="even length"):
+        p.process(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="1-D"):
+        p.process(np.zeros((2, 480), dtype=np.int16))
+    assert p.pending_input == 1  # refused input left the stream alone
+    with pytest.raises(ValueError, match="shape"):
+        Polyphase(design.group, 2, 3, design.lookback)
+    with pytest.raises(ValueError, match="window"):
+        Polyphase(design.group, 1, 3, 10)
+    with pytest.raises(TypeError, match="float"):
+        Polyphase(design.group.astype(np.int32), 1, 3, design.lookback)
+    bad = design.group.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        Polyphase(bad, 1, 3, design.lookback)
+    with pytest.raises(ValueError):
+        Polyphase(design.group, 0, 3, design.lookback)
+
+
+def test_without_the_compiled_module_the_numpy_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "media._native", None)  # what an install without a compiler sees
+    assert resample._native_polyphase() is None

@@ -1,0 +1,29 @@
+"""Compiled streaming polyphase resampler (media/_native.c); media.resample is its only user."""
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+# numpy arrays export the buffer protocol, but numpy's stubs only say so for Python >= 3.12.
+_Int16Buffer = Buffer | npt.NDArray[np.int16]
+_TapBuffer = Buffer | npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+class Polyphase:
+    """Streaming rational-ratio FIR resampler for int16 audio.
+
+    ``group`` is the (window, up) float32 or float64 tap matrix of one group of ``up`` outputs that
+    consumes ``down`` inputs; its rows start ``lookback`` samples before the group's first input.
+    """
+
+    def __new__(cls, group: _TapBuffer, up: int, down: int, lookback: int) -> Polyphase: ...
+    def process(self, samples: _Int16Buffer, /) -> bytearray:
+        """Filter 1-D native int16 samples (or even-length PCM16 bytes); the int16 output as bytes."""
+    def reset(self) -> None:
+        """Forget the history and any pending input."""
+    @property
+    def pending_input(self) -> int:
+        """Input samples waiting for a whole group."""
+    @property
+    def up(self) -> int: ...
+    @property
+    def down(self) -> int: ...
