@@ -49,6 +49,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _log_dsp_engines() -> None:
     from media.noise import speexdsp_available
+    from media.resample import NATIVE
+
+    if NATIVE:
+        log.info("resampler: compiled filter loop (media._native)")
+    else:
+        log.warning("resampler: numpy (media._native was not built: no C compiler at install time)")
 
     if speexdsp_available():
         log.info("speex suppression: libspeexdsp at the caller's rate")
