@@ -115,6 +115,9 @@ class InboundChain:
             x = zero_stuff(x)
         elif self._before is not None:
             x = self._before.process(x)
+        if not len(self._carry) and not len(x) % self._block:
+            # The usual case (whole 10 ms blocks, nothing carried): no slicing or copies.
+            return self._after.process(self.suppressor.process(x))
         if len(self._carry):
             x = np.concatenate((self._carry, x))
         usable = len(x) - len(x) % self._block
