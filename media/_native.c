@@ -1,4 +1,7 @@
-/* Compiled inner loop of media.resample: the polyphase FIR for one stream.
+/* Compiled inner loops: media.resample's polyphase FIR for one stream, and the block loop
+ * media.noise runs a C suppressor through (run_blocks, at the end).
+ *
+ * The polyphase FIR:
  *
  * media/resample.py designs the filter and derives, for one group of L outputs that consume M
  * inputs, the tap matrix group[s][r] (s over the `window` inputs the group reaches, starting
@@ -498,6 +501,93 @@ static PyType_Spec polyphase_spec = {
     .slots = polyphase_slots,
 };
 
+/* ---- block processors called through a function pointer -------------------------------------
+ *
+ * A library that works in place on fixed blocks of int16 samples (the Speex preprocessor's
+ * speex_preprocess_run) is called once per 10 ms block. Through ctypes each call costs a
+ * microsecond or two of argument conversion, more than a tenth of the work; here the loop over
+ * the blocks of a frame, and the copy the in-place call needs, are one Python call. The caller
+ * (media.noise) passes the function's and the state's addresses as it got them from ctypes and
+ * keeps the library loaded and the state alive for as long as it calls this. */
+
+typedef int (*block_function)(void *state, int16_t *samples);
+
+PyDoc_STRVAR(run_blocks_doc,
+"run_blocks(function, state, samples, block, /)\n--\n\n"
+"Copy 1-D native int16 ``samples`` and call ``int function(void *state, int16_t *x)`` (both\n"
+"given as addresses) on each ``block`` samples of the copy, in place; return the copy as bytes.\n"
+"The length must be a multiple of ``block``.");
+
+static PyObject *
+native_run_blocks(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "run_blocks() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    void *function = PyLong_AsVoidPtr(args[0]);
+    if (function == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    void *state = PyLong_AsVoidPtr(args[1]);
+    if (state == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t block = PyLong_AsSsize_t(args[3]);
+    if (block == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (function == NULL || state == NULL) {
+        PyErr_SetString(PyExc_ValueError, "run_blocks() needs a function and a state");
+        return NULL;
+    }
+    if (block <= 0) {
+        PyErr_Format(PyExc_ValueError, "block must be positive, got %zd", block);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (view.ndim != 1 || !is_native_format(view.format, 'h') || view.itemsize != (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_TypeError, "run_blocks() expects 1-D native int16 samples");
+        goto done;
+    }
+    Py_ssize_t n = view.shape[0];
+    if (n % block != 0) {
+        PyErr_Format(PyExc_ValueError, "%zd samples are not a whole number of %zd-sample blocks", n, block);
+        goto done;
+    }
+    result = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int16_t));
+    if (result == NULL) {
+        goto done;
+    }
+    int16_t *x = (int16_t *)PyByteArray_AS_STRING(result);
+    const char *in = view.buf;
+    Py_ssize_t step = view.strides[0];
+    if (step == (Py_ssize_t)sizeof(int16_t)) {
+        memcpy(x, in, (size_t)n * sizeof(int16_t));
+    }
+    else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(x + i, in + i * step, sizeof(int16_t));
+        }
+    }
+    block_function run = (block_function)function;
+    for (Py_ssize_t i = 0; i < n; i += block) {
+        run(state, x + i);
+    }
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef native_methods[] = {
+    {"run_blocks", (PyCFunction)(void (*)(void))native_run_blocks, METH_FASTCALL, run_blocks_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static int
 native_exec(PyObject *module)
 {
@@ -521,8 +611,9 @@ static PyModuleDef_Slot native_slots[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._native",
-    .m_doc = "Compiled streaming polyphase resampler (see media.resample).",
+    .m_doc = "Compiled streaming polyphase resampler (see media.resample) and block runner (media.noise).",
     .m_size = 0,
+    .m_methods = native_methods,
     .m_slots = native_slots,
 };
 

@@ -1,4 +1,4 @@
-"""Compiled streaming polyphase resampler (media/_native.c); media.resample is its only user."""
+"""Compiled streaming polyphase resampler (media.resample) and block runner (media.noise); media/_native.c."""
 
 import numpy as np
 import numpy.typing as npt
@@ -27,3 +27,7 @@ class Polyphase:
     def up(self) -> int: ...
     @property
     def down(self) -> int: ...
+
+def run_blocks(function: int, state: int, samples: _Int16Buffer, block: int, /) -> bytearray:
+    """Copy ``samples`` and call ``int function(void *state, int16_t *x)`` on each ``block`` of the
+    copy in place (both given as addresses); return the copy."""

@@ -43,6 +43,7 @@ import ctypes
 import ctypes.util
 import functools
 import weakref
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -226,6 +227,17 @@ _SPEEX_GET_NOISE_SUPPRESS = 19
 _SPEEXDSP_SONAME = "libspeexdsp.so.1"
 
 
+def _native_block_runner() -> Callable[[int, int, Samples, int], bytearray] | None:
+    try:
+        from media._native import run_blocks
+    except ImportError:  # not built (no C compiler at install time): ctypes calls each block
+        return None
+    return run_blocks
+
+
+_RUN_BLOCKS = _native_block_runner()
+
+
 @functools.cache
 def _speexdsp() -> ctypes.CDLL | None:
     """The system's libspeexdsp with its preprocessor's signatures declared, or None."""
@@ -276,7 +288,7 @@ class SpeexDspSuppressor:
         # seen from numpy without a copy, grown if a longer chunk ever comes.
         self._capacity = 0
         self._grow(2 * self._block)
-        self._state: int | None = None
+        self._state = 0  # the preprocessor state's address, set by _open
         self._finalizer: weakref.finalize[..., SpeexDspSuppressor] | None = None
         self._open()
 
@@ -299,6 +311,7 @@ class SpeexDspSuppressor:
             lib.speex_preprocess_ctl(state, request, ctypes.byref(ctypes.c_int(value)))
         self._state = state
         self._finalizer = weakref.finalize(self, lib.speex_preprocess_state_destroy, state)
+        self._run_address = ctypes.cast(lib.speex_preprocess_run, ctypes.c_void_p).value
 
     @property
     def configured_level_db(self) -> int:
@@ -309,6 +322,9 @@ class SpeexDspSuppressor:
 
     def process(self, frame: Samples) -> Samples:
         x = _check_frame(frame, self.rate_hz)
+        if _RUN_BLOCKS is not None and self._run_address:
+            # One compiled call copies the frame and runs the preprocessor on each block of it.
+            return np.frombuffer(_RUN_BLOCKS(self._run_address, self._state, x, self._block), dtype=np.int16)
         n = len(x)
         if n > self._capacity:
             self._grow(n)

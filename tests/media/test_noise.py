@@ -206,3 +206,36 @@ def test_libspeexdsp_engine_takes_long_chunks_and_frees_its_state(clean) -> None
 def _rss_kb() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_libspeexdsp_through_the_compiled_block_loop_equals_ctypes_calls(clean, monkeypatch) -> None:
+    if not speexdsp_available():
+        pytest.skip("libspeexdsp is not installed")
+    import media.noise
+
+    assert media.noise._RUN_BLOCKS is not None  # the compiled module is built (see test_resample)
+    x = phone_line(clean[: RATE * 2])
+    compiled = suppress(SpeexDspSuppressor(RATE), x)
+    strided = SpeexDspSuppressor(RATE)
+    wide = np.repeat(x, 2)[::2]  # a strided view of the same samples
+    assert not wide.flags.c_contiguous
+    assert np.array_equal(np.concatenate([strided.process(wide[i : i + 160]) for i in range(0, 1600, 160)]),
+                          SpeexDspSuppressor(RATE).process(x[:1600]))
+    monkeypatch.setattr(media.noise, "_RUN_BLOCKS", None)
+    assert np.array_equal(compiled, suppress(SpeexDspSuppressor(RATE), x))
+
+
+def test_compiled_block_loop_refuses_what_it_cannot_run() -> None:
+    from media._native import run_blocks
+
+    x = np.zeros(160, np.int16)
+    with pytest.raises(ValueError, match="whole number"):
+        run_blocks(1, 1, x[:100], 80)
+    with pytest.raises(ValueError, match="positive"):
+        run_blocks(1, 1, x, 0)
+    with pytest.raises(ValueError, match="function and a state"):
+        run_blocks(0, 1, x, 80)
+    with pytest.raises(TypeError, match="int16"):
+        run_blocks(1, 1, x.astype(np.float32), 80)
+    with pytest.raises(TypeError):
+        run_blocks(1, 1, x)  # type: ignore[call-arg]
