@@ -30,7 +30,7 @@ system-deps:
 	@bash .ci/system-deps
 
 run: $(STAMP)
-	@bash .ci/system-deps runtime
+	-@bash .ci/system-deps runtime
 	$(BIN)/callbridge serve
 
 test: install-test
