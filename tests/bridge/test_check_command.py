@@ -29,21 +29,14 @@ from bridge.check_command import (
     format_results,
     run_checks,
 )
-from bridge.settings import load_settings
 from bridge.simulator import SimulatorServer
+from tests.conftest import loopback_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _settings(tmp_path: Path, **extra):
-    base = {
-        "http": {"host": "127.0.0.1", "port": 0},
-        "audiosocket": {"host": "127.0.0.1", "port": 0},
-        "agi": {"host": "127.0.0.1", "port": 0},
-        "recording": {"enabled": True, "directory": str(tmp_path / "rec")},
-    }
-    base.update(extra)
-    return load_settings(env_file=None, environ={}, **base)
+    return loopback_settings(tmp_path, record=True, **extra)
 
 
 def _free_port() -> int:
