@@ -284,10 +284,10 @@ class SpeexDspSuppressor:
         self.rate_hz = rate_hz
         self.level_db = int(level_db)
         self._block = rate_hz // 100
-        # The preprocessor works in place on int16 samples: one ctypes buffer per suppressor,
-        # seen from numpy without a copy, grown if a longer chunk ever comes.
+        self._run_address = ctypes.cast(lib.speex_preprocess_run, ctypes.c_void_p).value
+        # Without the compiled block loop the preprocessor works in place on a ctypes buffer, seen
+        # from numpy without a copy, made (and grown) when a chunk first needs it.
         self._capacity = 0
-        self._grow(2 * self._block)
         self._state = 0  # the preprocessor state's address, set by _open
         self._finalizer: weakref.finalize[..., SpeexDspSuppressor] | None = None
         self._open()
@@ -311,7 +311,6 @@ class SpeexDspSuppressor:
             lib.speex_preprocess_ctl(state, request, ctypes.byref(ctypes.c_int(value)))
         self._state = state
         self._finalizer = weakref.finalize(self, lib.speex_preprocess_state_destroy, state)
-        self._run_address = ctypes.cast(lib.speex_preprocess_run, ctypes.c_void_p).value
 
     @property
     def configured_level_db(self) -> int:

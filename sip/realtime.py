@@ -177,13 +177,15 @@ def greeting_response(greeting: str) -> dict[str, Any]:
     }
 
 
+_APPEND_HEAD_TEXT = '{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL_TEXT = '"}'
+_APPEND_HEAD = _APPEND_HEAD_TEXT.encode()
+_APPEND_TAIL = _APPEND_TAIL_TEXT.encode()
+
+
 def append_audio_json(b64_audio: str) -> str:
     """``input_audio_buffer.append`` serialised directly: this runs 50 times a second per call."""
-    return '{"type":"input_audio_buffer.append","audio":"' + b64_audio + '"}'
-
-
-_APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
-_APPEND_TAIL = b'"}'
+    return _APPEND_HEAD_TEXT + b64_audio + _APPEND_TAIL_TEXT
 
 
 def append_audio_message(audio: bytes) -> bytes:
