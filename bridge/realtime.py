@@ -11,6 +11,14 @@ reconnection feature; sessions here never reconnect (no ``on_reconnecting`` hand
 is always empty and the frame goes on to the same ``send``), and the detour cost as much CPU as
 the send itself. When an SDK release no longer exposes the connection this way, ``send_raw`` is used.
 
+An append the connection can take at once (``send_audio_now``) skips the ``websockets`` frame
+machinery as well: ``media._native.masked_text_frame`` builds the whole masked frame from the audio
+in one call, with a masking key cut from ``os.urandom`` drawn 4 kB at a time (RFC 6455 5.3 asks for
+unpredictable keys, not for a system call per frame), and it goes to the transport directly. That
+is only done while nothing of the library's own is waiting to be written and no extension was
+negotiated (the SDK turns compression off), so the bytes on the wire are what the library would
+have sent, in the same order.
+
 One ``AsyncOpenAI`` client serves every call of an endpoint. Building one builds an HTTP client
 and loads the CA bundle into a TLS context, 100-200 ms of CPU on the event loop: per call, that
 stalled every other call's audio at each call set-up. The client holds no per-call state.
@@ -23,11 +31,13 @@ import base64
 import importlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from openai import AsyncOpenAI
+from websockets.protocol import Side as _WsSide
 from websockets.protocol import State as _WsState
 
 from bridge.settings import ModelProvider, Settings
@@ -36,6 +46,36 @@ from sip import realtime as rt
 log = logging.getLogger(__name__)
 
 _OPEN = _WsState.OPEN
+
+
+def _native_frame_builder() -> Callable[[bytes, bytes, bytes, bytes], bytes] | None:
+    try:
+        from media._native import masked_text_frame
+    except ImportError:  # installed without a C compiler: the library frames each append
+        return None
+    return masked_text_frame
+
+
+_MASKED_TEXT_FRAME = _native_frame_builder()
+_KEY_POOL_BYTES = 4096
+
+
+class _MaskingKeys:
+    """Four-byte WebSocket masking keys cut from ``os.urandom`` drawn in bulk."""
+
+    __slots__ = ("_next", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._next = 0
+
+    def take(self) -> bytes:
+        i = self._next
+        if i + 4 > len(self._pool):
+            self._pool = os.urandom(_KEY_POOL_BYTES)
+            i = 0
+        self._next = i + 4
+        return self._pool[i : i + 4]
 
 
 class ModelError(Exception):
@@ -183,6 +223,21 @@ def _socket(connection: Any) -> Any:
     return socket
 
 
+def _frames_directly(socket: Any) -> bool:
+    """Whether appends on ``socket`` can be framed here and written to its transport: the compiled
+    builder is there, this is the client side, no extension was negotiated, and the library's
+    pending writes and transport can be seen."""
+    protocol = socket.protocol
+    return (
+        _MASKED_TEXT_FRAME is not None
+        and getattr(protocol, "side", None) is _WsSide.CLIENT
+        and getattr(protocol, "extensions", None) == []
+        and isinstance(getattr(protocol, "writes", None), list)
+        and getattr(protocol, "expect_continuation_frame", None) is False
+        and callable(getattr(getattr(socket, "transport", None), "write", None))
+    )
+
+
 def _append_message(audio: bytes) -> str:
     return rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
 
@@ -196,6 +251,7 @@ class RealtimeSession:
         self.dialect = dialect
         self._closed = False
         self._socket = _socket(connection)
+        self._keys = _MaskingKeys() if self._socket is not None and _frames_directly(self._socket) else None
         self._send_text: Callable[[str], Awaitable[Any]] = (
             self._socket.send if self._socket is not None else connection.send_raw
         )
@@ -238,9 +294,14 @@ class RealtimeSession:
         protocol = ws.protocol
         if protocol.state is not _OPEN:
             return False
-        protocol.send_text(rt.append_audio_message(audio))
+        keys = self._keys
         try:
-            ws.send_data()
+            if keys is not None and not protocol.writes and not protocol.expect_continuation_frame:
+                assert _MASKED_TEXT_FRAME is not None
+                ws.transport.write(_MASKED_TEXT_FRAME(rt.APPEND_HEAD, audio, rt.APPEND_TAIL, keys.take()))
+            else:
+                protocol.send_text(rt.append_audio_message(audio))
+                ws.send_data()
         except Exception as exc:  # the transport failed under the write: end the connection
             log.debug("immediate send failed: %s", type(exc).__name__)
             ws.transport.abort()

@@ -118,6 +118,7 @@ import binascii
 import contextlib
 import copy
 import functools
+import hashlib
 import importlib.resources
 import io
 import itertools
@@ -257,6 +258,8 @@ class SimulatedSession:
     speech_started_at: list[float] = field(default_factory=list)
     speech_stopped_at: list[float] = field(default_factory=list)
     input_audio_ms: float = 0.0
+    # SHA-256 of every appended audio byte in order, for tests that check what arrived, exactly.
+    input_sha256: Any = field(default_factory=hashlib.sha256)
     closed_at: float | None = None
     close_code: int | None = None
 
@@ -1017,6 +1020,7 @@ class SimulatedConnection:
         else:
             samples = codec.decode(payload)
         self.record.input_audio_ms += len(samples) * 1000.0 / codec.rate_hz
+        self.record.input_sha256.update(payload)
         detected = self._input.feed(samples)
         if self._timing is not None:
             self._arrivals.append((self._input.stream_ms, arrived))

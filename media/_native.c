@@ -1,5 +1,6 @@
-/* Compiled inner loops: media.resample's polyphase FIR for one stream, and the block loop
- * media.noise runs a C suppressor through (run_blocks, at the end).
+/* Compiled inner loops: media.resample's polyphase FIR for one stream, the block loop media.noise
+ * runs a C suppressor through (run_blocks), and the masked WebSocket frame of the model's audio
+ * append (masked_text_frame, at the end).
  *
  * The polyphase FIR:
  *
@@ -583,8 +584,133 @@ done:
     return result;
 }
 
+/* ---- the model's audio append as one masked WebSocket frame ----------------------------------
+ *
+ * Fifty times a second per call the bridge appends caller audio to the model: a TEXT message
+ * `head + base64(audio) + tail`, sent by a client and therefore masked (RFC 6455 5.3). Built in
+ * Python it is a base64 call, two concatenations, a frame object, a masking call and a fresh
+ * random key from the kernel; here it is one pass into the final buffer. The key comes from the
+ * caller, four bytes drawn from os.urandom in bulk. Header (RFC 6455 5.2): FIN and opcode 1, the
+ * mask bit with a 7-bit length, or 126 and a 16-bit length, or 127 and a 64-bit length (network
+ * order), then the key, then the payload XORed with the key. */
+
+static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static Py_ssize_t
+b64_encode(const unsigned char *in, Py_ssize_t n, unsigned char *out)
+{
+    unsigned char *o = out;
+    Py_ssize_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8) | in[i + 2];
+        *o++ = (unsigned char)b64_alphabet[(v >> 18) & 63];
+        *o++ = (unsigned char)b64_alphabet[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alphabet[(v >> 6) & 63];
+        *o++ = (unsigned char)b64_alphabet[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        *o++ = (unsigned char)b64_alphabet[(v >> 18) & 63];
+        *o++ = (unsigned char)b64_alphabet[(v >> 12) & 63];
+        *o++ = '=';
+        *o++ = '=';
+    }
+    else if (n - i == 2) {
+        uint32_t v = ((uint32_t)in[i] << 16) | ((uint32_t)in[i + 1] << 8);
+        *o++ = (unsigned char)b64_alphabet[(v >> 18) & 63];
+        *o++ = (unsigned char)b64_alphabet[(v >> 12) & 63];
+        *o++ = (unsigned char)b64_alphabet[(v >> 6) & 63];
+        *o++ = '=';
+    }
+    return o - out;
+}
+
+PyDoc_STRVAR(masked_text_frame_doc,
+"masked_text_frame(head, data, tail, key, /)\n--\n\n"
+"One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``, masked\n"
+"with the 4-byte ``key``. ``head`` and ``tail`` must be ASCII (they are sent as they are).");
+
+static PyObject *
+native_masked_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "masked_text_frame() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer parts[4];
+    int held = 0;
+    PyObject *result = NULL;
+    for (; held < 4; held++) {
+        if (PyObject_GetBuffer(args[held], &parts[held], PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+    }
+    const unsigned char *head = parts[0].buf, *data = parts[1].buf, *tail = parts[2].buf;
+    const unsigned char *key = parts[3].buf;
+    if (parts[3].len != 4) {
+        PyErr_Format(PyExc_ValueError, "the masking key must be 4 bytes, got %zd", parts[3].len);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < parts[0].len; i++) {
+        if (head[i] > 127) {
+            PyErr_SetString(PyExc_ValueError, "head must be ASCII");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < parts[2].len; i++) {
+        if (tail[i] > 127) {
+            PyErr_SetString(PyExc_ValueError, "tail must be ASCII");
+            goto done;
+        }
+    }
+    Py_ssize_t room = PY_SSIZE_T_MAX - 16 - parts[0].len - parts[2].len; /* for the base64 text */
+    if (parts[1].len / 3 + 1 > room / 4) {
+        PyErr_SetString(PyExc_OverflowError, "data too long for one frame");
+        goto done;
+    }
+    Py_ssize_t encoded = (parts[1].len + 2) / 3 * 4;
+    Py_ssize_t length = parts[0].len + encoded + parts[2].len;
+    Py_ssize_t header = length < 126 ? 2 : (length < 65536 ? 4 : 10);
+    result = PyBytes_FromStringAndSize(NULL, header + 4 + length);
+    if (result == NULL) {
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    out[0] = 0x81; /* FIN, TEXT */
+    if (header == 2) {
+        out[1] = (unsigned char)(0x80 | length);
+    }
+    else if (header == 4) {
+        out[1] = 0x80 | 126;
+        out[2] = (unsigned char)(length >> 8);
+        out[3] = (unsigned char)length;
+    }
+    else {
+        out[1] = 0x80 | 127;
+        uint64_t len64 = (uint64_t)length;
+        for (int b = 0; b < 8; b++) {
+            out[2 + b] = (unsigned char)(len64 >> (56 - 8 * b));
+        }
+    }
+    unsigned char *payload = out + header + 4;
+    memcpy(out + header, key, 4);
+    memcpy(payload, head, (size_t)parts[0].len);
+    b64_encode(data, parts[1].len, payload + parts[0].len);
+    memcpy(payload + parts[0].len + encoded, tail, (size_t)parts[2].len);
+    for (Py_ssize_t i = 0; i < length; i++) {
+        payload[i] ^= key[i & 3];
+    }
+done:
+    for (int i = 0; i < held; i++) {
+        PyBuffer_Release(&parts[i]);
+    }
+    return result;
+}
+
 static PyMethodDef native_methods[] = {
     {"run_blocks", (PyCFunction)(void (*)(void))native_run_blocks, METH_FASTCALL, run_blocks_doc},
+    {"masked_text_frame", (PyCFunction)(void (*)(void))native_masked_text_frame, METH_FASTCALL,
+     masked_text_frame_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -611,7 +737,8 @@ static PyModuleDef_Slot native_slots[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._native",
-    .m_doc = "Compiled streaming polyphase resampler (see media.resample) and block runner (media.noise).",
+    .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner (media.noise) "
+             "and the model append's WebSocket frame (bridge.realtime).",
     .m_size = 0,
     .m_methods = native_methods,
     .m_slots = native_slots,

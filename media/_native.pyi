@@ -1,4 +1,5 @@
-"""Compiled streaming polyphase resampler (media.resample) and block runner (media.noise); media/_native.c."""
+"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise) and the model
+append's WebSocket frame (bridge.realtime); media/_native.c."""
 
 import numpy as np
 import numpy.typing as npt
@@ -31,3 +32,7 @@ class Polyphase:
 def run_blocks(function: int, state: int, samples: _Int16Buffer, block: int, /) -> bytearray:
     """Copy ``samples`` and call ``int function(void *state, int16_t *x)`` on each ``block`` of the
     copy in place (both given as addresses); return the copy."""
+
+def masked_text_frame(head: Buffer, data: Buffer, tail: Buffer, key: Buffer, /) -> bytes:
+    """One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``,
+    masked with the 4-byte ``key``; ``head`` and ``tail`` must be ASCII."""

@@ -179,8 +179,9 @@ def greeting_response(greeting: str) -> dict[str, Any]:
 
 _APPEND_HEAD_TEXT = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_TAIL_TEXT = '"}'
-_APPEND_HEAD = _APPEND_HEAD_TEXT.encode()
-_APPEND_TAIL = _APPEND_TAIL_TEXT.encode()
+# The append event as UTF-8 around its base64 audio (for builders that encode the audio themselves).
+APPEND_HEAD = _APPEND_HEAD_TEXT.encode()
+APPEND_TAIL = _APPEND_TAIL_TEXT.encode()
 
 
 def append_audio_json(b64_audio: str) -> str:
@@ -190,7 +191,7 @@ def append_audio_json(b64_audio: str) -> str:
 
 def append_audio_message(audio: bytes) -> bytes:
     """The same event as UTF-8 bytes, straight from the audio (base64 is ASCII, needs no escaping)."""
-    return _APPEND_HEAD + binascii.b2a_base64(audio, newline=False) + _APPEND_TAIL
+    return APPEND_HEAD + binascii.b2a_base64(audio, newline=False) + APPEND_TAIL
 
 
 def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:

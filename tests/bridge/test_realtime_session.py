@@ -5,12 +5,17 @@ surface with an api-key header. The server is the project's own simulator."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
 import pytest
+from websockets.frames import OP_TEXT, Frame
+from websockets.streams import StreamReader
 
 from bridge.realtime import ModelError, RealtimeSession, endpoint_from_settings
 from bridge.settings import ModelProvider, load_settings
 from bridge.simulator import SimulatorServer
+from media._native import masked_text_frame
 from sip import realtime as rt
 from tenants.config import TenantConfig
 
@@ -85,27 +90,78 @@ def test_voice_live_endpoint_shape() -> None:
     assert endpoint.dialect is rt.Dialect.BETA
 
 
-async def test_audio_appended_at_once_arrives_whole_and_in_order_with_queued_sends(simulator) -> None:
+@pytest.mark.parametrize("framed_here", [True, False])
+async def test_audio_appended_at_once_arrives_whole_and_in_order_with_queued_sends(simulator, framed_here) -> None:
     settings = load_settings(env_file=None, environ={
         "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{simulator.port}/v1"})
     session = await RealtimeSession.connect(endpoint_from_settings(settings))
     try:
+        # This install frames immediate appends itself (the compiled builder is there); without
+        # it, the library frames them.
+        assert session._keys is not None
+        if not framed_here:
+            session._keys = None
         await _round_trip(session)
-        frame = bytes(960)  # 20 ms of PCM16 at 24 kHz
+        # 20 ms frames of PCM16 at 24 kHz, each different, sizes around base64's padding cases.
+        frames = [os.urandom(960 + i % 3 * 2) for i in range(60)]
         immediate = 0
-        for i in range(60):
+        for i, frame in enumerate(frames):
             if i % 10 == 9:
                 await session.send_audio(frame)  # the waiting path, between immediate ones
             else:
                 immediate += session.send_audio_now(frame)
         assert immediate == 54  # an idle, open connection takes every frame at once
         record = simulator.sessions[-1]
+        sent = b"".join(frames)
         async with asyncio.timeout(5):
-            while record.input_audio_ms < 60 * 20:
+            while record.input_audio_ms < len(sent) / 48:
                 await asyncio.sleep(0.01)
-        assert record.input_audio_ms == pytest.approx(1200)
+        assert record.input_audio_ms == pytest.approx(len(sent) / 48)
         assert record.events_in.count("input_audio_buffer.append") == 60
+        assert record.input_sha256.digest() == hashlib.sha256(sent).digest()  # every byte, in order
         assert not record.errors_sent
     finally:
         await session.close()
     assert session.send_audio_now(bytes(960)) is False  # closed: the caller queues, and learns
+
+
+def _parse_client_frame(data: bytes) -> Frame:
+    """A frame as a WebSocket server reads it, with the ``websockets`` library's own parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=True)
+    try:
+        next(parser)
+    except StopIteration as done:
+        assert reader.at_eof(), "bytes left over after the frame"
+        return done.value
+    raise AssertionError("incomplete frame")
+
+
+@pytest.mark.parametrize("audio_bytes", [0, 1, 2, 3, 60, 61, 90, 960, 48_000, 60_000])
+def test_masked_append_frame_reads_back_as_the_append_event(audio_bytes: int) -> None:
+    # Sizes cover the three length encodings (7-bit, 16-bit, 64-bit) and base64's padding cases.
+    audio = os.urandom(audio_bytes)
+    key = os.urandom(4)
+    frame = _parse_client_frame(masked_text_frame(rt.APPEND_HEAD, audio, rt.APPEND_TAIL, key))
+    assert frame.opcode == OP_TEXT and frame.fin
+    assert frame.data == rt.append_audio_message(audio)
+
+
+def test_masked_append_frame_uses_the_given_key() -> None:
+    data = masked_text_frame(b"", b"", b"abcd", b"\x01\x02\x03\x04")
+    assert data == b"\x81\x84\x01\x02\x03\x04" + bytes(c ^ k for c, k in zip(b"abcd", b"\x01\x02\x03\x04", strict=True))
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ((b"", b"", b"", b"abc"), ValueError),
+        ((b"\xc3\xa9", b"", b"", b"abcd"), ValueError),
+        ((b"", b"", "text", b"abcd"), TypeError),
+    ],
+)
+def test_masked_append_frame_refuses_bad_arguments(args: tuple, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        masked_text_frame(*args)
