@@ -625,6 +625,17 @@ b64_encode(const unsigned char *in, Py_ssize_t n, unsigned char *out)
     return o - out;
 }
 
+static int
+is_ascii(const unsigned char *text, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (text[i] > 127) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(masked_text_frame_doc,
 "masked_text_frame(head, data, tail, key, /)\n--\n\n"
 "One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``, masked\n"
@@ -651,17 +662,9 @@ native_masked_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
         PyErr_Format(PyExc_ValueError, "the masking key must be 4 bytes, got %zd", parts[3].len);
         goto done;
     }
-    for (Py_ssize_t i = 0; i < parts[0].len; i++) {
-        if (head[i] > 127) {
-            PyErr_SetString(PyExc_ValueError, "head must be ASCII");
-            goto done;
-        }
-    }
-    for (Py_ssize_t i = 0; i < parts[2].len; i++) {
-        if (tail[i] > 127) {
-            PyErr_SetString(PyExc_ValueError, "tail must be ASCII");
-            goto done;
-        }
+    if (!is_ascii(head, parts[0].len) || !is_ascii(tail, parts[2].len)) {
+        PyErr_SetString(PyExc_ValueError, "head and tail must be ASCII");
+        goto done;
     }
     Py_ssize_t room = PY_SSIZE_T_MAX - 16 - parts[0].len - parts[2].len; /* for the base64 text */
     if (parts[1].len / 3 + 1 > room / 4) {
