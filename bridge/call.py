@@ -68,6 +68,7 @@ Clock = Callable[[], float]
 # and the oldest audio is the least useful.
 INBOUND_QUEUE_FRAMES = 100
 CLEANUP_TIMEOUT = 3.0
+_INT16 = np.dtype(np.int16)
 
 
 class Outcome(enum.StrEnum):
@@ -505,7 +506,7 @@ class Call:
             produced = len(samples) * (MODEL_RATE_HZ // 8000)
         else:
             assert self.outbound is not None
-            model_samples = np.frombuffer(raw, dtype=np.int16, count=len(raw) // 2)
+            model_samples = np.frombuffer(raw, _INT16, len(raw) // 2)
             produced = len(model_samples)
             samples = self.outbound.process(model_samples)
         self._produced_samples[item_id] = self._produced_samples.get(item_id, 0) + produced

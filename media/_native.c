@@ -1,6 +1,6 @@
 /* Compiled inner loops: media.resample's polyphase FIR for one stream, the block loop media.noise
- * runs a C suppressor through (run_blocks), and the masked WebSocket frame of the model's audio
- * append (masked_text_frame, at the end).
+ * runs a C suppressor through (run_blocks), the masked WebSocket frame of the model's audio
+ * append (masked_text_frame) and G.711 table lookups (expand, compress, at the end).
  *
  * The polyphase FIR:
  *
@@ -724,10 +724,109 @@ done:
     return result;
 }
 
+/* ---- G.711 by table --------------------------------------------------------------------------
+ *
+ * media/g711.py builds the tables (from the bit-level definitions, checked against the ITU
+ * reference values); these two loops only look them up. numpy's take() does the same at about ten
+ * times the cost for a 160-sample frame, most of it in setting up the call. */
+
+PyDoc_STRVAR(expand_doc,
+"expand(table, codes, /)\n--\n\n"
+"Native int16 samples ``table[c]`` for each byte ``c`` of ``codes``; ``table`` holds 256 native\n"
+"int16 values. Returns a bytearray.");
+
+static PyObject *
+native_expand(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "expand() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer table, codes;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[1], &codes, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    if (table.len != 256 * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_Format(PyExc_ValueError, "the table must hold 256 int16 values, got %zd bytes", table.len);
+        goto done;
+    }
+    result = PyByteArray_FromStringAndSize(NULL, codes.len * (Py_ssize_t)sizeof(int16_t));
+    if (result == NULL) {
+        goto done;
+    }
+    int16_t values[256];
+    memcpy(values, table.buf, sizeof(values));
+    const unsigned char *in = codes.buf;
+    int16_t *out = (int16_t *)PyByteArray_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < codes.len; i++) {
+        out[i] = values[in[i]];
+    }
+done:
+    PyBuffer_Release(&codes);
+    PyBuffer_Release(&table);
+    return result;
+}
+
+PyDoc_STRVAR(compress_doc,
+"compress(table, samples, /)\n--\n\n"
+"One byte ``table[s & 0xFFFF]`` for each sample ``s`` of 1-D native int16 ``samples``; ``table``\n"
+"holds 65536 bytes indexed by the sample's unsigned 16-bit view. Returns bytes.");
+
+static PyObject *
+native_compress(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "compress() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer table, view;
+    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&table);
+        return NULL;
+    }
+    if (table.len != 65536) {
+        PyErr_Format(PyExc_ValueError, "the table must hold 65536 bytes, got %zd", table.len);
+        goto done;
+    }
+    if (view.ndim != 1 || !is_native_format(view.format, 'h') || view.itemsize != (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_TypeError, "compress() expects 1-D native int16 samples");
+        goto done;
+    }
+    Py_ssize_t n = view.shape[0];
+    result = PyBytes_FromStringAndSize(NULL, n);
+    if (result == NULL) {
+        goto done;
+    }
+    const unsigned char *codes = table.buf;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    const char *in = view.buf;
+    Py_ssize_t step = view.strides[0];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint16_t sample;
+        memcpy(&sample, in + i * step, sizeof(sample));
+        out[i] = codes[sample];
+    }
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&table);
+    return result;
+}
+
 static PyMethodDef native_methods[] = {
     {"run_blocks", (PyCFunction)(void (*)(void))native_run_blocks, METH_FASTCALL, run_blocks_doc},
     {"masked_text_frame", (PyCFunction)(void (*)(void))native_masked_text_frame, METH_FASTCALL,
      masked_text_frame_doc},
+    {"expand", (PyCFunction)(void (*)(void))native_expand, METH_FASTCALL, expand_doc},
+    {"compress", (PyCFunction)(void (*)(void))native_compress, METH_FASTCALL, compress_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -754,8 +853,8 @@ static PyModuleDef_Slot native_slots[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._native",
-    .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner (media.noise) "
-             "and the model append's WebSocket frame (bridge.realtime).",
+    .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner (media.noise), "
+             "the model append's WebSocket frame (bridge.realtime) and G.711 table lookups (media.g711).",
     .m_size = 0,
     .m_methods = native_methods,
     .m_slots = native_slots,

@@ -1,5 +1,5 @@
-"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise) and the model
-append's WebSocket frame (bridge.realtime); media/_native.c."""
+"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise), the model
+append's WebSocket frame (bridge.realtime) and G.711 table lookups (media.g711); media/_native.c."""
 
 import numpy as np
 import numpy.typing as npt
@@ -36,3 +36,9 @@ def run_blocks(function: int, state: int, samples: _Int16Buffer, block: int, /) 
 def masked_text_frame(head: Buffer, data: Buffer, tail: Buffer, key: Buffer, /) -> bytes:
     """One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``,
     masked with the 4-byte ``key``; ``head`` and ``tail`` must be ASCII."""
+
+def expand(table: Buffer, codes: Buffer, /) -> bytearray:
+    """Native int16 ``table[c]`` for each byte ``c`` of ``codes`` (``table``: 256 int16 values)."""
+
+def compress(table: Buffer, samples: _Int16Buffer, /) -> bytes:
+    """One byte ``table[s & 0xFFFF]`` per sample of 1-D native int16 ``samples`` (``table``: 65536 bytes)."""

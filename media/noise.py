@@ -64,6 +64,7 @@ TELEPHONY_PASSBAND_HZ = 3400.0
 ZERO_STUFF_GAIN = 2.0
 
 _LIBRARY_RATE_HZ = 16000
+_INT16 = np.dtype(np.int16)
 _BLOCK_SAMPLES = 160  # 10 ms at 16 kHz: the only block size either library accepts
 _BLOCK_SECONDS = 0.010
 # The Speex preprocessor's output lags its input by one block (see the module docstring).
@@ -323,7 +324,7 @@ class SpeexDspSuppressor:
         x = _check_frame(frame, self.rate_hz)
         if _RUN_BLOCKS is not None and self._run_address:
             # One compiled call copies the frame and runs the preprocessor on each block of it.
-            return np.frombuffer(_RUN_BLOCKS(self._run_address, self._state, x, self._block), dtype=np.int16)
+            return np.frombuffer(_RUN_BLOCKS(self._run_address, self._state, x, self._block), _INT16)
         n = len(x)
         if n > self._capacity:
             self._grow(n)

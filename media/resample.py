@@ -400,7 +400,7 @@ class StreamResampler:
             if not (type(samples) is np.ndarray and samples.dtype is _INT16):
                 samples = _check_input(samples)
             try:
-                return np.frombuffer(native.process(samples), dtype=np.int16)
+                return np.frombuffer(native.process(samples), _INT16)
             except ValueError as exc:  # an int16 array of the wrong shape
                 raise ResampleError(str(exc)) from None
         x = _check_input(samples)

@@ -123,3 +123,45 @@ def test_any_bytes_decode_to_one_sample_each(payload: bytes) -> None:
         samples = fmt.decode(payload)
         assert samples.dtype == np.int16 and len(samples) == len(payload)
         assert fmt.encode(samples) == fmt.encode(fmt.decode(fmt.encode(samples)))
+
+
+native = pytest.importorskip("media._native", reason="media._native is not built")
+
+
+@pytest.mark.parametrize(("decode_table", "encode_table"), [
+    (g711.MULAW_DECODE, g711.MULAW_ENCODE), (g711.ALAW_DECODE, g711.ALAW_ENCODE)])
+def test_compiled_lookups_equal_numpys(decode_table, encode_table) -> None:
+    # The compiled lookups and the numpy fallback (used when media._native is not built) agree on
+    # every code and every sample, strided input included.
+    dec, enc = decode_table.tobytes(), encode_table.tobytes()
+    assert native.expand(dec, ALL_CODES) == g711._expand(dec, ALL_CODES)
+    assert native.compress(enc, ALL_SAMPLES) == g711._compress(enc, ALL_SAMPLES)
+    assert native.compress(enc, ALL_SAMPLES[::3]) == g711._compress(enc, ALL_SAMPLES[::3])
+    assert native.expand(dec, b"") == bytearray()
+    assert native.compress(enc, ALL_SAMPLES[:0]) == b""
+
+
+def test_encoders_take_what_numpy_takes() -> None:
+    # Lists, other integer dtypes and 2-D arrays are converted as np.asarray(..., int16) does.
+    x = np.array([[-32768, -1, 0], [1, 1000, 32767]], dtype=np.int16)
+    expected = g711._compress(g711.MULAW_ENCODE.tobytes(), x.reshape(-1))
+    assert g711.ulaw_encode(x) == expected
+    assert g711.ulaw_encode(x.astype(np.int32)) == expected
+    assert g711.ulaw_encode(x.reshape(-1).tolist()) == expected
+    assert g711.ulaw_encode(ALL_SAMPLES[::7]) == g711._compress(g711.MULAW_ENCODE.tobytes(), ALL_SAMPLES[::7])
+    decoded = g711.alaw_decode(b"\x00\xd5")
+    decoded[0] = 7  # a decoded frame is an ordinary writable array
+    assert decoded.tolist() == [7, 8]
+
+
+def test_compiled_lookups_refuse_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="256 int16"):
+        native.expand(b"\x00" * 511, b"\x01")
+    with pytest.raises(ValueError, match="65536 bytes"):
+        native.compress(b"\x00" * 65535, ALL_SAMPLES[:4])
+    with pytest.raises(TypeError, match="int16"):
+        native.compress(g711.MULAW_ENCODE.tobytes(), ALL_SAMPLES[:4].astype(np.int32))
+    with pytest.raises(TypeError, match="int16"):
+        native.compress(g711.MULAW_ENCODE.tobytes(), ALL_SAMPLES[:4].reshape(2, 2))
+    with pytest.raises(TypeError):
+        native.expand(g711.MULAW_DECODE.tobytes())
