@@ -320,10 +320,10 @@ class CallRecorder:
         if batch and self._wav is None:
             self._open_wav()
         timeline = self._timeline
-        for chunk in batch:
+        if batch:
             assert timeline is not None
-            timeline.place(chunk.channel, chunk.samples, chunk.start)
-            self._latest_at = max(self._latest_at, chunk.at)
+            timeline.place_many((chunk.channel, chunk.samples, chunk.start) for chunk in batch)
+            self._latest_at = max(self._latest_at, max(chunk.at for chunk in batch))
         if timeline is not None and self._wav is not None and self.rate_hz:
             if not final:
                 # Quiet is judged against the newest audio handed over, not the wall clock: while

@@ -183,17 +183,18 @@ def parse_message(text: str | bytes) -> Event:
 
 
 def _parse_media(message: dict[str, Any]) -> Media:
+    # Fifty a second per call: positional arguments, which a frozen dataclass takes faster.
     media = _obj(message, "media")
     payload = media.get("payload")
     if not isinstance(payload, str):
         raise _Invalid("media 'payload' must be a string")
     return Media(
-        track=_str(media, "track", "inbound"),
-        chunk=_int(media, "chunk"),
-        timestamp_ms=_int(media, "timestamp"),
-        payload=_b64(payload),
-        stream_sid=_str(message, "streamSid", ""),
-        sequence_number=_int(message, "sequenceNumber"),
+        _str(media, "track", "inbound"),
+        _int(media, "chunk"),
+        _int(media, "timestamp"),
+        _b64(payload),
+        _str(message, "streamSid", ""),
+        _int(message, "sequenceNumber"),
     )
 
 

@@ -234,3 +234,42 @@ def test_timeline_cannot_take_back_silence_already_handed_out():
     for _ in range(5):  # a fast sender: capped at max_lead
         tl.place(0, _tone(160, 5), 1760)
     assert tl.positions[0] - 1920 <= 320 and tl.dropped[0] > 0
+
+
+_chunk_ops = st.lists(
+    st.tuples(
+        st.integers(0, 1),  # channel
+        st.integers(0, 400),  # length
+        # Start relative to where the track is: overlap, back to back, gap, or one of the edges
+        # (the tolerance itself, one past it, one sample of overlap).
+        st.one_of(st.integers(-600, 900), st.sampled_from(["tolerance", "past", "overlap"])),
+        st.booleans(),  # a take() after this chunk
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_chunk_ops, st.integers(0, 300), st.integers(0, 900))
+def test_place_many_equals_place_one_by_one(ops, tolerance, lead):
+    # The writer hands over its batches with place_many; it must leave the timeline exactly as
+    # placing the chunks one at a time does: same frames out, same counters.
+    one = StereoTimeline(gap_tolerance=tolerance, max_lead=lead)
+    many = StereoTimeline(gap_tolerance=tolerance, max_lead=lead)
+    batch: list[tuple[int, np.ndarray, int]] = []
+    counter = 0
+    for channel, n, offset, take in ops:
+        samples = np.arange(counter, counter + n, dtype=np.int64).astype(np.int16)
+        counter += n
+        edges = {"tolerance": tolerance, "past": tolerance + 1, "overlap": -1}
+        start = max(0, one.positions[channel] + edges.get(offset, offset))
+        one.place(channel, samples, start)
+        batch.append((channel, samples, start))
+        if take:
+            many.place_many(batch)
+            batch = []
+            assert np.array_equal(one.take(), many.take())
+    many.place_many(batch)
+    assert np.array_equal(one.take(final=True), many.take(final=True))
+    for name in ("positions", "padded", "reclaimed", "dropped", "emitted"):
+        assert getattr(one, name) == getattr(many, name), name
