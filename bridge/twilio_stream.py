@@ -39,6 +39,7 @@ from bridge.metrics import Metrics
 from bridge.switchboard import Refusal
 from bridge.wsmedia import (
     HANDSHAKE_TIMEOUT,
+    TEXT_FRAME,
     CallerIntake,
     Clock,
     MediaEndpoint,
@@ -86,9 +87,13 @@ class TwilioLeg(WebSocketLeg):
     ) -> None:
         super().__init__(ws, request, audio_format, info, metrics, clock)
         self.stream_sid = stream_sid
+        self._media_head, self._media_tail = tw.media_message_parts(stream_sid)
 
     async def send_audio(self, payload: bytes) -> None:
-        await self._send_audio_message(tw.media_message(self.stream_sid, payload), FRAME_MS)
+        if TEXT_FRAME is None:
+            await self._send_audio_message(tw.media_message(self.stream_sid, payload), FRAME_MS)
+        elif self._write_frame(TEXT_FRAME(self._media_head, payload, self._media_tail)):
+            await self._audio_sent(FRAME_MS)
 
     def _mark_message(self, name: str) -> str:
         return tw.mark_message(self.stream_sid, name)

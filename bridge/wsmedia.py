@@ -18,7 +18,12 @@ that sends faster than real time is therefore not an error: it loses audio, neve
 
 Toward the caller, the call's pacer sends one 20 ms frame per 20 ms. A leg never blocks the pacer
 on a slow peer: past ``MAX_WRITE_BUFFER_BYTES`` of unsent data the frame is dropped and counted.
-WebSocket legs send no keep-alive silence.
+WebSocket legs send no keep-alive silence. A leg whose audio messages are base64 in a JSON
+envelope (Twilio's ``media``) has each one framed in one compiled call
+(``media._native.text_frame``) and written to the transport itself, as aiohttp would have written
+it: the socket is uncompressed (``compress=False``), aiohttp writes every frame of its own with one
+synchronous ``write``, and nothing is written once closing has begun. Without the compiled module
+the message goes through ``send_str``.
 
 Closing: the socket is closed with a code that says how the call ended (:func:`close_code_for`):
 1000 normal end, 1001 shutdown, 1008 malformed frame, 1009 oversize frame, 1011 model failure,
@@ -46,6 +51,17 @@ from tenants.config import TenantError, TransferTarget
 from tenants.directory import DirectoryError, Resolution
 
 log = logging.getLogger(__name__)
+
+
+def _native_text_frame() -> Callable[[bytes, bytes, bytes], bytes] | None:
+    try:
+        from media._native import text_frame
+    except ImportError:  # installed without a C compiler: aiohttp frames each message
+        return None
+    return text_frame
+
+
+TEXT_FRAME = _native_text_frame()
 
 Clock = Callable[[], float]
 
@@ -250,9 +266,24 @@ class WebSocketLeg:
             return False
         return True
 
+    def _write_frame(self, frame: bytes) -> bool:
+        """Write one whole WebSocket frame built here (``TEXT_FRAME``) to the transport; False when
+        it was dropped, as ``_send`` would have (peer not reading, or gone)."""
+        transport = self._request.transport
+        if self.ws.closed or transport is None or transport.is_closing() or self.ws.compress:
+            return False
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
+            self._dropped.inc()
+            return False
+        transport.write(frame)
+        return True
+
     async def _send_audio_message(self, message: str | bytes, duration_ms: float) -> None:
-        if not await self._send(message):
-            return
+        if await self._send(message):
+            await self._audio_sent(duration_ms)
+
+    async def _audio_sent(self, duration_ms: float) -> None:
+        """Bookkeeping once an audio message is out: playback position, and a mark when due."""
         self.playback.sent(self._clock(), duration_ms)
         if self.marks:
             self._frames_since_mark += 1

@@ -1,6 +1,7 @@
 /* Compiled inner loops: media.resample's polyphase FIR for one stream, the block loop media.noise
- * runs a C suppressor through (run_blocks), the masked WebSocket frame of the model's audio
- * append (masked_text_frame) and G.711 table lookups (expand, compress, at the end).
+ * runs a C suppressor through (run_blocks), the WebSocket frames of base64 audio in a JSON
+ * envelope (masked_text_frame for the model's append, text_frame for a Twilio-format leg) and
+ * G.711 table lookups (expand, compress, at the end).
  *
  * The polyphase FIR:
  *
@@ -584,15 +585,14 @@ done:
     return result;
 }
 
-/* ---- the model's audio append as one masked WebSocket frame ----------------------------------
+/* ---- base64 audio in a JSON envelope as one WebSocket frame ---------------------------------
  *
  * Fifty times a second per call the bridge appends caller audio to the model: a TEXT message
  * `head + base64(audio) + tail`, sent by a client and therefore masked (RFC 6455 5.3). Built in
  * Python it is a base64 call, two concatenations, a frame object, a masking call and a fresh
- * random key from the kernel; here it is one pass into the final buffer. The key comes from the
- * caller, four bytes drawn from os.urandom in bulk. Header (RFC 6455 5.2): FIN and opcode 1, the
- * mask bit with a 7-bit length, or 126 and a 16-bit length, or 127 and a 64-bit length (network
- * order), then the key, then the payload XORed with the key. */
+ * random key from the kernel; here it is one pass into the final buffer (masked_text_frame). The
+ * key comes from the caller, four bytes drawn from os.urandom in bulk. A Twilio-format leg sends
+ * the caller its agent audio the same way from the server side, unmasked (text_frame). */
 
 static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -636,70 +636,57 @@ is_ascii(const unsigned char *text, Py_ssize_t n)
     return 1;
 }
 
-PyDoc_STRVAR(masked_text_frame_doc,
-"masked_text_frame(head, data, tail, key, /)\n--\n\n"
-"One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``, masked\n"
-"with the 4-byte ``key``. ``head`` and ``tail`` must be ASCII (they are sent as they are).");
-
+/* The frame of `head + base64(data) + tail`: masked with `key` (4 bytes) when it is not NULL, as a
+ * client sends it, else unmasked, as a server does. Header (RFC 6455 5.2): FIN and opcode 1, the
+ * mask bit with a 7-bit length, or 126 and a 16-bit length, or 127 and a 64-bit length (network
+ * order), then the key when there is one, then the payload. */
 static PyObject *
-native_masked_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+build_text_frame(Py_buffer *head_buf, Py_buffer *data_buf, Py_buffer *tail_buf, const unsigned char *key)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "masked_text_frame() takes 4 arguments (%zd given)", nargs);
+    const unsigned char *head = head_buf->buf, *data = data_buf->buf, *tail = tail_buf->buf;
+    if (!is_ascii(head, head_buf->len) || !is_ascii(tail, tail_buf->len)) {
+        PyErr_SetString(PyExc_ValueError, "head and tail must be ASCII");
         return NULL;
     }
-    Py_buffer parts[4];
-    int held = 0;
-    PyObject *result = NULL;
-    for (; held < 4; held++) {
-        if (PyObject_GetBuffer(args[held], &parts[held], PyBUF_SIMPLE) < 0) {
-            goto done;
-        }
-    }
-    const unsigned char *head = parts[0].buf, *data = parts[1].buf, *tail = parts[2].buf;
-    const unsigned char *key = parts[3].buf;
-    if (parts[3].len != 4) {
-        PyErr_Format(PyExc_ValueError, "the masking key must be 4 bytes, got %zd", parts[3].len);
-        goto done;
-    }
-    if (!is_ascii(head, parts[0].len) || !is_ascii(tail, parts[2].len)) {
-        PyErr_SetString(PyExc_ValueError, "head and tail must be ASCII");
-        goto done;
-    }
-    Py_ssize_t room = PY_SSIZE_T_MAX - 16 - parts[0].len - parts[2].len; /* for the base64 text */
-    if (parts[1].len / 3 + 1 > room / 4) {
+    Py_ssize_t room = PY_SSIZE_T_MAX - 16 - head_buf->len - tail_buf->len; /* for the base64 text */
+    if (data_buf->len / 3 + 1 > room / 4) {
         PyErr_SetString(PyExc_OverflowError, "data too long for one frame");
-        goto done;
+        return NULL;
     }
-    Py_ssize_t encoded = (parts[1].len + 2) / 3 * 4;
-    Py_ssize_t length = parts[0].len + encoded + parts[2].len;
+    Py_ssize_t encoded = (data_buf->len + 2) / 3 * 4;
+    Py_ssize_t length = head_buf->len + encoded + tail_buf->len;
     Py_ssize_t header = length < 126 ? 2 : (length < 65536 ? 4 : 10);
-    result = PyBytes_FromStringAndSize(NULL, header + 4 + length);
+    Py_ssize_t key_bytes = key != NULL ? 4 : 0;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, header + key_bytes + length);
     if (result == NULL) {
-        goto done;
+        return NULL;
     }
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    unsigned char mask_bit = key != NULL ? 0x80 : 0x00;
     out[0] = 0x81; /* FIN, TEXT */
     if (header == 2) {
-        out[1] = (unsigned char)(0x80 | length);
+        out[1] = (unsigned char)(mask_bit | length);
     }
     else if (header == 4) {
-        out[1] = 0x80 | 126;
+        out[1] = mask_bit | 126;
         out[2] = (unsigned char)(length >> 8);
         out[3] = (unsigned char)length;
     }
     else {
-        out[1] = 0x80 | 127;
+        out[1] = mask_bit | 127;
         uint64_t len64 = (uint64_t)length;
         for (int b = 0; b < 8; b++) {
             out[2 + b] = (unsigned char)(len64 >> (56 - 8 * b));
         }
     }
-    unsigned char *payload = out + header + 4;
+    unsigned char *payload = out + header + key_bytes;
+    memcpy(payload, head, (size_t)head_buf->len);
+    b64_encode(data, data_buf->len, payload + head_buf->len);
+    memcpy(payload + head_buf->len + encoded, tail, (size_t)tail_buf->len);
+    if (key == NULL) {
+        return result;
+    }
     memcpy(out + header, key, 4);
-    memcpy(payload, head, (size_t)parts[0].len);
-    b64_encode(data, parts[1].len, payload + parts[0].len);
-    memcpy(payload + parts[0].len + encoded, tail, (size_t)parts[2].len);
     /* Eight bytes at a time (the key repeated twice: the payload starts at a multiple of 4 from
      * the key's first byte), the rest one by one. */
     uint64_t key8;
@@ -717,8 +704,71 @@ native_masked_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_
     for (; i < length; i++) {
         payload[i] ^= key[i & 3];
     }
-done:
-    for (int i = 0; i < held; i++) {
+    return result;
+}
+
+/* Acquires the first `count` arguments as simple buffers; on failure releases what it took. */
+static int
+get_buffers(PyObject *const *args, Py_buffer *views, int count)
+{
+    for (int held = 0; held < count; held++) {
+        if (PyObject_GetBuffer(args[held], &views[held], PyBUF_SIMPLE) < 0) {
+            while (held > 0) {
+                PyBuffer_Release(&views[--held]);
+            }
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(masked_text_frame_doc,
+"masked_text_frame(head, data, tail, key, /)\n--\n\n"
+"One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``, masked\n"
+"with the 4-byte ``key``. ``head`` and ``tail`` must be ASCII (they are sent as they are).");
+
+static PyObject *
+native_masked_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "masked_text_frame() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer parts[4];
+    if (get_buffers(args, parts, 4) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (parts[3].len != 4) {
+        PyErr_Format(PyExc_ValueError, "the masking key must be 4 bytes, got %zd", parts[3].len);
+    }
+    else {
+        result = build_text_frame(&parts[0], &parts[1], &parts[2], parts[3].buf);
+    }
+    for (int i = 0; i < 4; i++) {
+        PyBuffer_Release(&parts[i]);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(text_frame_doc,
+"text_frame(head, data, tail, /)\n--\n\n"
+"One final, unmasked WebSocket TEXT frame (as a server sends it) whose payload is\n"
+"``head + base64(data) + tail``. ``head`` and ``tail`` must be ASCII.");
+
+static PyObject *
+native_text_frame(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "text_frame() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_buffer parts[3];
+    if (get_buffers(args, parts, 3) < 0) {
+        return NULL;
+    }
+    PyObject *result = build_text_frame(&parts[0], &parts[1], &parts[2], NULL);
+    for (int i = 0; i < 3; i++) {
         PyBuffer_Release(&parts[i]);
     }
     return result;
@@ -825,6 +875,7 @@ static PyMethodDef native_methods[] = {
     {"run_blocks", (PyCFunction)(void (*)(void))native_run_blocks, METH_FASTCALL, run_blocks_doc},
     {"masked_text_frame", (PyCFunction)(void (*)(void))native_masked_text_frame, METH_FASTCALL,
      masked_text_frame_doc},
+    {"text_frame", (PyCFunction)(void (*)(void))native_text_frame, METH_FASTCALL, text_frame_doc},
     {"expand", (PyCFunction)(void (*)(void))native_expand, METH_FASTCALL, expand_doc},
     {"compress", (PyCFunction)(void (*)(void))native_compress, METH_FASTCALL, compress_doc},
     {NULL, NULL, 0, NULL},

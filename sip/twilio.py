@@ -270,10 +270,15 @@ def _sid(value: str) -> str:
     return json.dumps(value)
 
 
+def media_message_parts(stream_sid: str) -> tuple[bytes, bytes]:
+    """The ASCII text around the base64 payload of a ``media_message`` for this stream."""
+    return b'{"event":"media","streamSid":' + _sid(stream_sid).encode("ascii") + b',"media":{"payload":"', b'"}}'
+
+
 def media_message(stream_sid: str, payload: bytes) -> str:
     """Outbound audio (µ-law 8 kHz, headerless); played after what is already queued."""
-    b64 = binascii.b2a_base64(payload, newline=False).decode("ascii")
-    return '{"event":"media","streamSid":' + _sid(stream_sid) + ',"media":{"payload":"' + b64 + '"}}'
+    head, tail = media_message_parts(stream_sid)
+    return (head + binascii.b2a_base64(payload, newline=False) + tail).decode("ascii")
 
 
 def mark_message(stream_sid: str, name: str) -> str:

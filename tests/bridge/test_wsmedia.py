@@ -4,10 +4,15 @@ playback marks and goodbye over a real loopback WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import ClientSession, WSMsgType, web
+from websockets.frames import OP_TEXT, Frame
+from websockets.streams import StreamReader
+
+from bridge import twilio_stream
 
 from bridge.call import Call, CallInfo, Outcome
 from bridge.metrics import Metrics
@@ -179,3 +184,92 @@ async def test_leg_marks_playback_and_lets_the_goodbye_play_out(twilio_leg_serve
         assert results["closed_at"] >= last_played - 0.005
     finally:
         await peer.close()
+
+
+try:
+    from media import _native as native
+except ImportError:  # installed without a C compiler: the fallbacks are what runs
+    native = None
+needs_native = pytest.mark.skipif(native is None, reason="media._native is not built")
+
+
+def _parse_server_frame(data: bytes) -> Frame:
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        assert reader.at_eof(), "bytes left over after the frame"
+        return done.value
+    raise AssertionError("incomplete frame")
+
+
+@pytest.mark.parametrize("audio_bytes", [0, 1, 2, 3, 10, 160, 161, 48_000, 60_000])
+@needs_native
+def test_text_frame_reads_back_as_the_twilio_media_message(audio_bytes: int) -> None:
+    # Sizes cover the three length encodings (7-bit, 16-bit, 64-bit) and base64's padding cases.
+    audio = os.urandom(audio_bytes)
+    sid = "MZ" + "ab" * 16
+    head, tail = tw.media_message_parts(sid)
+    frame = _parse_server_frame(native.text_frame(head, audio, tail))
+    assert frame.opcode == OP_TEXT and frame.fin
+    assert frame.data.decode("ascii") == tw.media_message(sid, audio)
+    event = tw.parse_message(frame.data)
+    assert isinstance(event, tw.Media) and event.payload == audio and event.stream_sid == sid
+
+
+@needs_native
+def test_text_frame_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="ASCII"):
+        native.text_frame(b"\xc3\xa9", b"", b"")
+    with pytest.raises(TypeError):
+        native.text_frame(b"", b"", "text")
+    with pytest.raises(TypeError):
+        native.text_frame(b"", b"")
+
+
+@pytest.mark.parametrize("framed_here", [True, False])
+async def test_twilio_leg_sends_the_same_messages_either_way(framed_here, monkeypatch):
+    # Agent audio framed in one compiled call and written to the transport, or handed to aiohttp's
+    # send_str (no compiled module): the peer reads the same messages, in order.
+    if not framed_here:
+        monkeypatch.setattr(twilio_stream, "TEXT_FRAME", None)
+    sid = "MZ" + "0" * 32
+    frames = [os.urandom(160) for _ in range(30)]
+    sent: list[bool] = []
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        ws = new_socket()
+        await ws.prepare(request)
+        leg = TwilioLeg(ws, request, ULAW_8K, CallInfo("twilio", TENANT, "+5511999990001"), Metrics(),
+                        time.monotonic, sid)
+        for frame in frames:
+            await leg.send_audio(frame)
+        sent.append(leg.playback.pending_marks > 0)
+        await ws.close()
+        # Once closing has begun nothing more is written, on either path.
+        await leg.send_audio(frames[0])
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/twilio", route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with ClientSession() as session, session.ws_connect(f"ws://127.0.0.1:{port}/ws/twilio") as ws:
+            got: list[str] = []
+            async for msg in ws:
+                assert msg.type is WSMsgType.TEXT
+                got.append(msg.data)
+    finally:
+        await runner.cleanup()
+    media = [m for m in got if isinstance(tw.parse_message(m), tw.Media)]
+    marks = [m for m in got if isinstance(tw.parse_message(m), tw.Mark)]
+    assert media == [tw.media_message(sid, f) for f in frames]
+    # The bookkeeping after each frame ran too: a mark every MARK_EVERY_FRAMES frames.
+    assert len(marks) == len(frames) // MARK_EVERY_FRAMES and sent == [True]
