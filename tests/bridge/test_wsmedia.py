@@ -13,7 +13,6 @@ from websockets.frames import OP_TEXT, Frame
 from websockets.streams import StreamReader
 
 from bridge import twilio_stream
-
 from bridge.call import Call, CallInfo, Outcome
 from bridge.metrics import Metrics
 from bridge.realtime import ModelEndpoint
