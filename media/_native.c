@@ -905,7 +905,8 @@ static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._native",
     .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner (media.noise), "
-             "the model append's WebSocket frame (bridge.realtime) and G.711 table lookups (media.g711).",
+             "WebSocket frames of base64 audio (bridge.realtime, bridge.wsmedia) and G.711 table lookups "
+             "(media.g711).",
     .m_size = 0,
     .m_methods = native_methods,
     .m_slots = native_slots,

@@ -1,5 +1,6 @@
-"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise), the model
-append's WebSocket frame (bridge.realtime) and G.711 table lookups (media.g711); media/_native.c."""
+"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise), WebSocket
+frames of base64 audio (bridge.realtime, bridge.wsmedia) and G.711 table lookups (media.g711);
+media/_native.c."""
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,10 @@ def run_blocks(function: int, state: int, samples: _Int16Buffer, block: int, /) 
 def masked_text_frame(head: Buffer, data: Buffer, tail: Buffer, key: Buffer, /) -> bytes:
     """One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``,
     masked with the 4-byte ``key``; ``head`` and ``tail`` must be ASCII."""
+
+def text_frame(head: Buffer, data: Buffer, tail: Buffer, /) -> bytes:
+    """One final, unmasked (server) WebSocket TEXT frame whose payload is
+    ``head + base64(data) + tail``; ``head`` and ``tail`` must be ASCII."""
 
 def expand(table: Buffer, codes: Buffer, /) -> bytearray:
     """Native int16 ``table[c]`` for each byte ``c`` of ``codes`` (``table``: 256 int16 values)."""
