@@ -792,33 +792,29 @@ native_expand(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         PyErr_Format(PyExc_TypeError, "expand() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    Py_buffer table, codes;
-    if (PyObject_GetBuffer(args[0], &table, PyBUF_SIMPLE) < 0) {
+    Py_buffer parts[2]; /* the table, the codes */
+    if (get_buffers(args, parts, 2) < 0) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (PyObject_GetBuffer(args[1], &codes, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&table);
-        return NULL;
-    }
-    if (table.len != 256 * (Py_ssize_t)sizeof(int16_t)) {
-        PyErr_Format(PyExc_ValueError, "the table must hold 256 int16 values, got %zd bytes", table.len);
+    if (parts[0].len != 256 * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_Format(PyExc_ValueError, "the table must hold 256 int16 values, got %zd bytes", parts[0].len);
         goto done;
     }
-    result = PyByteArray_FromStringAndSize(NULL, codes.len * (Py_ssize_t)sizeof(int16_t));
+    result = PyByteArray_FromStringAndSize(NULL, parts[1].len * (Py_ssize_t)sizeof(int16_t));
     if (result == NULL) {
         goto done;
     }
     int16_t values[256];
-    memcpy(values, table.buf, sizeof(values));
-    const unsigned char *in = codes.buf;
+    memcpy(values, parts[0].buf, sizeof(values));
+    const unsigned char *in = parts[1].buf;
     int16_t *out = (int16_t *)PyByteArray_AS_STRING(result);
-    for (Py_ssize_t i = 0; i < codes.len; i++) {
+    for (Py_ssize_t i = 0; i < parts[1].len; i++) {
         out[i] = values[in[i]];
     }
 done:
-    PyBuffer_Release(&codes);
-    PyBuffer_Release(&table);
+    PyBuffer_Release(&parts[1]);
+    PyBuffer_Release(&parts[0]);
     return result;
 }
 

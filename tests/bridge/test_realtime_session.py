@@ -9,8 +9,7 @@ import hashlib
 import os
 
 import pytest
-from websockets.frames import OP_TEXT, Frame
-from websockets.streams import StreamReader
+from websockets.frames import OP_TEXT
 
 from bridge.realtime import ModelError, RealtimeSession, endpoint_from_settings
 from bridge.settings import ModelProvider, load_settings
@@ -18,6 +17,7 @@ from bridge.simulator import SimulatorServer
 from media._native import masked_text_frame
 from sip import realtime as rt
 from tenants.config import TenantConfig
+from tests.peers.media_ws import read_frame
 
 
 @pytest.fixture
@@ -125,26 +125,12 @@ async def test_audio_appended_at_once_arrives_whole_and_in_order_with_queued_sen
     assert session.send_audio_now(bytes(960)) is False  # closed: the caller queues, and learns
 
 
-def _parse_client_frame(data: bytes) -> Frame:
-    """A frame as a WebSocket server reads it, with the ``websockets`` library's own parser."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=True)
-    try:
-        next(parser)
-    except StopIteration as done:
-        assert reader.at_eof(), "bytes left over after the frame"
-        return done.value
-    raise AssertionError("incomplete frame")
-
-
 @pytest.mark.parametrize("audio_bytes", [0, 1, 2, 3, 60, 61, 90, 960, 48_000, 60_000])
 def test_masked_append_frame_reads_back_as_the_append_event(audio_bytes: int) -> None:
     # Sizes cover the three length encodings (7-bit, 16-bit, 64-bit) and base64's padding cases.
     audio = os.urandom(audio_bytes)
     key = os.urandom(4)
-    frame = _parse_client_frame(masked_text_frame(rt.APPEND_HEAD, audio, rt.APPEND_TAIL, key))
+    frame = read_frame(masked_text_frame(rt.APPEND_HEAD, audio, rt.APPEND_TAIL, key), mask=True)
     assert frame.opcode == OP_TEXT and frame.fin
     assert frame.data == rt.append_audio_message(audio)
 

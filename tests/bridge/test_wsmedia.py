@@ -4,13 +4,14 @@ playback marks and goodbye over a real loopback WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import ClientSession, WSMsgType, web
-from websockets.frames import OP_TEXT, Frame
-from websockets.streams import StreamReader
+from websockets.frames import OP_TEXT
 
 from bridge import twilio_stream
 from bridge.call import Call, CallInfo, Outcome
@@ -29,7 +30,7 @@ from bridge.wsmedia import (
 from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
 from tenants.config import TenantConfig
-from tests.peers.media_ws import TwilioPeer
+from tests.peers.media_ws import TwilioPeer, read_frame
 
 TENANT = TenantConfig(tenant_id="t1", slug="test", noise_suppression="off")
 ENDPOINT = ModelEndpoint(ModelProvider.SIMULATOR, "gpt-realtime", "x", websocket_base_url="ws://127.0.0.1:9/v1")
@@ -121,6 +122,21 @@ def test_close_codes_for_outcomes():
     assert close_code_for(None) == 1000
 
 
+@contextlib.asynccontextmanager
+async def _serve(route: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An aiohttp server on loopback whose one route is ``/ws/twilio``; yields its URL."""
+    app = web.Application()
+    app.router.add_get("/ws/twilio", route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws/twilio"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def twilio_leg_server():
     """An aiohttp server whose one route drives a TwilioLeg the way a call's pacer would."""
@@ -154,15 +170,8 @@ async def twilio_leg_server():
         done.set()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws/twilio", route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"ws://127.0.0.1:{port}/ws/twilio", results, done
-    await runner.cleanup()
+    async with _serve(route) as url:
+        yield url, results, done
 
 
 async def test_leg_marks_playback_and_lets_the_goodbye_play_out(twilio_leg_server):
@@ -192,19 +201,6 @@ except ImportError:  # installed without a C compiler: the fallbacks are what ru
 needs_native = pytest.mark.skipif(native is None, reason="media._native is not built")
 
 
-def _parse_server_frame(data: bytes) -> Frame:
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False)
-    try:
-        next(parser)
-    except StopIteration as done:
-        assert reader.at_eof(), "bytes left over after the frame"
-        return done.value
-    raise AssertionError("incomplete frame")
-
-
 @pytest.mark.parametrize("audio_bytes", [0, 1, 2, 3, 10, 160, 161, 48_000, 60_000])
 @needs_native
 def test_text_frame_reads_back_as_the_twilio_media_message(audio_bytes: int) -> None:
@@ -212,7 +208,7 @@ def test_text_frame_reads_back_as_the_twilio_media_message(audio_bytes: int) -> 
     audio = os.urandom(audio_bytes)
     sid = "MZ" + "ab" * 16
     head, tail = tw.media_message_parts(sid)
-    frame = _parse_server_frame(native.text_frame(head, audio, tail))
+    frame = read_frame(native.text_frame(head, audio, tail), mask=False)
     assert frame.opcode == OP_TEXT and frame.fin
     assert frame.data.decode("ascii") == tw.media_message(sid, audio)
     event = tw.parse_message(frame.data)
@@ -252,21 +248,11 @@ async def test_twilio_leg_sends_the_same_messages_either_way(framed_here, monkey
         await leg.send_audio(frames[0])
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws/twilio", route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with ClientSession() as session, session.ws_connect(f"ws://127.0.0.1:{port}/ws/twilio") as ws:
-            got: list[str] = []
-            async for msg in ws:
-                assert msg.type is WSMsgType.TEXT
-                got.append(msg.data)
-    finally:
-        await runner.cleanup()
+    got: list[str] = []
+    async with _serve(route) as url, ClientSession() as session, session.ws_connect(url) as ws:
+        async for msg in ws:
+            assert msg.type is WSMsgType.TEXT
+            got.append(msg.data)
     media = [m for m in got if isinstance(tw.parse_message(m), tw.Media)]
     marks = [m for m in got if isinstance(tw.parse_message(m), tw.Mark)]
     assert media == [tw.media_message(sid, f) for f in frames]

@@ -20,11 +20,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame
+from websockets.streams import StreamReader
 
 from sip import freeswitch as fs
 from sip import twilio as tw
 
 FRAME_SECONDS = 0.020
+
+
+def read_frame(data: bytes, *, mask: bool) -> Frame:
+    """Exactly one whole frame, read with the ``websockets`` library's own parser: ``mask`` as a
+    server reads a client's frames, unmasked as a client reads a server's."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=mask)
+    try:
+        next(parser)
+    except StopIteration as done:
+        assert reader.at_eof(), "bytes left over after the frame"
+        return done.value
+    raise AssertionError("incomplete frame")
 
 
 @dataclass
