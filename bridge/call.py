@@ -120,7 +120,11 @@ class CallerLeg(Protocol):
 
 
 class CallTap(Protocol):
-    """Receives what the call hears and says (recording, transcripts)."""
+    """Receives what the call hears and says (recording, transcripts).
+
+    The audio arrays handed over are int16 and nobody writes to them afterwards (decoded frames,
+    views of the playout buffer's own chunks, a constant silence): a tap may keep them as they are.
+    """
 
     def caller_audio(self, samples: np.ndarray, rate_hz: int) -> None: ...
 
@@ -240,7 +244,7 @@ class Call:
         frame_samples = fmt.samples_for_ms(20)
         self.playout = PlayoutBuffer(fmt.rate_hz, frame_samples)
 
-        self._inbound_queue: deque[bytes] = deque()  # model-format audio, one chunk per caller frame
+        self._inbound_queue: deque[bytes | bytearray] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
         # Set while the model sender waits for something to send; resolved to wake it.
         self._sender_idle: asyncio.Future[None] | None = None
@@ -271,6 +275,7 @@ class Call:
             return
         self.stats.frames_in += 1
         fmt = self.caller_format
+        chunk: bytes | bytearray
         if self.passthrough:
             if fmt.encoding is Encoding.ULAW:
                 ulaw = payload
@@ -287,10 +292,9 @@ class Call:
             samples = fmt.decode(payload)
             if self.tap is not None:
                 self.tap.caller_audio(samples, fmt.rate_hz)
-            out = self.inbound.process(samples)
-            if len(out) == 0:
+            chunk = self.inbound.process_pcm(samples)
+            if not chunk:
                 return
-            chunk = out.tobytes()
         queue = self._inbound_queue
         session = self._session
         if (

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _OPEN = _WsState.OPEN
 
 
-def _native_frame_builder() -> Callable[[bytes, bytes, bytes, bytes], bytes] | None:
+def _native_frame_builder() -> Callable[[bytes, bytes | bytearray, bytes, bytes], bytes] | None:
     try:
         from media._native import masked_text_frame
     except ImportError:  # installed without a C compiler: the library frames each append
@@ -238,7 +238,7 @@ def _frames_directly(socket: Any) -> bool:
     )
 
 
-def _append_message(audio: bytes) -> str:
+def _append_message(audio: bytes | bytearray) -> str:
     return rt.append_audio_json(base64.b64encode(audio).decode("ascii"))
 
 
@@ -276,11 +276,11 @@ class RealtimeSession:
     async def send(self, event: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(event, separators=(",", ":")))
 
-    async def send_audio(self, audio: bytes) -> None:
+    async def send_audio(self, audio: bytes | bytearray) -> None:
         """Append audio, already in the session's input format, to the model's input buffer."""
         await self._send(self._send_text, _append_message(audio))
 
-    def send_audio_now(self, audio: bytes) -> bool:
+    def send_audio_now(self, audio: bytes | bytearray) -> bool:
         """Append audio without yielding, when the connection can take the frame at once: open, no
         fragmented message under way, the transport not paused by flow control. Returns False
         (nothing sent) otherwise; the caller then queues the audio for ``send_audio``, which waits.

@@ -76,6 +76,7 @@ SETTLE_SECONDS = 0.05
 PEAK_POINTS = 1000
 UNFINISHED_DIR = ".unfinished"
 UPLOADS_DIR = ".uploads"
+_INT16 = np.dtype(np.int16)
 SUFFIXES = (".wav", ".jsonl", ".peaks.json", ".json")
 
 
@@ -141,6 +142,12 @@ def write_peaks(wav_path: Path, peaks_path: Path, points: int = PEAK_POINTS) -> 
     del frames
 
 
+def _kept(samples: np.ndarray) -> np.ndarray:
+    """What the writer keeps of a frame handed over: the array itself when it is int16, since a
+    tap's audio is never written to afterwards (``bridge.call.CallTap``); else an int16 copy."""
+    return samples if samples.dtype is _INT16 else np.array(samples, dtype=np.int16)
+
+
 @dataclass(slots=True)
 class _Chunk:
     channel: int
@@ -199,13 +206,13 @@ class CallRecorder:
         if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
         at = round((self._clock() - self._t0) * rate_hz)
-        self._push(_Chunk(CALLER, at - len(samples), np.array(samples, dtype=np.int16), at))
+        self._push(_Chunk(CALLER, at - len(samples), _kept(samples), at))
 
     def agent_audio(self, samples: np.ndarray, rate_hz: int) -> None:
         if self.ended or not self.record_audio or not self._accept_rate(rate_hz):
             return
         at = round((self._clock() - self._t0) * rate_hz)
-        self._push(_Chunk(AGENT, at, np.array(samples, dtype=np.int16), at))
+        self._push(_Chunk(AGENT, at, _kept(samples), at))
 
     def transcript(self, role: str, text: str, at: float) -> None:
         if self.ended or not self.record_audio:

@@ -31,6 +31,7 @@ from media.noise import (
     ZERO_STUFF_GAIN,
     NoiseSuppressor,
     PassthroughSuppressor,
+    SpeexDspSuppressor,
     make_suppressor,
     working_rate_hz,
 )
@@ -39,6 +40,7 @@ from media.resample import StreamResampler, is_polyphase_pair, zero_stuff
 Samples = npt.NDArray[np.int16]
 
 _EMPTY: Samples = np.zeros(0, dtype=np.int16)
+_INT16 = np.dtype(np.int16)
 
 
 class ChainError(ValueError):
@@ -91,6 +93,8 @@ class InboundChain:
                 if caller_rate_hz != rate:
                     self._before = StreamResampler(caller_rate_hz, rate)
                 self._after = StreamResampler(rate, model_rate_hz)
+        # Speex straight into the resampler, as PCM16 bytes, when nothing converts before it.
+        self._pcm_stages = isinstance(self.suppressor, SpeexDspSuppressor) and self._before is None and not self._stuff
         # A suppressor takes whole 10 ms blocks; any partial block waits here for the next chunk.
         self._block = 0 if self.suppressor is None else self.suppressor.rate_hz // 100
         self._carry = _EMPTY
@@ -127,6 +131,17 @@ class InboundChain:
         else:
             x = x[:0]
         return self._after.process(x)
+
+    def process_pcm(self, samples: Samples) -> bytes | bytearray:
+        """``process`` with the result as native-endian PCM16 bytes, what the model is sent.
+
+        With Speex at the caller's rate the 20 ms frame goes from one compiled stage to the next
+        as bytes (the per-frame case); anything else goes through ``process``."""
+        if (self._pcm_stages and not len(self._carry) and type(samples) is np.ndarray
+                and samples.dtype is _INT16 and samples.ndim == 1 and len(samples) % self._block == 0):
+            assert isinstance(self.suppressor, SpeexDspSuppressor)
+            return self._after.process_pcm(self.suppressor.process_pcm(samples))
+        return self.process(samples).tobytes()
 
     def reset(self) -> None:
         for stage in (self._before, self.suppressor, self._after):

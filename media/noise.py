@@ -336,6 +336,15 @@ class SpeexDspSuppressor:
             run(state, address + offset)
         return view.copy()
 
+    def process_pcm(self, frame: Samples) -> bytes | bytearray:
+        """``process`` with the result as native-endian PCM16 bytes (the chain's hand-off to a
+        compiled resampler: no array is made around the compiled call's output)."""
+        if _RUN_BLOCKS is not None and self._run_address and type(frame) is np.ndarray:
+            if frame.dtype is not _INT16 or frame.ndim != 1 or len(frame) % self._block:
+                _check_frame(frame, self.rate_hz)  # raises the same error as process
+            return _RUN_BLOCKS(self._run_address, self._state, frame, self._block)
+        return self.process(frame).tobytes()
+
     def reset(self) -> None:
         self._open()
 

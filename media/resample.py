@@ -410,6 +410,15 @@ class StreamResampler:
             return np.zeros(0, dtype=np.int16)
         return _to_int16(self._impl.process(x))
 
+    def process_pcm(self, pcm: bytes | bytearray) -> bytes | bytearray:
+        """``process`` for native-endian PCM16 bytes in and out (an odd trailing byte is refused)."""
+        if len(pcm) % 2:
+            raise ResampleError(f"PCM16 bytes must have an even length, got {len(pcm)} bytes")
+        native = self._native
+        if native is not None:
+            return native.process(pcm)
+        return self.process(np.frombuffer(pcm, _INT16)).tobytes()
+
     def reset(self) -> None:
         if self._native is not None:
             self._native.reset()

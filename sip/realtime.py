@@ -189,7 +189,7 @@ def append_audio_json(b64_audio: str) -> str:
     return _APPEND_HEAD_TEXT + b64_audio + _APPEND_TAIL_TEXT
 
 
-def append_audio_message(audio: bytes) -> bytes:
+def append_audio_message(audio: bytes | bytearray) -> bytes:
     """The same event as UTF-8 bytes, straight from the audio (base64 is ASCII, needs no escaping)."""
     return APPEND_HEAD + binascii.b2a_base64(audio, newline=False) + APPEND_TAIL
 

@@ -11,6 +11,7 @@ import media.noise
 from media import g711
 from media.chain import ChainError, InboundChain, OutboundChain
 from media.noise import SuppressorError
+from media.resample import ResampleError, StreamResampler
 from tests.conftest import load_wav
 
 
@@ -162,3 +163,45 @@ def test_bad_samples_are_refused_and_the_chain_stays_usable(speech8k) -> None:
     with pytest.raises(ChainError):
         OutboundChain(24000, 8000).process(np.zeros(480, np.int32))
     assert len(chain.process(speech8k[:160])) == 480
+
+
+@pytest.mark.parametrize("suppression", ["speex", "webrtc", "off"])
+@pytest.mark.parametrize("caller_rate", [8000, 16000])
+def test_pcm_output_is_the_arrays_bytes(speech8k, suppression: str, caller_rate: int, speex_engine: str) -> None:
+    """process_pcm (what the model is sent) gives exactly process's samples, whichever stages run,
+    across whole frames, partial blocks carried over, and a reset."""
+    x = speech8k[:16000] if caller_rate == 8000 else np.repeat(speech8k[:8000], 2)
+    arrays, pcm = InboundChain(caller_rate, 24000, suppression), InboundChain(caller_rate, 24000, suppression)
+    rng = np.random.default_rng(7)
+    sizes = [caller_rate // 50] * 20 + [int(s) for s in rng.integers(1, 400, 20)] + [caller_rate // 50] * 10
+    i = 0
+    for k, size in enumerate(sizes):
+        if k == 35:
+            arrays.reset()
+            pcm.reset()
+        chunk = x[i : i + size]
+        i += size
+        assert len(chunk) == size
+        expected = arrays.process(chunk)
+        got = pcm.process_pcm(chunk)
+        assert isinstance(got, (bytes, bytearray))
+        assert bytes(got) == expected.tobytes(), f"chunk {k} of {size} samples"
+
+
+def test_pcm_output_refuses_what_process_refuses() -> None:
+    chain = InboundChain(8000)
+    for bad in (np.zeros(160, np.float64), np.zeros((2, 160), np.int16), np.zeros(160, ">i2")):
+        with pytest.raises(ChainError):
+            chain.process_pcm(bad)
+    assert len(chain.process_pcm(np.zeros(160, np.int16))) == 960
+
+
+def test_resampler_pcm_matches_and_refuses_odd_bytes() -> None:
+    rng = np.random.default_rng(3)
+    a, b = StreamResampler(8000, 24000), StreamResampler(8000, 24000)
+    for size in (160, 1, 37, 160, 0, 333):
+        x = rng.integers(-32768, 32767, size, dtype=np.int16)
+        assert bytes(b.process_pcm(x.tobytes())) == a.process(x).tobytes()
+        assert bytes(b.process_pcm(bytearray(x.tobytes()))) == a.process(x).tobytes()
+    with pytest.raises(ResampleError, match="even length"):
+        b.process_pcm(b"\x00\x01\x02")
