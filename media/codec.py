@@ -66,6 +66,8 @@ class AudioFormat:
 
     def encode(self, samples: Samples) -> bytes:
         if self.encoding is Encoding.SLIN:
+            if type(samples) is np.ndarray and samples.dtype is _INT16:
+                return samples.tobytes()  # the per-frame case: no conversion to ask numpy for
             return np.asarray(samples, dtype=np.int16).tobytes()
         if self.encoding is Encoding.SLIN_BE:
             return np.asarray(samples, dtype=np.int16).astype(_BE_INT16).tobytes()

@@ -42,10 +42,12 @@ does: anything but HANGUP or an audio kind ends the call.
 from __future__ import annotations
 
 import enum
+import struct
 import uuid as uuid_module
 from dataclasses import dataclass
 
 HEADER_BYTES = 3
+_HEADER = struct.Struct(">BH")  # kind, then the payload length, big-endian
 MAX_PAYLOAD_BYTES = 0xFFFF  # the length field is 16 bits
 
 
@@ -128,7 +130,7 @@ class Message:
             raise ValueError(f"kind {self.kind} does not fit in one byte")
         if len(self.payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(self.payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        return bytes((self.kind,)) + len(self.payload).to_bytes(2, "big") + self.payload
+        return _HEADER.pack(self.kind, len(self.payload)) + self.payload
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -214,27 +216,33 @@ class AudioSocketProtocol:
         """Feed bytes read from the socket. Never raises on peer input."""
         if self._state is State.CLOSED or self._eof or not data:
             return
+        # Frames are cut from immutable bytes, so each payload is one slice. What a read leaves
+        # of a frame waits in the buffer and is joined with the next read (the rare case: a
+        # socket read usually holds whole frames).
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         pos = 0
-        end = len(buffer)
+        end = len(data)
         while end - pos >= HEADER_BYTES:
-            kind = buffer[pos]
-            length = (buffer[pos + 1] << 8) | buffer[pos + 2]
+            kind = data[pos]
+            length = (data[pos + 1] << 8) | data[pos + 2]
             if length > self.max_payload:
                 self._fail(f"payload length {length} exceeds the limit of {self.max_payload} bytes")
                 return
             if end - pos - HEADER_BYTES < length:
                 break
             start = pos + HEADER_BYTES
-            payload = bytes(buffer[start : start + length])
             pos = start + length
-            self._handle(kind, payload)
+            self._handle(kind, data[start:pos])
             if self.closed:  # _handle may have closed the protocol
-                buffer.clear()
                 return
-        if pos:
-            del buffer[:pos]
+        if pos < end:
+            buffer += data[pos:]
 
     def receive_eof(self) -> None:
         """The peer closed the stream. Emits :class:`Closed` once."""
@@ -317,7 +325,7 @@ class AudioSocketProtocol:
             raise AudioSocketError("cannot send after hangup")
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        self._outgoing.append(bytes((kind,)) + len(payload).to_bytes(2, "big") + payload)
+        self._outgoing.append(_HEADER.pack(kind, len(payload)) + payload)
 
     def send_audio(self, payload: bytes, kind: Kind = Kind.AUDIO) -> None:
         """Queue one audio frame. The caller paces frames (Asterisk writes each one at once)."""
