@@ -92,8 +92,8 @@ class TwilioLeg(WebSocketLeg):
     async def send_audio(self, payload: bytes) -> None:
         if TEXT_FRAME is None:
             await self._send_audio_message(tw.media_message(self.stream_sid, payload), FRAME_MS)
-        elif self._write_frame(TEXT_FRAME(self._media_head, payload, self._media_tail)):
-            await self._audio_sent(FRAME_MS)
+        else:
+            self._write_audio_frame(TEXT_FRAME(self._media_head, payload, self._media_tail), FRAME_MS)
 
     def _mark_message(self, name: str) -> str:
         return tw.mark_message(self.stream_sid, name)

@@ -266,17 +266,30 @@ class WebSocketLeg:
             return False
         return True
 
-    def _write_frame(self, frame: bytes) -> bool:
-        """Write one whole WebSocket frame built here (``TEXT_FRAME``) to the transport; False when
-        it was dropped, as ``_send`` would have (peer not reading, or gone)."""
+    def _write_audio_frame(self, frame: bytes, duration_ms: float) -> None:
+        """Write one audio message framed here (``TEXT_FRAME``) straight to the transport and do
+        what ``_audio_sent`` does after it. A mark that falls due is framed here too and goes in
+        the same write, right behind the audio, as ``_place_mark`` would have sent it. The audio
+        is dropped when ``_send`` would have dropped it (peer not reading, or gone)."""
+        assert TEXT_FRAME is not None
+        ws = self.ws
         transport = self._request.transport
-        if self.ws.closed or transport is None or transport.is_closing() or self.ws.compress:
-            return False
+        if ws.closed or transport is None or transport.is_closing() or ws.compress:
+            return
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER_BYTES:
             self._dropped.inc()
-            return False
+            return
+        playback = self.playback
+        playback.sent(self._clock(), duration_ms)
+        if self.marks:
+            self._frames_since_mark += 1
+            if self._frames_since_mark >= MARK_EVERY_FRAMES:
+                self._frames_since_mark = 0
+                name = playback.place_mark(self._clock())
+                if name is not None:
+                    # JSON escapes anything beyond ASCII, which is all a built frame may carry.
+                    frame += TEXT_FRAME(self._mark_message(name).encode("ascii"), b"", b"")
         transport.write(frame)
-        return True
 
     async def _send_audio_message(self, message: str | bytes, duration_ms: float) -> None:
         if await self._send(message):

@@ -253,8 +253,14 @@ async def test_twilio_leg_sends_the_same_messages_either_way(framed_here, monkey
         async for msg in ws:
             assert msg.type is WSMsgType.TEXT
             got.append(msg.data)
-    media = [m for m in got if isinstance(tw.parse_message(m), tw.Media)]
-    marks = [m for m in got if isinstance(tw.parse_message(m), tw.Mark)]
+    events = [tw.parse_message(m) for m in got]
+    media = [m for m, e in zip(got, events, strict=True) if isinstance(e, tw.Media)]
+    marks = [(m, e) for m, e in zip(got, events, strict=True) if isinstance(e, tw.Mark)]
     assert media == [tw.media_message(sid, f) for f in frames]
-    # The bookkeeping after each frame ran too: a mark every MARK_EVERY_FRAMES frames.
-    assert len(marks) == len(frames) // MARK_EVERY_FRAMES and sent == [True]
+    # The bookkeeping after each frame ran too: a mark right behind every MARK_EVERY_FRAMES-th
+    # frame, each the message mark_message would send.
+    kinds = ["mark" if isinstance(e, tw.Mark) else "media" for e in events]
+    every = ["media"] * MARK_EVERY_FRAMES + ["mark"]
+    assert kinds == every * (len(frames) // MARK_EVERY_FRAMES) and sent == [True]
+    assert all(m == tw.mark_message(sid, e.name) for m, e in marks)
+    assert len({e.name for _, e in marks}) == len(marks)
