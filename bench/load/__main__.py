@@ -290,7 +290,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
     barge: list[float] = []
     gaps: list[float] = []
     harness_gaps: list[float] = []
-    expected = delivered = short = responses = missing_end = 0
+    expected = delivered = short = cut = responses = missing_end = 0
     failed: dict[str, int] = {}
 
     def fail(reason: str) -> None:
@@ -323,6 +323,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         expected += fig.expected_frames
         delivered += fig.delivered_frames
         short += fig.short_responses
+        cut += fig.cut_by_hangup
         responses += fig.responses
         missing_end += fig.missing_speech_end
 
@@ -385,6 +386,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "max_gap": max(gaps) if gaps else 0.0,
         "delivered_pct": 100.0 * delivered / expected if expected else math.nan,
         "short_responses": short,
+        "cut_by_hangup": cut,
         "responses": responses,
         "turns": turns,
         "barge_in_turns": sum(sum(c.raw["barge_planned"]) for c in callers),

@@ -17,9 +17,9 @@ Definitions (all times monotonic seconds):
 * gaps: between consecutive frames at the caller inside a response's voiced span, inter-arrival
   times over 40 ms, except those the load generator caused: when the caller's own loop was held
   up (its frames went out late) over all but 40 ms of a gap, the gap is counted apart;
-* audio delivered: for responses that finished and were not cut short by a barge-in during their
-  playout, 20 ms frames the caller received from the first to the last voiced one, against the
-  frames spanned by the non-zero audio the model sent.
+* audio delivered: for responses that finished and were not cut short by a barge-in or by the
+  caller hanging up during their playout, 20 ms frames the caller received from the first to the
+  last voiced one, against the frames spanned by the non-zero audio the model sent.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class CallFigures:
     expected_frames: int = 0
     delivered_frames: int = 0
     short_responses: int = 0
+    cut_by_hangup: int = 0  # responses still playing when the caller hung up: not in the delivery figure
     responses: int = 0
     missing_speech_end: int = 0
 
@@ -188,6 +189,7 @@ def analyse_call(c: CallerView, s: Session) -> CallFigures:
 
     responses = sorted((fa[0], rid, fa[1]) for rid, fa in s.first_audio.items())
     barges = sorted(ts for ts, agent in s.speech_started if agent)
+    hung_up = float(c.raw["end"]) or math.inf
     for k, (t_first, rid, _kind) in enumerate(responses):
         next_first = responses[k + 1][0] if k + 1 < len(responses) else math.inf
         done = s.done.get(rid)
@@ -224,10 +226,16 @@ def analyse_call(c: CallerView, s: Session) -> CallFigures:
             v0, v1 = done["voiced_ms"]
             expected = math.ceil(v1 / 20.0) - math.floor(v0 / 20.0)
             heard = i1 - i0 + 1
-            fig.expected_frames += expected
-            fig.delivered_frames += min(heard, expected)
-            if heard < expected - 1:
-                fig.short_responses += 1
+            # Nor is a response whose playout would have run past the caller's hang-up: the model
+            # finishes sending ~200 ms ahead of real time, so the last answer of a call can still
+            # be in the bridge's playout buffer when the caller's time is up.
+            if float(voiced_t[j]) + expected * FRAME > hung_up:
+                fig.cut_by_hangup += 1
+            else:
+                fig.expected_frames += expected
+                fig.delivered_frames += min(heard, expected)
+                if heard < expected - 1:
+                    fig.short_responses += 1
         # Barge-in: speech_started while this response streamed.
         for ts in barges:
             if not t_first <= ts < next_first:
