@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from openai import AsyncOpenAI
 from websockets.protocol import Side as _WsSide
 from websockets.protocol import State as _WsState
@@ -138,6 +139,9 @@ class ModelEndpoint:
         imports and TLS set-up on a cold process)."""
         client = await self.ready_client()
         await asyncio.to_thread(_import_connection_modules, client)
+        # The SDK's send asks anyio for the current task, which imports anyio's backend for the
+        # running loop the first time.
+        anyio.get_current_task()
 
     def _build(self) -> AsyncOpenAI:
         return AsyncOpenAI(
@@ -200,7 +204,7 @@ def endpoint_from_settings(
 
 def _import_connection_modules(client: AsyncOpenAI) -> None:
     # What the SDK imports on its first connect.
-    for module in ("websockets.asyncio.client", "websockets.exceptions"):
+    for module in ("websockets.asyncio.client", "websockets.exceptions", "openai.lib._websocket"):
         importlib.import_module(module)
     _ = client.realtime  # the SDK's realtime resource modules load on first access
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from websockets.frames import OP_TEXT
@@ -17,6 +20,7 @@ from bridge.simulator import SimulatorServer
 from media._native import masked_text_frame
 from sip import realtime as rt
 from tenants.config import TenantConfig
+from tests.conftest import REPO_ROOT
 from tests.peers.media_ws import read_frame
 
 
@@ -151,3 +155,45 @@ def test_masked_append_frame_uses_the_given_key() -> None:
 def test_masked_append_frame_refuses_bad_arguments(args: tuple, error: type[Exception]) -> None:
     with pytest.raises(error):
         masked_text_frame(*args)
+
+
+_FIRST_SESSION_SCRIPT = """
+import asyncio, json, sys
+from bridge.realtime import RealtimeSession, endpoint_from_settings
+from bridge.settings import load_settings
+from bridge.simulator import SimulatorServer
+from sip import realtime as rt
+from tenants.config import TenantConfig
+
+async def main():
+    server = SimulatorServer(pace=20.0)
+    await server.start()
+    settings = load_settings(env_file=None, environ={
+        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{server.port}/v1"})
+    endpoint = endpoint_from_settings(settings)
+    await endpoint.warm_up()
+    before = set(sys.modules)
+    session = await RealtimeSession.connect(endpoint)
+    tenant = TenantConfig(tenant_id="t", slug="t", voice="cedar", instructions="hi")
+    await session.send(rt.session_update(tenant, model="gpt-realtime"))
+    async for event in session.events():
+        if event["type"] == "session.updated":
+            break
+    session.send_audio_now(bytes(960))
+    await session.send_audio(bytes(960))
+    await session.close()
+    await server.close()
+    print(json.dumps(sorted(set(sys.modules) - before)))
+
+asyncio.run(main())
+"""
+
+
+def test_first_session_after_warm_up_imports_nothing() -> None:
+    # Modules imported after start-up are not in the frozen heap: every full collection walks
+    # them, and the first call pays for the import itself. A fresh interpreter, as in the daemon.
+    done = subprocess.run([sys.executable, "-c", _FIRST_SESSION_SCRIPT], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == []
