@@ -131,9 +131,12 @@ class Application:
             pauses = heap.PauseWatch(self.metrics.gc_pause)
             pauses.install()
             stack.callback(pauses.uninstall)
+            collections = heap.CollectionSchedule()
+            collections.install()
+            stack.callback(collections.uninstall)
             self.metrics.ready.set(1)
             async with asyncio.TaskGroup() as tg:
-                background = [tg.create_task(self._probe_loop_lag())]
+                background = [tg.create_task(self._probe_loop_lag()), tg.create_task(collections.run())]
                 if stasis is not None:
                     background.append(tg.create_task(stasis.run()))
                 watch = getattr(directory, "watch", None)

@@ -77,12 +77,15 @@ async def test_the_daemon_freezes_its_start_up_heap_and_exports_pauses(tmp_path)
     settings = loopback_settings(tmp_path, record=True)
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    thresholds = gc.get_threshold()
     app = Application(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop.wait()))
     try:
         await asyncio.wait_for(app.wait_started(), 20)
         assert gc.get_freeze_count() > 10_000  # modules, the SDK client, settings, tenants
+        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
+        assert gc.get_threshold()[2] == heap._NEVER  # full passes come from the schedule
         gc.collect(2)
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{app.http.port}/metrics") as resp:
@@ -93,3 +96,54 @@ async def test_the_daemon_freezes_its_start_up_heap_and_exports_pauses(tmp_path)
         stop.set()
         await asyncio.wait_for(task, 30)
         gc.unfreeze()
+    assert gc.get_threshold() == thresholds  # the interpreter's own, once the daemon has stopped
+
+
+def full_passes() -> int:
+    return int(gc.get_stats()[2]["collections"])
+
+
+async def test_full_collections_follow_the_schedule_not_allocation_counts():
+    import asyncio
+
+    saved = gc.get_threshold()
+    schedule = heap.CollectionSchedule(period=0.2)
+    schedule.install()
+    try:
+        schedule.install()  # a second install keeps the thresholds it found first
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, saved[1], heap._NEVER)
+        # A cycle that has reached the oldest generation, then dropped.
+        holder = [Node()]
+        holder[0].other = holder[0]
+        ref = weakref.ref(holder[0])
+        gc.collect(1)
+        del holder
+        # Enough surviving containers that the interpreter's own rule would start full passes
+        # (many young passes, survivors over a quarter of the old generation): none starts.
+        before = full_passes()
+        kept = [[i] for i in range(400_000)]
+        assert full_passes() == before
+        assert ref() is not None
+        del kept
+        task = asyncio.create_task(schedule.run())
+        try:
+            async with asyncio.timeout(5):
+                while ref() is not None:
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+        assert full_passes() > before
+    finally:
+        schedule.uninstall()
+    assert gc.get_threshold() == saved
+    schedule.uninstall()  # once uninstalled, nothing more to restore
+    assert gc.get_threshold() == saved
+
+
+def test_collection_schedule_refuses_nonsense():
+    import pytest
+
+    with pytest.raises(ValueError):
+        heap.CollectionSchedule(period=0)
+    with pytest.raises(ValueError):
+        heap.CollectionSchedule(young=0)
