@@ -42,6 +42,7 @@ HARNESS_STALL_SECONDS = 0.010
 FRAME = 0.020
 _TYPICAL_ONSET_DELAY = 0.1  # three 20 ms frames of speech plus transit
 _MATCH_WINDOW = 1.0
+_OPEN_WEIGHT = 0.2
 
 
 @dataclass
@@ -126,7 +127,9 @@ def pair_sessions(callers: list[CallerView], sessions: dict[str, Session]) -> di
         start = c.raw["start"]
         media_at = c.raw["media_at"] or start
         for j in np.flatnonzero((opened >= start - 1.0) & (opened <= media_at + 5.0)):
-            cost[i, j] = _onset_cost(onsets, started[j])
+            # Turns decide; how soon the session opened after the call was placed breaks ties
+            # between callers whose few turns line up alike (calls start 50 ms apart).
+            cost[i, j] = _onset_cost(onsets, started[j]) + _OPEN_WEIGHT * min(1.0, abs(opened[j] - start))
     chosen_rows, chosen_cols = linear_sum_assignment(cost)
     return {rows[i].raw["index"]: sessions[ids[j]] for i, j in zip(chosen_rows, chosen_cols, strict=True)
             if cost[i, j] < 0.5}

@@ -57,3 +57,19 @@ def test_a_response_cut_by_barge_in_is_left_out() -> None:
     fig = an.analyse_call(caller(60, hung_up=FIRST_DELTA + 5.0), session(barge_at=FIRST_DELTA + 1.1))
     assert (fig.expected_frames, fig.short_responses, fig.cut_by_hangup) == (0, 0, 0)
     assert len(fig.barge_in) == 1
+
+
+def test_callers_whose_turns_line_up_alike_are_paired_by_when_their_session_opened() -> None:
+    # Two calls placed 50 ms apart, each with one utterance at the same moment: the turns cannot
+    # tell them apart; each session opened ~10 ms after its own call was placed.
+    callers, sessions = [], {}
+    for k, start in enumerate((T0, T0 + 0.050)):
+        raw = caller(1, hung_up=T0 + 30).raw | {"index": k, "start": start, "media_at": start + 0.002,
+                                                 "onsets": [T0 + 5.0]}
+        callers.append(an.CallerView.from_wire(raw))
+    for k, opened in reversed(list(enumerate((T0 + 0.010, T0 + 0.061)))):
+        s = an.Session(f"sess_{k}", opened)
+        s.speech_started.append((T0 + 5.1, False))
+        sessions[s.id] = s
+    paired = an.pair_sessions(callers, sessions)
+    assert {index: s.id for index, s in paired.items()} == {0: "sess_0", 1: "sess_1"}
