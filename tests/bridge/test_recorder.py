@@ -188,6 +188,27 @@ def test_unwritable_root_fails_the_recording_not_the_call(tmp_path):
     assert metrics.registry.get_sample_value("callbridge_recordings_total", {"result": "failed"}) >= 1
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_the_writer_thread_alone_runs_at_the_lowest_priority():
+    from bridge.recorder import WRITER_NICE
+
+    process_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    writer = RecordingWriter(flush_interval=0.01, clock=time.monotonic)
+    writer.start()
+    try:
+        thread = writer._thread
+        assert thread is not None and thread.native_id is not None
+        deadline = time.monotonic() + 5
+        while os.getpriority(os.PRIO_PROCESS, thread.native_id) != WRITER_NICE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == WRITER_NICE
+        # The rest of the process (the event loop's thread) keeps its own.
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == process_nice
+        assert os.getpriority(os.PRIO_PROCESS, 0) == process_nice
+    finally:
+        writer.stop(5)
+
+
 def test_call_ids_cannot_leave_the_root(tmp_path):
     layout = ArchiveLayout(tmp_path)
     with pytest.raises(RecordingError):
