@@ -3,7 +3,12 @@ FreeSWITCH mod_audio_fork (``/ws/freeswitch``) and the plain ``/ws/audio/{number
 
 Each connection is the ``websockets`` sans-I/O client protocol under an ``asyncio.Protocol``, so a
 frame goes out synchronously from the caller's frame timer and a received message is timestamped
-in ``data_received``, without a task per message on the load generator's side.
+in ``data_received``, without a task per message on the load generator's side. Once the handshake
+is over, the steady traffic (whole, unfragmented text and binary frames) is framed and read here:
+``websockets`` does it in pure Python with a ``getrandom`` call per masking key, which made the
+Twilio load generator cost as much CPU per call as the daemon it measures. The first frame of any
+other kind (close, ping, a fragment, an extension bit) and everything after it go back to the
+library, so the closing handshake and anything unusual are still the library's.
 
 The far end plays what it receives as it arrives: a frame's arrival is when the caller hears it,
 and playback marks are echoed at once (Twilio and the jambonz fork echo a mark once the audio
@@ -13,6 +18,7 @@ before it has played).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import urllib.parse
@@ -20,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame, Opcode, apply_mask
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
@@ -34,6 +40,65 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 # mu-law silence: +0 and -0.
 _ULAW_SILENCE = frozenset((0xFF, 0x7F))
+_FIN_TEXT, _FIN_BINARY = 0x81, 0x82
+
+
+class _MaskKeys:
+    """RFC 6455 masking keys cut four bytes at a time from ``os.urandom`` blocks."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._keys = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        if self._pos + 4 > len(self._keys):
+            self._keys, self._pos = os.urandom(self._block), 0
+        key = self._keys[self._pos : self._pos + 4]
+        self._pos += 4
+        return key
+
+
+_MASK_KEYS = _MaskKeys()
+
+
+def client_frame(first_byte: int, payload: bytes, key: bytes) -> bytes:
+    """One masked client frame: FIN + opcode in ``first_byte``, the payload masked with ``key``."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((first_byte, 0x80 | n))
+    elif n < 1 << 16:
+        header = bytes((first_byte, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((first_byte, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + key + apply_mask(payload, key)
+
+
+def split_server_frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int, bool]:
+    """The whole unmasked, unfragmented text and binary frames at the start of ``buf``: their
+    (opcode, payload), how many bytes they took, and whether a frame of another kind stopped the
+    split there (the caller hands the rest to the library)."""
+    frames: list[tuple[int, bytes]] = []
+    pos, n = 0, len(buf)
+    while n - pos >= 2:
+        b0, b1 = buf[pos], buf[pos + 1]
+        if b0 not in (_FIN_TEXT, _FIN_BINARY) or b1 & 0x80:
+            return frames, pos, True
+        length, head = b1, 2
+        if length == 126:
+            if n - pos < 4:
+                break
+            length, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+        elif length == 127:
+            if n - pos < 10:
+                break
+            length, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        end = pos + head + length
+        if end > n:
+            break
+        frames.append((b0 & 0x0F, bytes(buf[pos + head : end])))
+        pos = end
+    return frames, pos, False
 
 
 class _WsMedia(asyncio.Protocol):
@@ -44,6 +109,9 @@ class _WsMedia(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
+        self._direct = False  # steady frames framed and read here (see the module docstring)
+        self._may_go_direct = True
+        self._inbox = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -65,9 +133,27 @@ class _WsMedia(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
+        if self._direct:
+            inbox = self._inbox
+            inbox += data
+            frames, used, stopped = split_server_frames(inbox)
+            del inbox[:used]
+            caller = self.caller
+            for opcode, payload in frames:
+                if opcode == 1:
+                    caller.on_text(payload, now)
+                else:
+                    caller.on_binary(payload, now)
+            if not stopped:
+                return
+            self._direct = self._may_go_direct = False  # the library reads from this frame on
+            data = bytes(inbox)
+            inbox.clear()
         ws = self.ws
         ws.receive_data(data)
         self._events(now)
+        if self._may_go_direct and ws.state is State.OPEN and self.opened.done() and not ws.reader.buffer:
+            self._direct = True
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -104,13 +190,24 @@ class _WsMedia(asyncio.Protocol):
 
     def send_text(self, text: str) -> None:
         if self.ws.state is State.OPEN:
+            if self._direct:
+                self._write(client_frame(_FIN_TEXT, text.encode(), _MASK_KEYS.next()))
+                return
             self.ws.send_text(text.encode())
             self.flush()
 
     def send_binary(self, data: bytes) -> None:
         if self.ws.state is State.OPEN:
+            if self._direct:
+                self._write(client_frame(_FIN_BINARY, data, _MASK_KEYS.next()))
+                return
             self.ws.send_binary(data)
             self.flush()
+
+    def _write(self, frame: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
 
     async def close(self) -> None:
         if self.ws.state is State.OPEN:
