@@ -61,7 +61,7 @@ _MASKED_TEXT_FRAME = _native_frame_builder()
 _KEY_POOL_BYTES = 4096
 
 
-class _MaskingKeys:
+class MaskingKeys:
     """Four-byte WebSocket masking keys cut from ``os.urandom`` drawn in bulk."""
 
     __slots__ = ("_next", "_pool")
@@ -255,7 +255,7 @@ class RealtimeSession:
         self.dialect = dialect
         self._closed = False
         self._socket = _socket(connection)
-        self._keys = _MaskingKeys() if self._socket is not None and _frames_directly(self._socket) else None
+        self._keys = MaskingKeys() if self._socket is not None and _frames_directly(self._socket) else None
         self._send_text: Callable[[str], Awaitable[Any]] = (
             self._socket.send if self._socket is not None else connection.send_raw
         )

@@ -18,7 +18,6 @@ before it has played).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import urllib.parse
@@ -32,6 +31,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from bench.load.callers import ScriptedCaller
+from bridge.realtime import MaskingKeys
 from media import g711
 from sip import freeswitch as fs
 from sip import twilio as tw
@@ -43,23 +43,7 @@ _ULAW_SILENCE = frozenset((0xFF, 0x7F))
 _FIN_TEXT, _FIN_BINARY = 0x81, 0x82
 
 
-class _MaskKeys:
-    """RFC 6455 masking keys cut four bytes at a time from ``os.urandom`` blocks."""
-
-    def __init__(self, block: int = 4096) -> None:
-        self._block = block
-        self._keys = b""
-        self._pos = 0
-
-    def next(self) -> bytes:
-        if self._pos + 4 > len(self._keys):
-            self._keys, self._pos = os.urandom(self._block), 0
-        key = self._keys[self._pos : self._pos + 4]
-        self._pos += 4
-        return key
-
-
-_MASK_KEYS = _MaskKeys()
+_MASK_KEYS = MaskingKeys()  # the model leg's key pool: four bytes at a time from bulk os.urandom
 
 
 def client_frame(first_byte: int, payload: bytes, key: bytes) -> bytes:
@@ -191,7 +175,7 @@ class _WsMedia(asyncio.Protocol):
     def send_text(self, text: str) -> None:
         if self.ws.state is State.OPEN:
             if self._direct:
-                self._write(client_frame(_FIN_TEXT, text.encode(), _MASK_KEYS.next()))
+                self._write(client_frame(_FIN_TEXT, text.encode(), _MASK_KEYS.take()))
                 return
             self.ws.send_text(text.encode())
             self.flush()
@@ -199,7 +183,7 @@ class _WsMedia(asyncio.Protocol):
     def send_binary(self, data: bytes) -> None:
         if self.ws.state is State.OPEN:
             if self._direct:
-                self._write(client_frame(_FIN_BINARY, data, _MASK_KEYS.next()))
+                self._write(client_frame(_FIN_BINARY, data, _MASK_KEYS.take()))
                 return
             self.ws.send_binary(data)
             self.flush()

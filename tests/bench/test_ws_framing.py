@@ -8,7 +8,8 @@ import pytest
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.streams import StreamReader
 
-from bench.load.ws_callers import _FIN_BINARY, _FIN_TEXT, _MaskKeys, client_frame, split_server_frames
+from bench.load.ws_callers import _FIN_BINARY, _FIN_TEXT, client_frame, split_server_frames
+from bridge.realtime import MaskingKeys
 
 
 def read_back_as_server(data: bytes) -> list[Frame]:
@@ -30,16 +31,16 @@ def read_back_as_server(data: bytes) -> list[Frame]:
 def test_client_frames_read_back_through_the_library(size: int) -> None:
     text = ("x" * size).encode()
     binary = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    keys = _MaskKeys(block=8)
-    data = client_frame(_FIN_TEXT, text, keys.next()) + client_frame(_FIN_BINARY, binary, keys.next())
+    keys = MaskingKeys()
+    data = client_frame(_FIN_TEXT, text, keys.take()) + client_frame(_FIN_BINARY, binary, keys.take())
     first, second = read_back_as_server(data)
     assert (first.opcode, first.data, first.fin) == (Opcode.TEXT, text, True)
     assert (second.opcode, second.data, second.fin) == (Opcode.BINARY, binary, True)
 
 
-def test_mask_keys_come_from_fresh_random_blocks() -> None:
-    keys = _MaskKeys(block=8)
-    drawn = [keys.next() for _ in range(6)]
+def test_mask_keys_are_four_random_bytes() -> None:
+    keys = MaskingKeys()
+    drawn = [keys.take() for _ in range(6)]
     assert all(len(k) == 4 for k in drawn)
     assert len(set(drawn)) > 1
 
@@ -128,9 +129,8 @@ async def test_a_connection_frames_its_steady_traffic_and_leaves_the_close_to_th
     app.router.add_get("/ws", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
     try:
         listener = Listener()
         loop = asyncio.get_running_loop()
