@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The shared audio fixtures sit beside the repository checkout.
-FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures"
+# Speech and noise recordings the tests and benchmarks use (tests/data/README.md lists their sources).
+FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 
 
 def load_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -21,8 +21,8 @@ def load_wav(path: Path) -> tuple[np.ndarray, int]:
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    if not FIXTURES_DIR.is_dir():
-        pytest.skip(f"shared audio fixtures not found at {FIXTURES_DIR}")
+    # The audio is part of the repository: a missing file is a broken checkout, never a skip.
+    assert (FIXTURES_DIR / "speech").is_dir(), f"audio fixtures missing from {FIXTURES_DIR}"
     return FIXTURES_DIR
 
 

@@ -43,8 +43,8 @@ class Utterance:
 
 
 def default_fixtures_dir() -> Path:
-    # The shared audio fixtures sit beside the repository checkout.
-    return Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    # The speech recordings the test suite uses (tests/data/README.md lists their sources).
+    return Path(__file__).resolve().parents[2] / "tests" / "data"
 
 
 def _read_wav(path: Path) -> Samples:

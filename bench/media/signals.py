@@ -14,8 +14,8 @@ from media import g711
 
 RATE_HZ = 8000
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The shared audio fixtures sit beside the repository checkout.
-FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures"
+# The speech and noise recordings the test suite uses (tests/data/README.md lists their sources).
+FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 SPEECH_CLIPS = ("real_libri1_8k.wav", "real_cmu_8k.wav")
 NOISE_TYPES = ("white", "pink", "hum")
 STATIONARY_NOISES = NOISE_TYPES
