@@ -320,7 +320,7 @@ class Settings(BaseSettings):
     event_loop: EventLoop = EventLoop.AUTO
     log_level: str = "INFO"
     log_json: bool = False
-    # Per-module levels, e.g. {"bridge.realtime": "DEBUG"}.
+    # Per-module levels, e.g. {"bridge.core.realtime": "DEBUG"}.
     log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     model: ModelSettings = Field(default_factory=ModelSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
@@ -346,7 +346,7 @@ class Settings(BaseSettings):
     @field_validator("log_levels", mode="before")
     @classmethod
     def _module_levels(cls, value: Any) -> Any:
-        # Also accepted as "bridge.realtime=DEBUG,tenants=WARNING" (one environment variable).
+        # Also accepted as "bridge.core.realtime=DEBUG,tenants=WARNING" (one environment variable).
         if isinstance(value, str) and value.lstrip().startswith("{"):
             try:
                 value = json.loads(value)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge.ami import AmiConnection, AmiError, AmiUnavailable
+from bridge.asterisk.ami import AmiConnection, AmiError, AmiUnavailable
 from bridge.settings import AmiSettings
 from tests.peers.ami_server import AmiServer
 

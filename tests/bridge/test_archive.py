@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from bridge.archive import CallArchive
-from bridge.callstore import CallQuery, CallStatus
-from bridge.metrics import Metrics
-from bridge.webhook import verify
+from bridge.records.archive import CallArchive
+from bridge.records.callstore import CallQuery, CallStatus
+from bridge.ops.metrics import Metrics
+from bridge.records.webhook import verify
 from tests.peers.killed_recorder import ramp
 from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
 
@@ -239,7 +239,7 @@ async def test_shutdown_finishes_calls_still_open(tmp_path):
 async def test_calls_are_indexed_in_postgres_when_tenants_live_there(tmp_path):
     import asyncpg
 
-    from bridge.callstore import PostgresCallIndex
+    from bridge.records.callstore import PostgresCallIndex
     from tests.bridge.test_callstore import _pg_cluster, _pg_database, _pg_drop
 
     cluster = _pg_cluster()

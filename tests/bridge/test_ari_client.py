@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bridge.ari import AriClient, AriHttpError, AriUnavailable, ari_base_url, media_base_url
+from bridge.asterisk.ari import AriClient, AriHttpError, AriUnavailable, ari_base_url, media_base_url
 from bridge.settings import AriSettings
 from sip import ari
 from tests.peers.ari_server import AriServer

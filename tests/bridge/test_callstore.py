@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from bridge.archive import index_from_settings
-from bridge.callstore import (
+from bridge.records.archive import index_from_settings
+from bridge.records.callstore import (
     CallQuery,
     CallRecord,
     CallStatus,

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from aiohttp import WSMsgType, web
 
-from bridge.chan_websocket import XOFF_BACKLOG_FRAMES, MediaWebSocketConnection, MediaWebSocketError
+from bridge.asterisk.chan_websocket import XOFF_BACKLOG_FRAMES, MediaWebSocketConnection, MediaWebSocketError
 from sip import chan_websocket as cw
 
 

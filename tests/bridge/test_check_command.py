@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
-from bridge.check_command import (
+from bridge.cli.check import (
     CheckFailed,
     Status,
     check_ami,

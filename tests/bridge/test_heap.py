@@ -7,8 +7,8 @@ import weakref
 
 from prometheus_client import CollectorRegistry
 
-from bridge import heap
-from bridge.metrics import Metrics
+from bridge.core import heap
+from bridge.ops.metrics import Metrics
 from tests.conftest import loopback_settings
 
 

@@ -10,9 +10,7 @@ import logging
 
 import pytest
 
-from bridge import logs
-
-
+from bridge.ops import logs
 @pytest.fixture
 def captured():
     stream = io.StringIO()
@@ -62,7 +60,7 @@ async def test_call_context_reaches_every_module_and_child_task(captured):
 
 
 def test_adapter_tag_is_not_repeated_in_json(captured):
-    from bridge.call import CallLogAdapter
+    from bridge.core.call import CallLogAdapter
 
     adapter = CallLogAdapter(logging.getLogger("callbridge.test.call"),
                              {"call_id": "577fc940-353d-4905", "tenant": "demo"})
@@ -97,10 +95,10 @@ def test_module_levels(captured):
 def test_module_levels_from_one_variable(monkeypatch):
     from bridge.settings import ConfigError, load_settings
 
-    monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", "bridge.realtime=debug, tenants=WARNING")
-    assert load_settings(env_file=None).log_levels == {"bridge.realtime": "DEBUG", "tenants": "WARNING"}
-    monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", '{"bridge.call": "info"}')
-    assert load_settings(env_file=None).log_levels == {"bridge.call": "INFO"}
+    monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", "bridge.core.realtime=debug, tenants=WARNING")
+    assert load_settings(env_file=None).log_levels == {"bridge.core.realtime": "DEBUG", "tenants": "WARNING"}
+    monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", '{"bridge.core.call": "info"}')
+    assert load_settings(env_file=None).log_levels == {"bridge.core.call": "INFO"}
     monkeypatch.setenv("CALLBRIDGE_LOG_LEVELS", "bridge=loud")
     with pytest.raises(ConfigError, match="unknown log level 'loud' for module 'bridge'"):
         load_settings(env_file=None)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bridge.metrics import _FAST_BUCKETS, FrameHistogram, Metrics
+from bridge.ops.metrics import _FAST_BUCKETS, FrameHistogram, Metrics
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:

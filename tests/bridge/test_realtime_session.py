@@ -14,7 +14,7 @@ import sys
 import pytest
 from websockets.frames import OP_TEXT
 
-from bridge.realtime import ModelError, RealtimeSession, endpoint_from_settings
+from bridge.core.realtime import ModelError, RealtimeSession, endpoint_from_settings
 from bridge.settings import ModelProvider, load_settings
 from bridge.simulator import SimulatorServer
 from media._native import masked_text_frame
@@ -159,7 +159,7 @@ def test_masked_append_frame_refuses_bad_arguments(args: tuple, error: type[Exce
 
 _FIRST_SESSION_SCRIPT = """
 import asyncio, json, sys
-from bridge.realtime import RealtimeSession, endpoint_from_settings
+from bridge.core.realtime import RealtimeSession, endpoint_from_settings
 from bridge.settings import load_settings
 from bridge.simulator import SimulatorServer
 from sip import realtime as rt

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bridge.call import CallInfo, Outcome
-from bridge.callstore import CallRecord, CallStatus
-from bridge.metrics import Metrics
-from bridge.recorder import ArchiveLayout, CallRecorder, RecordingError, RecordingWriter
+from bridge.core.call import CallInfo, Outcome
+from bridge.records.callstore import CallRecord, CallStatus
+from bridge.ops.metrics import Metrics
+from bridge.records.recorder import ArchiveLayout, CallRecorder, RecordingError, RecordingWriter
 from media.wav import read_frames, repair
 from tenants.config import TenantConfig
 from tests.peers.killed_recorder import ramp
@@ -190,7 +190,7 @@ def test_unwritable_root_fails_the_recording_not_the_call(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
 def test_the_writer_thread_alone_runs_at_the_lowest_priority():
-    from bridge.recorder import WRITER_NICE
+    from bridge.records.recorder import WRITER_NICE
 
     process_nice = os.getpriority(os.PRIO_PROCESS, 0)
     writer = RecordingWriter(flush_interval=0.01, clock=time.monotonic)

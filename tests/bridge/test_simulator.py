@@ -813,9 +813,9 @@ async def test_concurrent_sessions_are_isolated(server: SimulatorServer) -> None
 
 async def test_command_line_serves_until_sigterm() -> None:
     code = ("import argparse, sys\n"
-            "from bridge import simulator\n"
+            "from bridge.simulator import command\n"
             "parser = argparse.ArgumentParser()\n"
-            "simulator.register(parser.add_subparsers())\n"
+            "command.register(parser.add_subparsers())\n"
             "args = parser.parse_args(sys.argv[1:])\n"
             "sys.exit(args.func(args))\n")
     proc = await asyncio.create_subprocess_exec(

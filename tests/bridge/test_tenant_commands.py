@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bridge import tenant_commands
+from bridge.cli import tenants as tenant_commands
 from tenants.file import embedded_tenants_file
 from tests.pg import PostgresCluster, shared_cluster
 

@@ -13,13 +13,13 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from websockets.frames import OP_TEXT
 
-from bridge import twilio_stream
-from bridge.call import Call, CallInfo, Outcome
-from bridge.metrics import Metrics
-from bridge.realtime import ModelEndpoint
+from bridge.wsmedia.leg import twilio as twilio_stream
+from bridge.core.call import Call, CallInfo, Outcome
+from bridge.ops.metrics import Metrics
+from bridge.core.realtime import ModelEndpoint
 from bridge.settings import ModelProvider
-from bridge.twilio_stream import TwilioLeg
-from bridge.wsmedia import (
+from bridge.wsmedia.twilio import TwilioLeg
+from bridge.wsmedia.leg import (
     INTAKE_BACKLOG_SECONDS,
     INTAKE_LEAD_SECONDS,
     MARK_EVERY_FRAMES,

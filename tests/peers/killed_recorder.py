@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.call import CallInfo
-from bridge.callstore import CallRecord
-from bridge.recorder import ArchiveLayout, CallRecorder, RecordingWriter
+from bridge.core.call import CallInfo
+from bridge.records.callstore import CallRecord
+from bridge.records.recorder import ArchiveLayout, CallRecorder, RecordingWriter
 from tenants.config import TenantConfig
 
 STARTED_AT = 1_750_000_000.0

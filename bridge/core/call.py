@@ -50,8 +50,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bridge.metrics import Metrics
-from bridge.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.ops.metrics import Metrics
 from media import g711
 from media.chain import InboundChain, OutboundChain
 from media.codec import MODEL_RATE_HZ, AudioFormat, Encoding

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 from media.codec import ALAW_8K, ULAW_8K, AudioFormat
 from media.jitter import JitterBuffer, JitterStatistics, Loss
 from sip import rtp

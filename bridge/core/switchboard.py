@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bridge import logs
-from bridge.call import Call, CallerLeg, CallInfo, CallTap, Outcome
-from bridge.metrics import Metrics, TenantLabels
-from bridge.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome
+from bridge.core.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.ops import logs
+from bridge.ops.metrics import Metrics, TenantLabels
 from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
 from tenants.config import TenantConfig

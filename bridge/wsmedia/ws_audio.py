@@ -11,9 +11,9 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from bridge.call import Call, CallInfo
-from bridge.metrics import Metrics
-from bridge.wsmedia import (
+from bridge.core.call import Call, CallInfo
+from bridge.ops.metrics import Metrics
+from bridge.wsmedia.leg import (
     CallerIntake,
     Clock,
     MediaEndpoint,

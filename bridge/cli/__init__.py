@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from bridge import __version__
 
 _COMMAND_MODULES = (
-    "bridge.serve_command",
-    "bridge.check_command",
-    "bridge.simulator",
-    "bridge.tenant_commands",
-    "bridge.calls_command",
+    "bridge.cli.serve",
+    "bridge.cli.check",
+    "bridge.simulator.command",
+    "bridge.cli.tenants",
+    "bridge.cli.calls",
 )
 
 
@@ -53,6 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = func(args)
     return int(status or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -58,13 +58,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bridge import logs
-from bridge.ari import AriClient, AriError, AriHttpError, media_base_url
-from bridge.call import Call, CallInfo, Outcome
-from bridge.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
-from bridge.rtp import RtpEndpoint, RtpEndpointStatistics
+from bridge.asterisk.ari import AriClient, AriError, AriHttpError, media_base_url
+from bridge.asterisk.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
+from bridge.asterisk.rtp import RtpEndpoint, RtpEndpointStatistics
+from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.switchboard import PendingCall, Refusal, Switchboard
+from bridge.ops import logs
 from bridge.settings import ExternalMediaTransport, Settings
-from bridge.switchboard import PendingCall, Refusal, Switchboard
 from media.codec import SLIN_8K, SLIN_16K, AudioFormat
 from sip import ari
 from tenants.config import TransferTarget

@@ -19,9 +19,9 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-from bridge import logs
+from bridge.core.switchboard import Refusal, Switchboard
+from bridge.ops import logs
 from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
-from bridge.switchboard import Refusal, Switchboard
 from sip import agi
 from tenants.config import TransferTarget
 
@@ -87,7 +87,7 @@ class FastAgiServer:
         self.audiosocket_port = audiosocket_port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
-        # An AMI connection (bridge.ami.AmiConnection) when configured: transfers then use the
+        # An AMI connection (bridge.asterisk.ami.AmiConnection) when configured: transfers then use the
         # Redirect action if ``ami.redirect_transfers`` is set, and the PBX's hangup cause of each
         # call is logged from the Hangup event.
         self.ami: Any = None
@@ -215,7 +215,7 @@ class FastAgiServer:
         await session.command("SET VARIABLE", "CALLBRIDGE_TRANSFER_KIND", target.kind)
         ami = self.ami
         if ami is not None and ami.settings.redirect_transfers and channel:
-            from bridge.ami import AmiError
+            from bridge.asterisk.ami import AmiError
 
             try:
                 # Redirect moves the channel at once, whatever the dialplan after AGI() does.

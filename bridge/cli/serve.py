@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from bridge import logs
+from bridge.ops import logs
 from bridge.settings import ConfigError, EventLoop, load_settings
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from bridge.metrics import Metrics
+from bridge.ops.metrics import Metrics
 from media.codec import ALAW_8K, SLIN_8K, SLIN_16K, SLIN_24K, ULAW_8K, AudioFormat
 from sip import chan_websocket as cw
 from tenants.config import TransferTarget

@@ -43,12 +43,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from bridge.callstore import CallRecord, CallStatus, TranscriptEntry, valid_call_id
+from bridge.records.callstore import CallRecord, CallStatus, TranscriptEntry, valid_call_id
 from media.wav import StereoTimeline, WavError, WavFormat, WavWriter, envelope, read_frames
 
 if TYPE_CHECKING:
-    from bridge.call import CallInfo
-    from bridge.metrics import Metrics
+    from bridge.core.call import CallInfo
+    from bridge.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def write_peaks(wav_path: Path, peaks_path: Path, points: int = PEAK_POINTS) -> 
 
 def _kept(samples: np.ndarray) -> np.ndarray:
     """What the writer keeps of a frame handed over: the array itself when it is int16, since a
-    tap's audio is never written to afterwards (``bridge.call.CallTap``); else an int16 copy."""
+    tap's audio is never written to afterwards (``bridge.core.call.CallTap``); else an int16 copy."""
     return samples if samples.dtype is _INT16 else np.array(samples, dtype=np.int16)
 
 
@@ -165,7 +165,7 @@ class _Chunk:
 
 
 class CallRecorder:
-    """The tap of one call (``bridge.call.CallTap``); see the module docstring."""
+    """The tap of one call (``bridge.core.call.CallTap``); see the module docstring."""
 
     def __init__(
         self,

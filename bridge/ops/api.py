@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bridge.archive import CallArchive, iso, record_view
-from bridge.callstore import CallQuery, CallRecord, CallStatus, CallStoreError, valid_call_id
-from bridge.metrics import OUTCOMES
-from bridge.objectstore import ObjectStoreError
+from bridge.ops.metrics import OUTCOMES
+from bridge.records.archive import CallArchive, iso, record_view
+from bridge.records.callstore import CallQuery, CallRecord, CallStatus, CallStoreError, valid_call_id
+from bridge.records.objectstore import ObjectStoreError
 from bridge.settings import OpsSettings
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class OpsApi:
         self._assets: dict[str, bytes] = {}
 
     def install(self, app: web.Application) -> None:
-        web_dir = importlib.resources.files("bridge") / "web"
+        web_dir = importlib.resources.files("bridge.ops") / "web"
         for name in WEB_ASSETS:
             self._assets[name] = (web_dir / name).read_bytes()
         r = app.router

@@ -42,10 +42,10 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from bridge.call import Call, CallInfo
-from bridge.metrics import Metrics
-from bridge.switchboard import Refusal
-from bridge.wsmedia import (
+from bridge.core.call import Call, CallInfo
+from bridge.core.switchboard import Refusal
+from bridge.ops.metrics import Metrics
+from bridge.wsmedia.leg import (
     HANDSHAKE_TIMEOUT,
     CallerIntake,
     Clock,

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridge.callstore import (
+from bridge.records.callstore import (
     CallIndex,
     CallPage,
     CallQuery,
@@ -44,8 +44,8 @@ from bridge.callstore import (
     SqliteCallIndex,
     valid_call_id,
 )
-from bridge.objectstore import ObjectStoreError, S3Store, UploadSpool
-from bridge.recorder import (
+from bridge.records.objectstore import ObjectStoreError, S3Store, UploadSpool
+from bridge.records.recorder import (
     UNFINISHED_DIR,
     UPLOADS_DIR,
     ArchiveLayout,
@@ -55,6 +55,7 @@ from bridge.recorder import (
     write_json_atomic,
     write_peaks,
 )
+from bridge.records.webhook import WebhookSender
 from bridge.settings import (
     CallIndexBackend,
     ConfigError,
@@ -63,13 +64,12 @@ from bridge.settings import (
     Settings,
     TenantBackend,
 )
-from bridge.webhook import WebhookSender
 from media.wav import WavError, WavFormat, repair
 
 if TYPE_CHECKING:
-    from bridge.call import CallInfo
-    from bridge.metrics import Metrics
-    from bridge.switchboard import RefusedCall
+    from bridge.core.call import CallInfo
+    from bridge.core.switchboard import RefusedCall
+    from bridge.ops.metrics import Metrics
     from tenants.config import TenantConfig
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import cast
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.metrics import Metrics
+from bridge.core.switchboard import Switchboard
+from bridge.ops.metrics import Metrics
 from bridge.settings import HttpSettings
-from bridge.switchboard import Switchboard
 
 log = logging.getLogger(__name__)
 

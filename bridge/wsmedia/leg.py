@@ -1,6 +1,6 @@
 """WebSocket media on the HTTP server: what ``/ws/audio``, ``/ws/twilio`` and ``/ws/freeswitch`` share.
 
-Each flavour (``bridge.ws_audio``, ``bridge.twilio_stream``, ``bridge.freeswitch_stream``) reads its
+Each flavour (``bridge.wsmedia.ws_audio``, ``bridge.wsmedia.twilio``, ``bridge.wsmedia.freeswitch``) reads its
 handshake, routes the dialled number through the switchboard, builds a caller leg and runs the
 call with :func:`run_call`. Only the message codec and the playback control differ; tenant
 routing, admission, the model session, barge-in, recording and metrics are the call core's.
@@ -35,14 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge.call import Call, CallInfo, Outcome
-from bridge.metrics import Metrics
-from bridge.switchboard import Refusal, Switchboard
+from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.switchboard import Refusal, Switchboard
+from bridge.ops.metrics import Metrics
 from media.codec import FRAME_MS, AudioFormat
 from media.pacing import RealTimeLimit
 from media.playback import RemotePlayback
@@ -439,50 +439,3 @@ class MediaEndpoint:
     async def _policy_violation(self, ws: web.WebSocketResponse, reason: str) -> None:
         log.warning("%s: closing connection: %s", self.transport, reason)
         await close_socket(ws, CloseCode.POLICY_VIOLATION, reason)
-
-
-Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class WebSocketMediaServer:
-    """Installs the WebSocket media endpoints on the HTTP server and tracks their connections."""
-
-    def __init__(self, switchboard: Switchboard) -> None:
-        # Imported here: the flavour modules import this one.
-        from bridge.freeswitch_stream import FreeSwitchEndpoint
-        from bridge.twilio_stream import TwilioEndpoint
-        from bridge.ws_audio import WsAudioEndpoint
-
-        self.switchboard = switchboard
-        self.ws_audio = WsAudioEndpoint(switchboard)
-        self.twilio = TwilioEndpoint(switchboard)
-        self.freeswitch = FreeSwitchEndpoint(switchboard)
-        self._connections: set[asyncio.Task[Any]] = set()
-
-    def install(self, app: web.Application) -> None:
-        app.router.add_get("/ws/audio/{sip_number}", self._tracked(self.ws_audio.serve))
-        app.router.add_get("/ws/twilio", self._tracked(self.twilio.serve))
-        app.router.add_get("/ws/freeswitch", self._tracked(self.freeswitch.serve))
-
-    def _tracked(self, endpoint: Endpoint) -> Endpoint:
-        async def serve(request: web.Request) -> web.StreamResponse:
-            task = asyncio.current_task()
-            assert task is not None
-            self._connections.add(task)
-            try:
-                return await endpoint(request)
-            finally:
-                self._connections.discard(task)
-
-        return serve
-
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
-
-    async def close(self) -> None:
-        """Cancel connections still open (calls have been drained or ended by then)."""
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)

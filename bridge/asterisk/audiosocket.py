@@ -18,9 +18,9 @@ import logging
 import socket
 from typing import Any, cast
 
-from bridge.call import Call, CallInfo, Outcome
+from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.switchboard import PendingCall, Refusal, Switchboard
 from bridge.settings import AudioSocketSettings
-from bridge.switchboard import PendingCall, Refusal, Switchboard
 from media.codec import SLIN_8K, AudioFormat, Encoding
 from sip import audiosocket as aso
 from tenants.config import TransferTarget

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge import logs
+from bridge.ops import logs
 from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings, load_settings
 
 DEFAULT_TIMEOUT = 10.0
@@ -88,7 +88,7 @@ async def check_tenant_store(settings: Settings) -> str:
 
 async def check_model(settings: Settings) -> str:
     """Open a realtime session with the configured provider and wait for ``session.created``."""
-    from bridge.realtime import ModelError, RealtimeSession, endpoint_from_settings
+    from bridge.core.realtime import ModelError, RealtimeSession, endpoint_from_settings
 
     provider = settings.resolved_provider
     if provider is ModelProvider.SIMULATOR:
