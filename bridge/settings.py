@@ -27,6 +27,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tenants.settings import TenantSettings
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message names the setting."""
@@ -166,52 +168,6 @@ class AmiSettings(BaseModel):
 
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
-
-
-class UnknownNumberPolicy(enum.StrEnum):
-    REFUSE = "refuse"
-    DEFAULT = "default"
-
-
-class TenantBackend(enum.StrEnum):
-    FILE = "file"
-    POSTGRES = "postgres"
-    SUPABASE = "supabase"
-
-
-class TenantSettings(BaseModel):
-    backend: TenantBackend = TenantBackend.FILE
-    file: Path | None = None  # None: the embedded example tenants file
-    database_url: SecretStr | None = None
-    supabase_url: str | None = None
-    supabase_key: SecretStr | None = None
-    default_country: str = "BR"
-    unknown_number: UnknownNumberPolicy = UnknownNumberPolicy.REFUSE
-    default_tenant: str | None = None  # slug used when unknown_number == default
-    cache_ttl: float = Field(30.0, ge=0)
-    # How long "no tenant for this number" is remembered (at most cache_ttl).
-    negative_cache_ttl: float = Field(5.0, ge=0)
-    lookup_timeout: float = Field(2.0, gt=0)
-    # Seconds between checks of the tenants file for changes (backend "file").
-    watch_interval: float = Field(2.0, gt=0)
-    # What a refused FastAGI call hears before hangup (an Asterisk sound name), or none.
-    refuse_announcement: str | None = "ss-noservice"
-
-    @field_validator("default_country")
-    @classmethod
-    def _known_country(cls, value: str) -> str:
-        from tenants.numbers import PLANS
-
-        upper = value.upper()
-        if upper not in PLANS:
-            raise ValueError(f"no numbering plan for {value!r}; known: {', '.join(sorted(PLANS))}")
-        return upper
-
-    @model_validator(mode="after")
-    def _default_needs_tenant(self) -> TenantSettings:
-        if self.unknown_number is UnknownNumberPolicy.DEFAULT and not self.default_tenant:
-            raise ValueError("unknown_number 'default' needs default_tenant (a tenant slug)")
-        return self
 
 
 class RecordingStorage(enum.StrEnum):

@@ -19,7 +19,8 @@ import numpy as np
 
 from bridge.core.call import CallInfo
 from bridge.records.callstore import CallRecord
-from bridge.records.recorder import ArchiveLayout, CallRecorder
+from bridge.records.layout import ArchiveLayout
+from bridge.records.recorder import CallRecorder
 from tenants.config import TenantConfig
 
 RATE_HZ = 8000

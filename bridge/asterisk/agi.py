@@ -21,9 +21,10 @@ from typing import Any
 
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.ops import logs
-from bridge.settings import AgiSettings, AudioSocketSettings, TenantSettings
+from bridge.settings import AgiSettings, AudioSocketSettings
 from sip import agi
 from tenants.config import TransferTarget
+from tenants.settings import TenantSettings
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from bridge import __version__
 _COMMAND_MODULES = (
     "bridge.cli.serve",
     "bridge.cli.check",
-    "bridge.simulator.command",
+    "bridge.cli.simulator",
     "bridge.cli.tenants",
     "bridge.cli.calls",
 )

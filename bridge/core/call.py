@@ -38,27 +38,27 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import enum
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
+from bridge.core.leg import CallerLeg, CallTap
 from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
 from media import g711
 from media.chain import InboundChain, OutboundChain
-from media.codec import MODEL_RATE_HZ, AudioFormat, Encoding
+from media.codec import MODEL_RATE_HZ, Encoding
 from media.pacing import FRAME_PERIOD, Pacer
 from media.playout import PlayoutBuffer
 from sip import realtime as rt
-from tenants.config import AudioMode, TenantConfig, TransferTarget
+from tenants.config import AudioMode, TransferTarget
 
 log = logging.getLogger(__name__)
 
@@ -71,136 +71,11 @@ CLEANUP_TIMEOUT = 3.0
 _INT16 = np.dtype(np.int16)
 
 
-class Outcome(enum.StrEnum):
-    NORMAL = "normal"
-    CALLER_HANGUP = "caller_hangup"
-    AGENT_HANGUP = "agent_hangup"
-    TRANSFERRED = "transferred"
-    MODEL_ERROR = "model_error"
-    REFUSED = "refused"
-    PROTOCOL_ERROR = "protocol_error"
-    SHUTDOWN = "shutdown"
-    TIMEOUT = "timeout"
-    ERROR = "error"
 
-
-class CallerLeg(Protocol):
-    """What a transport provides to the call for the direction toward the caller.
-
-    Two optional members serve far ends that queue agent audio and play it on their own clock
-    (Twilio Media Streams, mod_audio_fork): the call looks them up with ``getattr``, so legs that
-    play what they are sent at once (AudioSocket, RTP) need not define them.
-
-    * ``unplayed_ms() -> float``: agent audio handed to ``send_audio`` that the far end has not
-      played yet (known from its playback marks). A barge-in truncation subtracts it from what
-      was sent, so the model is told what the caller heard.
-    * ``async end_of_segment() -> None``: agent audio stopped flowing (the playout buffer ran dry
-      after at least one frame); the leg may place a playback mark there.
-    """
-
-    transport: str
-    audio_format: AudioFormat
-    keepalive: bool  # send silence frames while the agent is quiet
-
-    async def send_audio(self, payload: bytes) -> None:
-        """Send one encoded frame to the caller."""
-        ...
-
-    async def clear_playback(self) -> None:
-        """Drop agent audio the far end has buffered but not yet played (barge-in)."""
-        ...
-
-    async def hangup(self) -> None:
-        """End the call toward the PBX. Called once, only while the caller is still there."""
-        ...
-
-    async def transfer(self, target: TransferTarget) -> bool:
-        """Hand the caller to ``target``; False when this transport cannot."""
-        ...
-
-
-class CallTap(Protocol):
-    """Receives what the call hears and says (recording, transcripts).
-
-    The audio arrays handed over are int16 and nobody writes to them afterwards (decoded frames,
-    views of the playout buffer's own chunks, a constant silence): a tap may keep them as they are.
-    """
-
-    def caller_audio(self, samples: np.ndarray, rate_hz: int) -> None: ...
-
-    def agent_audio(self, samples: np.ndarray, rate_hz: int) -> None: ...
-
-    def transcript(self, role: str, text: str, at: float) -> None: ...
-
-    def event(self, name: str, **fields: Any) -> None: ...
-
-
-@dataclass(slots=True)
-class CallInfo:
-    transport: str
-    tenant: TenantConfig
-    dialled: str
-    caller_id: str = ""
-    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    started_at: float = field(default_factory=time.time)  # wall clock, for records only
-    answered_at: float | None = None
-    ended_at: float | None = None
-    outcome: Outcome | None = None
-    barge_ins: int = 0
-    transfer_target: str | None = None
-
-
-@dataclass(slots=True)
-class CallStatistics:
-    frames_in: int = 0
-    frames_out: int = 0
-    agent_frames: int = 0
-    inbound_dropped: int = 0
-    underruns: int = 0
-    truncates: list[tuple[str, int]] = field(default_factory=list)
-    response_latencies: list[float] = field(default_factory=list)
-    barge_in_reactions: list[float] = field(default_factory=list)
-
-
-class CallLogAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = kwargs.setdefault("extra", {})
-        extra.update(self.extra or {})
-        return f"[{self.extra['call_id'][:8]} {self.extra['tenant']}] {msg}", kwargs  # type: ignore[index]
-
-
-def mask_number(number: str) -> str:
-    """A caller's number for logs: enough to tell calls apart, not enough to identify the caller."""
-    if not number:
-        return "unknown"
-    return "*" * max(0, min(len(number) - 4, 8)) + number[-4:]
-
-
-def call_tools(tenant: TenantConfig) -> tuple[rt.ToolSpec, ...]:
-    tools = [
-        rt.ToolSpec(
-            "end_call",
-            "Hang up the call when the conversation is finished or the caller asks to end it.",
-            {"type": "object", "properties": {"reason": {"type": "string"}}, "required": []},
-        )
-    ]
-    if tenant.transfer_targets:
-        names = [t.name for t in tenant.transfer_targets]
-        described = "; ".join(f"{t.name}: {t.description}" if t.description else t.name
-                              for t in tenant.transfer_targets)
-        tools.append(
-            rt.ToolSpec(
-                "transfer_call",
-                f"Transfer the caller to a human. Targets: {described}.",
-                {
-                    "type": "object",
-                    "properties": {"target": {"type": "string", "enum": names}},
-                    "required": ["target"],
-                },
-            )
-        )
-    return tuple(tools)
-
+__all__ = [
+    "Call", "CallInfo", "CallLogAdapter", "CallStatistics", "CallTap", "CallerLeg", "Outcome", "call_tools",
+    "mask_number",
+]
 
 class Call:
     def __init__(

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bridge.ops.metrics import OUTCOMES
-from bridge.records.archive import CallArchive, iso, record_view
+from bridge.records.archive import CallArchive
 from bridge.records.callstore import CallQuery, CallRecord, CallStatus, CallStoreError, valid_call_id
 from bridge.records.objectstore import ObjectStoreError
+from bridge.records.views import iso, record_view
 from bridge.settings import OpsSettings
 
 log = logging.getLogger(__name__)

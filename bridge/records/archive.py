@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import logging
@@ -44,25 +43,24 @@ from bridge.records.callstore import (
     SqliteCallIndex,
     valid_call_id,
 )
-from bridge.records.objectstore import ObjectStoreError, S3Store, UploadSpool
-from bridge.records.recorder import (
+from bridge.records.layout import (
     UNFINISHED_DIR,
     UPLOADS_DIR,
     ArchiveLayout,
-    CallRecorder,
     RecordingError,
-    RecordingWriter,
     write_json_atomic,
     write_peaks,
 )
+from bridge.records.objectstore import ObjectStoreError, S3Store, UploadSpool
+from bridge.records.recorder import CallRecorder
 from bridge.records.webhook import WebhookSender
+from bridge.records.writer import RecordingWriter
 from bridge.settings import (
     CallIndexBackend,
     ConfigError,
     ModelProvider,
     RecordingStorage,
     Settings,
-    TenantBackend,
 )
 from media.wav import WavError, WavFormat, repair
 
@@ -71,6 +69,9 @@ if TYPE_CHECKING:
     from bridge.core.switchboard import RefusedCall
     from bridge.ops.metrics import Metrics
     from tenants.config import TenantConfig
+
+from bridge.records.views import cut_torn_line, iso, read_transcript_file, record_view
+from tenants.settings import TenantBackend
 
 log = logging.getLogger(__name__)
 
@@ -106,58 +107,6 @@ def deployment_model(settings: Settings) -> str:
     if provider is ModelProvider.AZURE_OPENAI:
         return settings.model.azure_deployment or settings.model.model
     return settings.model.model
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def record_view(record: CallRecord) -> dict[str, Any]:
-    """What the API and the webhook show of a record (no storage paths)."""
-    return {
-        "call_id": record.call_id,
-        "tenant": record.tenant,
-        "transport": record.transport,
-        "dialled": record.dialled,
-        "caller_id": record.caller_id,
-        "started_at": iso(record.started_at),
-        "answered_at": iso(record.answered_at),
-        "ended_at": iso(record.ended_at),
-        "duration": None if record.duration is None else round(record.duration, 3),
-        "outcome": record.outcome,
-        "status": record.status.value,
-        "barge_ins": record.barge_ins,
-        "model": record.model,
-        "voice": record.voice,
-        "transfer_target": record.transfer_target,
-        "transcript_entries": record.transcript_entries,
-        "recording": {
-            "available": record.recorded,
-            "seconds": record.recording_seconds,
-            "bytes": record.recording_bytes,
-            "sample_rate": record.sample_rate,
-            "channels": ["caller", "agent"],
-            "storage": "s3" if record.object_key else "local",
-        },
-    }
-
-
-def read_transcript_file(path: Path) -> list[dict[str, Any]]:
-    """Entries of a transcript file; a torn last line (a killed writer) is skipped."""
-    entries: list[dict[str, Any]] = []
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(item, dict):
-                entries.append(item)
-    return entries
 
 
 class CallArchive:
@@ -493,7 +442,7 @@ class CallArchive:
         entries = 0
         if transcript.exists():
             entries = len(read_transcript_file(transcript))
-            _cut_torn_line(transcript)
+            cut_torn_line(transcript)
             last_write = max(last_write, transcript.stat().st_mtime)
         record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=last_write, transcript_entries=entries)
         write_json_atomic(meta, record.to_json())
@@ -617,12 +566,3 @@ class CallArchive:
         for suffix in (".wav", ".jsonl", ".peaks.json", ".json"):
             with contextlib.suppress(FileNotFoundError, RecordingError):
                 self.layout.path(record.path, suffix).unlink()
-
-
-def _cut_torn_line(path: Path) -> None:
-    """Truncate a transcript after its last complete line."""
-    with open(path, "r+b") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            f.truncate(end)

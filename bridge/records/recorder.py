@@ -32,7 +32,6 @@ import fcntl
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -43,8 +42,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from bridge.records.callstore import CallRecord, CallStatus, TranscriptEntry, valid_call_id
-from media.wav import StereoTimeline, WavError, WavFormat, WavWriter, envelope, read_frames
+from bridge.records.callstore import CallRecord, CallStatus, TranscriptEntry
+from bridge.records.layout import (
+    SUFFIXES,
+    ArchiveLayout,
+    write_json_atomic,
+    write_peaks,
+)
+from media.wav import StereoTimeline, WavError, WavFormat, WavWriter
 
 if TYPE_CHECKING:
     from bridge.core.call import CallInfo
@@ -53,6 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+GROUP_SECONDS = 0.005
+SETTLE_SECONDS = 0.05
+_INT16 = np.dtype(np.int16)
 
 CALLER, AGENT = 0, 1
 # Chunks stated to start up to this much after where their track already is are appended back
@@ -67,87 +76,7 @@ QUIET_PAD_SECONDS = 0.5
 # Chunks handed over within this of each other belong to one delivery (a burst read after a
 # stall). The newest delivery is left for the next pass until it is SETTLE_SECONDS old, so that a
 # burst is never split between passes: its audio can then still take back the gap before it.
-GROUP_SECONDS = 0.005
-# The writer thread shares the interpreter lock (and, on a small host, the core) with the event
-# loop: after this much work in a pass it pauses briefly, so the calls' pacers run between
-# recordings instead of waiting out a whole pass (tens of milliseconds with a hundred calls).
-WRITER_SLICE_SECONDS = 0.002
-WRITER_PAUSE_SECONDS = 0.0005
-# The writer's work is throughput, the loop's is a deadline every 20 ms: the writer thread runs at
-# the lowest CPU priority (Linux nice 19), so that when both want the core the scheduler hands it
-# to the loop at once. It still gets all the time the loop leaves idle; only a loop that keeps its
-# core full would starve it, and then the bounded queues drop recording audio (counted), never
-# live audio. At 200 AudioSocket calls on 2 cores this took the pacer's frames over 10 ms late
-# from hundreds per run to none.
-WRITER_NICE = 19
-SETTLE_SECONDS = 0.05
-PEAK_POINTS = 1000
-UNFINISHED_DIR = ".unfinished"
-UPLOADS_DIR = ".uploads"
-_INT16 = np.dtype(np.int16)
-SUFFIXES = (".wav", ".jsonl", ".peaks.json", ".json")
 
-
-class RecordingError(Exception):
-    """A recording could not be written (disk full, permissions)."""
-
-
-class ArchiveLayout:
-    """Where a call's files live under the recordings root; no path escapes the root."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-
-    @staticmethod
-    def stem_for(tenant: str, call_id: str, started_at: float) -> str:
-        if not valid_call_id(call_id):
-            raise RecordingError(f"unusable call id {call_id!r}")
-        day = time.gmtime(started_at)
-        return f"{tenant}/{day.tm_year:04d}/{day.tm_mon:02d}/{day.tm_mday:02d}/{call_id}"
-
-    def path(self, stem: str, suffix: str) -> Path:
-        if suffix not in SUFFIXES:
-            raise RecordingError(f"unknown recording file kind {suffix!r}")
-        candidate = (self.root / (stem + suffix)).resolve()
-        if not candidate.is_relative_to(self.root) or candidate.parent == self.root:
-            raise RecordingError("path outside the recordings root")
-        return candidate
-
-    def unfinished_marker(self, call_id: str) -> Path:
-        if not valid_call_id(call_id):
-            raise RecordingError(f"unusable call id {call_id!r}")
-        return self.root / UNFINISHED_DIR / call_id
-
-    def upload_marker(self, call_id: str) -> Path:
-        if not valid_call_id(call_id):
-            raise RecordingError(f"unusable call id {call_id!r}")
-        return self.root / UPLOADS_DIR / call_id
-
-
-def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write and rename: readers see the old file or the new one, never a torn one. ``durable``
-    also fsyncs, for power loss; a killed process loses nothing the kernel already has, so the
-    in-progress records written at call start skip that wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_peaks(wav_path: Path, peaks_path: Path, points: int = PEAK_POINTS) -> None:
-    frames, fmt = read_frames(wav_path)
-    env = envelope(frames, points)
-    write_json_atomic(peaks_path, {
-        "rate": fmt.rate_hz,
-        "frames": len(frames),
-        "channels": ["caller", "agent"][: fmt.channels],
-        "peaks": env.tolist(),
-    })
-    del frames
 
 
 def _kept(samples: np.ndarray) -> np.ndarray:
@@ -437,115 +366,3 @@ class CallRecorder:
         fd, self._marker_fd = self._marker_fd, None
         if fd is not None:
             os.close(fd)
-
-
-def _lower_thread_priority(nice: int) -> None:
-    """Give the calling thread (only it) the nice value ``nice``, on Linux, where each thread is
-    a task of its own for the scheduler. Elsewhere a thread id is no process id and is left alone."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError as exc:  # a sandbox that forbids it: the writer runs at the loop's priority
-        log.debug("recording writer keeps its priority: %s", exc)
-
-
-class RecordingWriter:
-    """The one thread that writes every call's recording (see the module docstring)."""
-
-    def __init__(self, *, flush_interval: float, clock: Clock, metrics: Metrics | None = None,
-                 on_finished: Callable[[CallRecorder, CallRecord], None] | None = None) -> None:
-        self.flush_interval = flush_interval
-        self.clock = clock
-        self.metrics = metrics
-        self.on_finished = on_finished
-        self._lock = threading.Lock()
-        self._new: list[CallRecorder] = []
-        self._active: list[CallRecorder] = []
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self.passes = 0
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
-            self._thread.start()
-
-    def attach(self, recorder: CallRecorder) -> None:
-        with self._lock:
-            self._new.append(recorder)
-        self._wake.set()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    @property
-    def active(self) -> int:
-        with self._lock:
-            return len(self._active) + len(self._new)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish every recorder still open and end the thread (blocking; call from a thread)."""
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        _lower_thread_priority(WRITER_NICE)
-        while True:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            stopping = self._stop
-            with self._lock:
-                new, self._new = self._new, []
-            for rec in new:
-                try:
-                    rec.begin()
-                except (OSError, RecordingError) as exc:
-                    rec._fail(exc)
-                self._active.append(rec)
-            now = self.clock()
-            done: list[CallRecorder] = []
-            slice_started = time.perf_counter()
-            for rec in self._active:
-                if rec.ended or stopping:
-                    done.append(rec)
-                    continue
-                if time.perf_counter() - slice_started > WRITER_SLICE_SECONDS:
-                    time.sleep(WRITER_PAUSE_SECONDS)
-                    slice_started = time.perf_counter()
-                try:
-                    written = rec.service(now)
-                except Exception as exc:  # a bug in one recording must not stop every other one
-                    log.error("call %s: recording failed", rec.record.call_id, exc_info=True)
-                    rec._fail(exc)
-                    continue
-                if written and self.metrics is not None:
-                    self.metrics.recording_bytes.inc(written)
-            for rec in done:
-                if not rec.ended:
-                    rec.end("shutdown")
-                before = rec._wav.data_bytes if rec._wav is not None else 0
-                try:
-                    record = rec.finish(now)
-                except Exception as exc:  # as above: the call is still reported finished
-                    log.error("call %s: closing the recording failed", rec.record.call_id, exc_info=True)
-                    rec._fail(exc)
-                    rec.release_marker()
-                    record = (rec.final or rec.record).evolve(
-                        recorded=False, extra={**rec.record.extra, "recording_error": str(exc)})
-                after = rec._wav.data_bytes if rec._wav is not None else 0
-                if self.metrics is not None and after > before:
-                    self.metrics.recording_bytes.inc(after - before)
-                with self._lock:
-                    self._active.remove(rec)
-                if self.on_finished is not None:
-                    self.on_finished(rec, record)
-            self.passes += 1
-            if stopping:
-                with self._lock:
-                    if not self._new:
-                        return

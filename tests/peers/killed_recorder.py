@@ -16,7 +16,9 @@ import numpy as np
 
 from bridge.core.call import CallInfo
 from bridge.records.callstore import CallRecord
-from bridge.records.recorder import ArchiveLayout, CallRecorder, RecordingWriter
+from bridge.records.layout import ArchiveLayout
+from bridge.records.recorder import CallRecorder
+from bridge.records.writer import RecordingWriter
 from tenants.config import TenantConfig
 
 STARTED_AT = 1_750_000_000.0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.records.archive import CallArchive
 from bridge.core.call import CallInfo
+from bridge.records.archive import CallArchive
 from bridge.settings import Settings, load_settings
 from tenants.config import TenantConfig
 

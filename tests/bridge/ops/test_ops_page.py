@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
-from tests.bridge.test_ops_api import ACME, ADMIN, GLOBEX, ops_server, record_calls
+from tests.bridge.ops.test_ops_api import ACME, ADMIN, GLOBEX, ops_server, record_calls
 
 CHROMIUM = Path("/usr/bin/chromium") if Path("/usr/bin/chromium").exists() else None
 if CHROMIUM is None and shutil.which("chromium"):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bridge.cli import main
-from tests.bridge.test_ops_api import ACME, ADMIN, GLOBEX, ops_server, record_calls
+from tests.bridge.ops.test_ops_api import ACME, ADMIN, GLOBEX, ops_server, record_calls
 
 
 async def run_cli(*argv: str) -> int:

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from bridge.records.archive import CallArchive
-from bridge.ops.metrics import Metrics
 from bridge.ops.api import OpsApi, parse_time
+from bridge.ops.metrics import Metrics
+from bridge.records.archive import CallArchive
 from tests.peers.tap_call import RATE, FakeClock, call_info, make_settings, play_call, voice
 
 ADMIN = "admin-token-0123456789"

@@ -32,7 +32,7 @@ from bridge.cli.check import (
 from bridge.simulator import SimulatorServer
 from tests.conftest import loopback_settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _settings(tmp_path: Path, **extra):

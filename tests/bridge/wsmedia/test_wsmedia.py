@@ -13,12 +13,10 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 from websockets.frames import OP_TEXT
 
-from bridge.wsmedia.leg import twilio as twilio_stream
 from bridge.core.call import Call, CallInfo, Outcome
-from bridge.ops.metrics import Metrics
 from bridge.core.realtime import ModelEndpoint
+from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider
-from bridge.wsmedia.twilio import TwilioLeg
 from bridge.wsmedia.leg import (
     INTAKE_BACKLOG_SECONDS,
     INTAKE_LEAD_SECONDS,
@@ -27,6 +25,8 @@ from bridge.wsmedia.leg import (
     close_code_for,
     new_socket,
 )
+from bridge.wsmedia import twilio as twilio_stream
+from bridge.wsmedia.twilio import TwilioLeg
 from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
 from tenants.config import TenantConfig

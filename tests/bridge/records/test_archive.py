@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from bridge.ops.metrics import Metrics
 from bridge.records.archive import CallArchive
 from bridge.records.callstore import CallQuery, CallStatus
-from bridge.ops.metrics import Metrics
 from bridge.records.webhook import verify
 from tests.peers.killed_recorder import ramp
 from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 async def test_finished_call_is_indexed_with_its_files(tmp_path):
@@ -240,7 +240,7 @@ async def test_calls_are_indexed_in_postgres_when_tenants_live_there(tmp_path):
     import asyncpg
 
     from bridge.records.callstore import PostgresCallIndex
-    from tests.bridge.test_callstore import _pg_cluster, _pg_database, _pg_drop
+    from tests.bridge.records.test_callstore import _pg_cluster, _pg_database, _pg_drop
 
     cluster = _pg_cluster()
     cluster.start()

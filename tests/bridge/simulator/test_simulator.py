@@ -29,11 +29,12 @@ from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
 from bridge import simulator
+from bridge.cli import simulator as simulator_command
 from bridge.simulator import GREETING_TRANSCRIPT, SimulatorServer
 from media import g711
 from tests.conftest import load_wav
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _event_models() -> dict[str, TypeAdapter[Any]]:
@@ -813,7 +814,7 @@ async def test_concurrent_sessions_are_isolated(server: SimulatorServer) -> None
 
 async def test_command_line_serves_until_sigterm() -> None:
     code = ("import argparse, sys\n"
-            "from bridge.simulator import command\n"
+            "from bridge.cli import simulator as command\n"
             "parser = argparse.ArgumentParser()\n"
             "command.register(parser.add_subparsers())\n"
             "args = parser.parse_args(sys.argv[1:])\n"
@@ -844,7 +845,7 @@ async def test_command_line_serves_until_sigterm() -> None:
 
 def test_register_adds_the_simulator_command() -> None:
     parser = argparse.ArgumentParser()
-    simulator.register(parser.add_subparsers(dest="command"))
+    simulator_command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["simulator", "--host", "0.0.0.0", "--port", "9000", "--pace", "1.5"])
     assert (args.command, args.host, args.port) == ("simulator", "0.0.0.0", 9000)
     assert (args.pace, args.delta_ms, args.api_key) == (1.5, 50, None)

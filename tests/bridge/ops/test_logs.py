@@ -11,6 +11,8 @@ import logging
 import pytest
 
 from bridge.ops import logs
+
+
 @pytest.fixture
 def captured():
     stream = io.StringIO()

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from bridge.ops.metrics import Metrics
 from bridge.asterisk.rtp import JITTER_DEPTH_PACKETS, RtpEndpoint
+from bridge.ops.metrics import Metrics
 from media import g711
 from sip import rtp
 

@@ -12,8 +12,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 from prometheus_client import CollectorRegistry
 
-from bridge.records.archive import CallArchive
 from bridge.ops.metrics import Metrics
+from bridge.records.archive import CallArchive
 from tests.peers.tap_call import RATE, FakeClock, call_info, make_settings, play_call, voice
 
 BUCKET = "callbridge-test"

@@ -15,14 +15,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.core.call import CallInfo, Outcome
-from bridge.records.callstore import CallRecord, CallStatus
 from bridge.ops.metrics import Metrics
-from bridge.records.recorder import ArchiveLayout, CallRecorder, RecordingError, RecordingWriter
+from bridge.records.callstore import CallRecord, CallStatus
+from bridge.records.layout import ArchiveLayout, RecordingError
+from bridge.records.recorder import CallRecorder
+from bridge.records.writer import RecordingWriter
 from media.wav import read_frames, repair
 from tenants.config import TenantConfig
 from tests.peers.killed_recorder import ramp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
 
@@ -190,7 +192,7 @@ def test_unwritable_root_fails_the_recording_not_the_call(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
 def test_the_writer_thread_alone_runs_at_the_lowest_priority():
-    from bridge.records.recorder import WRITER_NICE
+    from bridge.records.writer import WRITER_NICE
 
     process_nice = os.getpriority(os.PRIO_PROCESS, 0)
     writer = RecordingWriter(flush_interval=0.01, clock=time.monotonic)
