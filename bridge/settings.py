@@ -70,6 +70,16 @@ class ModelSettings(BaseModel):
     voicelive_model: str = "gpt-realtime"
     voicelive_api_version: str = "2025-10-01"
     connect_timeout: float = Field(10.0, gt=0)
+    # A session lost during a call (dropped, stalled, closed at the provider's session limit) is
+    # replaced: this many connection attempts in a row, the first at once, then after
+    # reconnect_backoff seconds doubling up to 2 s, before the call ends as model_error.
+    reconnect_attempts: int = Field(3, ge=1, le=20)
+    reconnect_backoff: float = Field(0.25, ge=0, le=10)
+    # Seconds without any model event, while the caller waits for an answer or a response is
+    # under way, after which the session counts as stalled (and is replaced like a dropped one).
+    stall_timeout: float = Field(8.0, gt=0, le=120)
+    # Seconds of outage after which a tenant's reconnect_prompt plays.
+    reconnect_prompt_after: float = Field(1.0, ge=0, le=30)
     # Built-in simulator (started in-process when the provider resolves to it).
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(0, ge=0, le=65535)

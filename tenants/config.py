@@ -82,6 +82,11 @@ class TenantConfig(_Frozen):
     speed: float = Field(1.0, ge=0.25, le=1.5)
     language: str | None = None  # e.g. "pt"; hints transcription
     greeting: str | None = None  # what the agent says first; None: wait for the caller
+    # Recorded prompts (mono 16-bit PCM WAV files on the daemon's host, at most 30 s, any rate):
+    # played while a lost model session takes more than model.reconnect_prompt_after to come
+    # back ("one moment, please"), and before the call ends when the agent cannot be reached.
+    reconnect_prompt: str | None = None
+    unavailable_announcement: str | None = None
     turn_detection: TurnDetection = Field(default_factory=ServerVad)
     transcription: bool = True
     transcription_model: str = "gpt-4o-mini-transcribe"

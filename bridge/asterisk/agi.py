@@ -6,9 +6,14 @@ registers the call under a fresh UUID and has Asterisk run ``AudioSocket(<uuid>,
 on the same channel. When AudioSocket() returns, the AGI session is still open: a transfer chosen
 during the call is carried out by moving the channel to the target's context/extension.
 
+The tenant's model session is opened before the channel is answered: when the model cannot be
+reached the caller has not been answered yet and another instance (or the dialplan's fallback)
+can take the call.
+
 Outcomes are reported in the channel variable ``CALLBRIDGE_STATUS`` so that the dialplan can act:
 ``DONE``, ``TRANSFER``, ``UNKNOWN_NUMBER``, ``BUSY`` (capacity), ``UNAVAILABLE`` (draining or
-tenant lookup failed: try another instance).
+tenant lookup failed: try another instance), ``MODEL_UNAVAILABLE`` (the model could not be
+reached; the channel was not answered: try another instance).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
+from bridge.core.realtime import ModelError
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.ops import logs
 from bridge.settings import AgiSettings, AudioSocketSettings
@@ -188,6 +194,14 @@ class FastAgiServer:
                 self._channel_calls.popitem(last=False)
         pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
         try:
+            try:
+                pending.session = await switchboard.open_model(resolution.tenant)
+            except ModelError as exc:
+                log.warning("model unavailable (%s); the dialplan tries elsewhere", exc)
+                switchboard.refused(TRANSPORT, Refusal.MODEL_UNAVAILABLE, dialled=dialled, caller_id=caller_id,
+                                    tenant=resolution.tenant)
+                await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "MODEL_UNAVAILABLE")
+                return
             answered = await session.command("ANSWER")
             if not answered.ok or answered.result == -1:
                 return
@@ -197,6 +211,9 @@ class FastAgiServer:
             await session.command("EXEC", "AudioSocket", f"{call_id},{target_addr}", timeout=None)
         finally:
             switchboard.forget(call_id)
+            unused, pending.session = pending.session, None  # no AudioSocket connection took it
+            if unused is not None:
+                await asyncio.shield(unused.close())
         after = pending.after_call.result() if pending.after_call.done() else None
         if isinstance(after, TransferTarget):
             await self._transfer(session, after, request.channel)

@@ -48,6 +48,21 @@ class _Manager(Manager):  # type: ignore[misc]
         return super().connect(*args, **kwargs)
 
 
+class _PanoramiskLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """panoramisk's logger, minus its ERROR for a dropped connection.
+
+    A planned Asterisk restart drops the manager connection; panoramisk logs that as
+    ``ERROR Connection lost`` and reconnects by itself. ``AmiConnection`` logs the loss as a
+    warning that names the reconnect interval, so panoramisk's own line goes to DEBUG.
+    """
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg == "Connection lost":
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().error(msg, *args, **kwargs)
+
+
 class AmiConnection:
     """One logged-in manager connection that comes back after Asterisk restarts."""
 
@@ -70,7 +85,7 @@ class AmiConnection:
             on_connect=self._connected,
             on_login=self._login_ok,
             on_disconnect=self._disconnected,
-            log=logging.getLogger("panoramisk"),
+            log=_PanoramiskLog(logging.getLogger("panoramisk"), {}),
         )
 
     async def start(self) -> None:

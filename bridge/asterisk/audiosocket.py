@@ -234,10 +234,14 @@ class AudioSocketConnection(asyncio.Protocol):
         leg = AudioSocketLeg(self._parser, self, audio_format, pending, on_drop=drops.inc)
         info = CallInfo(TRANSPORT, pending.resolution.tenant, pending.dialled, pending.caller_id,
                         call_id=str(call_uuid))
+        # The model session the signalling side opened before answering, if it did.
+        session, pending.session = pending.session, None
         try:
-            call = switchboard.open_call(info, leg)
+            call = switchboard.open_call(info, leg, session)
         except ValueError as exc:  # the tenant's model or audio settings cannot be served here
             log.error("cannot set up call for tenant %s: %s", info.tenant.slug, exc)
+            if session is not None:
+                server.run_in_background(session.close())
             switchboard.metrics.model_errors.labels(switchboard.endpoint.provider.value, "config").inc()
             self._refuse(pending)
             return

@@ -19,6 +19,7 @@ from bridge.asterisk.ari import AriError, AriHttpError, media_base_url
 from bridge.asterisk.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
 from bridge.asterisk.rtp import RtpEndpoint, RtpEndpointStatistics
 from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.realtime import ModelError, RealtimeSession
 from bridge.core.switchboard import PendingCall, Refusal
 from bridge.ops import logs
 from bridge.settings import ExternalMediaTransport
@@ -55,6 +56,7 @@ class Status(enum.StrEnum):
     UNKNOWN_NUMBER = "UNKNOWN_NUMBER"
     BUSY = "BUSY"
     UNAVAILABLE = "UNAVAILABLE"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 
 
 class CallerGone(Exception):
@@ -119,6 +121,7 @@ class StasisCall:
         self.call: Call | None = None
         self.audiosocket_uuid: str | None = None
         self.pending: PendingCall | None = None
+        self.model_session: RealtimeSession | None = None  # opened before answering, until a call takes it
         self.caller_gone = asyncio.Event()
         self._media_gone = asyncio.Event()
         self._bridge_created = False
@@ -194,6 +197,8 @@ class StasisCall:
             resolution = await self._route()
             if resolution is None:
                 return
+            if not await self._open_model(resolution):
+                return
             await self._bridge_caller()
             await self._run_media(resolution)
         except CallerGone:
@@ -245,6 +250,26 @@ class StasisCall:
         self.pending = switchboard.register_pending(
             key, resolution, resolution.number or self.dialled, self.caller_number, audio_format)
         return resolution
+
+    async def _open_model(self, resolution: Resolution) -> bool:
+        """Open the tenant's model session before answering; a model that cannot be reached
+        continues the caller in the dialplan (MODEL_UNAVAILABLE), still unanswered."""
+        self.state = "model"
+        switchboard = self.app.switchboard
+        try:
+            session: RealtimeSession = await self._race(switchboard.open_model(resolution.tenant))
+        except ModelError as exc:
+            self.log.warning("model unavailable (%s); continuing at the fallback location", exc)
+            switchboard.refused(TRANSPORT_NAMES[self.transport], Refusal.MODEL_UNAVAILABLE)
+            if self.pending is not None:
+                switchboard.forget(self.pending.key)
+            await self._fallback(Status.MODEL_UNAVAILABLE)
+            return False
+        if self.transport is ExternalMediaTransport.AUDIOSOCKET and self.pending is not None:
+            self.pending.session = session  # the AudioSocket listener's call takes it over
+        else:
+            self.model_session = session
+        return True
 
     async def _bridge_caller(self) -> None:
         self.state = "answering"
@@ -300,7 +325,8 @@ class StasisCall:
                         resolution.number or self.dialled, self.caller_number, call_id=self.call_id)
         if self.pending is not None:
             switchboard.claim(self.pending.key)
-        call = switchboard.open_call(info, leg)
+        session, self.model_session = self.model_session, None
+        call = switchboard.open_call(info, leg, session)
         self.call = call
         return call
 
@@ -458,6 +484,12 @@ class StasisCall:
                 app.switchboard.forget(pending.key)
                 if not pending.after_call.done():
                     pending.after_call.set_result(None)
+            unused = [s for s in (self.model_session, pending.session if pending else None) if s is not None]
+            self.model_session = None
+            if pending is not None:
+                pending.session = None
+            for session in unused:
+                await asyncio.shield(session.close())
             app.call_finished(self)
 
     async def _release(self) -> None:

@@ -26,10 +26,22 @@ playback is flushed (where the transport buffers), and ``conversation.item.trunc
 milliseconds of the agent item actually sent to the caller, clamped to what the model produced.
 Later deltas of the truncated item are discarded.
 
+Model continuity (``bridge.core.continuity``): the model leg runs one session at a time. A session
+that fails (the connection drops, the provider closes it at its session limit, or it sends
+nothing for ``stall_timeout`` while the caller waits for an answer) is replaced: a new session is
+opened, configured like the first and given the conversation so far; the pacer keeps playing
+what was already received, so the caller hears at most a short gap (or the tenant's reconnect
+prompt when the outage lasts). After ``reconnect_attempts`` failed attempts in a row the tenant's
+unavailable announcement plays and the call ends as ``model_error``. A transport that could open
+the session before answering the caller hands it in (``session=``) and reports a model that
+cannot be reached to its PBX instead.
+
 Call states::
 
     connecting --model up--> bridged --end(outcome)--> ending --cleanup--> ended
-    connecting --model failure--> ending (model_error)
+    bridged --session lost--> reconnecting --new session, conversation replayed--> bridged
+    reconnecting --attempts exhausted--> announcing --played--> ending (model_error)
+    connecting --model unreachable--> announcing --played--> ending (model_error)
 
 ``end(outcome)`` is idempotent; the first outcome wins.
 """
@@ -47,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.core.continuity import ConversationHistory, ModelPolicy, PromptError, load_prompt
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
 from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
@@ -88,6 +101,8 @@ class Call:
         tap: CallTap | None = None,
         clock: Clock = time.monotonic,
         max_duration: float | None = None,
+        session: RealtimeSession | None = None,
+        policy: ModelPolicy | None = None,
     ) -> None:
         self.info = info
         self.leg = leg
@@ -142,6 +157,14 @@ class Call:
         self._pacer_idle: asyncio.Future[None] | None = None
         self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
         self._leg_end_of_segment: Callable[[], Any] | None = getattr(leg, "end_of_segment", None)
+        # Model continuity.
+        self.policy = policy or ModelPolicy()
+        self.history = ConversationHistory()
+        self.reconnects = 0
+        self._preopened = session
+        self._answered = False
+        self._waiting_since: float | None = None  # the caller waits for the agent's answer
+        self._stall_timer: asyncio.Timeout | None = None
 
     # ----------------------------------------------------------------- transport -> call
     def receive_audio(self, payload: bytes) -> None:
@@ -202,7 +225,9 @@ class Call:
             self._request_action_after_playout()
             return
         # The model has no DTMF input on a bridged session: tell it in words.
-        self._send_soon(rt.user_text(f"[The caller pressed the telephone key {digit}]"))
+        text = f"[The caller pressed the telephone key {digit}]"
+        self.history.add("user", text)
+        self._send_soon(rt.user_text(text))
         self._send_soon(rt.response_create())
 
     def caller_hung_up(self) -> None:
@@ -250,22 +275,9 @@ class Call:
         return outcome
 
     async def _run(self) -> None:
-        t0 = self.clock()
-        session = await RealtimeSession.connect(self.endpoint)
-        self._session = session
-        self.metrics.model_connect.labels(self.endpoint.provider.value).observe(self.clock() - t0)
-        if self._ended.is_set():
-            return
-        await session.send(rt.session_update(self.tenant, model=self.endpoint.model,
-                                              tools=call_tools(self.tenant), dialect=session.dialect))
-        if self.tenant.greeting:
-            await session.send(rt.greeting_response(self.tenant.greeting))
-        self.info.answered_at = time.time()
-        self.metrics.calls_answered.labels(self.leg.transport).inc()
         async with asyncio.TaskGroup() as tg:
             tasks = [
-                tg.create_task(self._model_sender(session)),
-                tg.create_task(self._model_receiver(session)),
+                tg.create_task(self._model_link()),
                 tg.create_task(self._pacer()),
             ]
             try:
@@ -279,8 +291,10 @@ class Call:
 
     async def _cleanup(self) -> None:
         session, self._session = self._session, None
-        if session is not None:
-            await asyncio.shield(session.close())
+        preopened, self._preopened = self._preopened, None
+        for unused in (session, preopened):
+            if unused is not None:
+                await asyncio.shield(unused.close())
         if not self._caller_gone:
             self._caller_gone = True
             try:
@@ -292,12 +306,169 @@ class Call:
         if self.tap is not None:
             self.tap.event("ended", outcome=(self.info.outcome or Outcome.NORMAL).value)
 
+    # ----------------------------------------------------------------- model link
+    async def _model_link(self) -> None:
+        """Keep one model session serving the call, replacing it when it fails (see the top)."""
+        session, self._preopened = self._preopened, None
+        provider = self.endpoint.provider.value
+        while not self._ended.is_set():
+            if session is None:
+                session = await self._open_session()
+                if session is None:
+                    await self._give_up()
+                    return
+            first = not self._answered
+            try:
+                await session.send(rt.session_update(self.tenant, model=self.endpoint.model,
+                                                      tools=call_tools(self.tenant), dialect=session.dialect))
+                if first:
+                    if self.tenant.greeting:
+                        await session.send(rt.greeting_response(self.tenant.greeting))
+                        self._caller_waits()
+                    self.info.answered_at = time.time()
+                    self.metrics.calls_answered.labels(self.leg.transport).inc()
+                    self._answered = True
+                else:
+                    await self._resume(session)
+                self._session = session
+                async with asyncio.TaskGroup() as tg:
+                    sender = tg.create_task(self._model_sender(session))
+                    await self._model_receiver(session)
+                    sender.cancel()
+                return  # the model closed the session normally: the receiver ended the call
+            except* ModelError as group:
+                err = group.exceptions[0]
+                assert isinstance(err, ModelError)
+            finally:
+                self._session = None
+                await asyncio.shield(session.close())
+            session = None
+            if self._ended.is_set():
+                return
+            self.log.warning("model session lost (%s): %s; reconnecting", err.kind, err)
+            self.metrics.model_errors.labels(provider, err.kind).inc()
+            self._session_lost()
+
+    async def _open_session(self) -> RealtimeSession | None:
+        """A new session within ``reconnect_attempts`` attempts, or None. While it takes longer than
+        ``prompt_after``, the tenant's reconnect prompt plays (once per outage)."""
+        policy = self.policy
+        provider = self.endpoint.provider.value
+        started = self.clock()
+        prompted = False
+        attempts = max(1, policy.reconnect_attempts)
+        for attempt in range(1, attempts + 1):
+            t0 = self.clock()
+            try:
+                session = await RealtimeSession.connect(self.endpoint)
+            except ModelError as exc:
+                self.log.warning("model connection attempt %d of %d failed: %s", attempt, attempts, exc)
+                self.metrics.model_errors.labels(provider, exc.kind).inc()
+                if attempt == attempts:
+                    return None
+                delay = policy.backoff(attempt)
+                if (not prompted and self._answered and self.tenant.reconnect_prompt
+                        and self.clock() + delay - started >= policy.prompt_after):
+                    prompted = True
+                    await self._play_prompt(self.tenant.reconnect_prompt)
+                await asyncio.sleep(delay)
+                continue
+            self.metrics.model_connect.labels(provider).observe(self.clock() - t0)
+            if self._answered:
+                self.reconnects += 1
+                self.metrics.model_reconnects.labels(provider).inc()
+                self.log.info("model session re-established after %.2f s (attempt %d)",
+                              self.clock() - started, attempt)
+            return session
+        return None
+
+    async def _resume(self, session: RealtimeSession) -> None:
+        """Give a replacement session the conversation so far; answer the caller if they waited."""
+        for event in self.history.replay_events():
+            await session.send(event)
+        if self.tap is not None:
+            self.tap.event("model_reconnected", turns=len(self.history))
+        if self._waiting_since is not None:
+            await session.send(rt.response_create())
+            self._caller_waits()
+
+    def _session_lost(self) -> None:
+        """Forget the lost session's response state; audio already received keeps playing."""
+        self._finish_audio()
+        self._responding = False
+        self._announcement_playing = False
+        self._current_item = None
+        self._stall_timer = None
+        # Control events were meant for the old session's items; caller audio waits for the new one.
+        self._control_queue.clear()
+        if self._announcement is not None:
+            self._send_announcement()  # a transfer line still to be said: the new session says it
+
+    async def _give_up(self) -> None:
+        """The model cannot be reached: the tenant's announcement, then the call ends (model_error)."""
+        self.log.warning("model unavailable after %d attempts; ending the call", max(1, self.policy.reconnect_attempts))
+        self.info.outcome = self.info.outcome or Outcome.MODEL_ERROR
+        self._announcement = None
+        self._announcement_playing = False
+        path = self.tenant.unavailable_announcement
+        seconds = await self._play_prompt(path) if path else 0.0
+        if seconds <= 0:
+            self.end(Outcome.MODEL_ERROR)
+            return
+        self._pending_action = ("model_error", None)
+        self._action_deadline = self.clock() + seconds + 2.0
+        self._kick_pacer()
+
+    async def _play_prompt(self, path: str) -> float:
+        """Queue a recorded prompt for the caller; returns its length in seconds (0 if unplayable)."""
+        rate = self.caller_format.rate_hz
+        try:
+            samples = await asyncio.to_thread(load_prompt, path, rate)
+        except PromptError as exc:
+            self.log.error("%s", exc)
+            return 0.0
+        self.playout.write(samples, None)
+        self.playout.end_of_audio()
+        self._kick_pacer()
+        return len(samples) / rate
+
+    # ----------------------------------------------------------------- stall detection
+    def _caller_waits(self) -> None:
+        """The caller now waits for the agent's answer: a silent model counts as stalled."""
+        if self._waiting_since is None:
+            self._waiting_since = self.clock()
+        self._arm_stall_timer()
+
+    def _caller_answered(self) -> None:
+        self._waiting_since = None
+        self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        """No model event for ``stall_timeout`` while the caller waits for an answer, or in the
+        middle of a response, is a stalled session."""
+        timer = self._stall_timer
+        if timer is None:
+            return
+        if self._waiting_since is None and not self._responding:
+            if timer.when() is not None:
+                timer.reschedule(None)
+            return
+        # Moved at most a few times a second, not on every audio delta: the deadline may run up
+        # to a quarter of the timeout early.
+        limit = self.policy.stall_timeout
+        deadline = asyncio.get_running_loop().time() + limit
+        when = timer.when()
+        if when is None or deadline - when > min(1.0, limit / 4):
+            timer.reschedule(deadline)
+
     # ----------------------------------------------------------------- model leg
     def _send_soon(self, event: dict[str, Any]) -> None:
         """Queue a control event for the model ahead of pending audio."""
         # One sender task keeps the order of everything sent to the model; control events go
         # ahead of queued audio.
         self._control_queue.append(json.dumps(event, separators=(",", ":")))
+        if event.get("type") == "response.create":
+            self._caller_waits()
         self._wake_sender()
 
     def _wake_sender(self) -> None:
@@ -331,21 +502,44 @@ class Call:
                     await session.send_audio(chunk)
 
     async def _model_receiver(self, session: RealtimeSession) -> None:
+        async with asyncio.timeout(None) as timer:
+            self._stall_timer = timer
+            self._arm_stall_timer()
+            try:
+                await self._receive_events(session)
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                raise ModelError(f"no model event for {self.policy.stall_timeout:.1f} s while the caller "
+                                 "waited for an answer", "stalled") from None
+            finally:
+                if self._stall_timer is timer:
+                    self._stall_timer = None
+        # The model closed the session normally: nothing more can be said on this call.
+        self.end(Outcome.NORMAL if self.info.outcome is None else self.info.outcome)
+
+    async def _receive_events(self, session: RealtimeSession) -> None:
         async for event in session.events():
             kind = event["type"]
             if kind == rt.AUDIO_DELTA:
+                if self._waiting_since is not None:
+                    self._caller_answered()
                 self._on_audio_delta(event)
             elif kind == rt.SPEECH_STARTED:
+                self._caller_answered()
                 await self._barge_in()
             elif kind == rt.SPEECH_STOPPED:
                 self._speech_stopped_at = self.clock()
                 self._awaiting_first_frame = True
+                if self._creates_response():
+                    self._caller_waits()
             elif kind == rt.AUDIO_DONE:
                 self._finish_audio()
             elif kind == rt.RESPONSE_CREATED:
                 self._responding = True
             elif kind == rt.RESPONSE_DONE:
                 self._responding = False
+                self._caller_answered()
                 self._playing = False
                 self._finish_audio()
                 if self._announcement is not None:
@@ -355,18 +549,28 @@ class Call:
             elif kind == rt.OUTPUT_ITEM_DONE:
                 await self._on_output_item_done(event)
             elif kind == rt.INPUT_TRANSCRIPT_DONE:
+                transcript = str(event.get("transcript", ""))
+                self.history.add("user", transcript)
                 if self.tap is not None:
-                    self.tap.transcript("caller", str(event.get("transcript", "")), time.time())
+                    self.tap.transcript("caller", transcript, time.time())
             elif kind == rt.OUTPUT_TRANSCRIPT_DONE:
+                transcript = str(event.get("transcript", ""))
+                item_id = event.get("item_id")
+                self.history.add("assistant", transcript, item_id if isinstance(item_id, str) else None)
+                if isinstance(item_id, str) and item_id in self._truncated_items:
+                    self.history.mark_interrupted(item_id)
                 if self.tap is not None:
-                    self.tap.transcript("agent", str(event.get("transcript", "")), time.time())
+                    self.tap.transcript("agent", transcript, time.time())
             elif kind == rt.ERROR:
                 err = event.get("error") or {}
                 self.log.warning("model error event: %s %s", err.get("code") or err.get("type"),
                                  err.get("message"))
                 self.metrics.model_errors.labels(self.endpoint.provider.value, "event").inc()
-        # The model closed the session normally: nothing more can be said on this call.
-        self.end(Outcome.NORMAL if self.info.outcome is None else self.info.outcome)
+            self._arm_stall_timer()
+
+    def _creates_response(self) -> bool:
+        """Whether the end of a caller turn makes the model answer by itself (turn detection)."""
+        return bool(getattr(self.tenant.turn_detection, "create_response", True))
 
     def _on_audio_delta(self, event: dict[str, Any]) -> None:
         item_id = event.get("item_id")
@@ -428,6 +632,7 @@ class Call:
         if self.outbound is not None:
             self.outbound.reset()
         self._truncated_items.add(item)
+        self.history.mark_interrupted(item)
         self.info.barge_ins += 1
         transport = self.leg.transport
         self.metrics.barge_ins.labels(transport).inc()
@@ -511,6 +716,9 @@ class Call:
         kind, target = action
         if kind == "hangup":
             self.end(Outcome.AGENT_HANGUP)
+            return
+        if kind == "model_error":  # the unavailable announcement has played
+            self.end(Outcome.MODEL_ERROR)
             return
         assert target is not None
         self.log.info("transferring to %s (%s)", target.name, target.kind)

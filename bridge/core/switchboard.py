@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome
-from bridge.core.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.core.continuity import ModelPolicy
+from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession, endpoint_from_settings
 from bridge.ops import logs
 from bridge.ops.metrics import Metrics, TenantLabels
 from bridge.settings import ModelProvider, Settings
@@ -37,6 +38,7 @@ class Refusal(enum.StrEnum):
     UNKNOWN_NUMBER = "unknown_number"
     LOOKUP_FAILED = "lookup_failed"
     UNKNOWN_CALL = "unknown_call"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ class PendingCall:
     caller_id: str
     expires_at: float
     audio_format: AudioFormat | None = None  # None: what the media transport says
+    # A model session opened before the caller was answered, taken over by the call.
+    session: RealtimeSession | None = None
     # Set by the media side when the call ends with a transfer, read by the signalling side.
     after_call: asyncio.Future[object] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -172,12 +176,33 @@ class Switchboard:
             self._endpoints[tenant.provider] = endpoint
         return endpoint
 
-    def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
-        """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
+    @property
+    def model_policy(self) -> ModelPolicy:
+        m = self.settings.model
+        return ModelPolicy(m.reconnect_attempts, m.reconnect_backoff, m.stall_timeout, m.reconnect_prompt_after)
+
+    async def open_model(self, tenant: TenantConfig) -> RealtimeSession:
+        """A model session for a call not yet answered: a transport that can still refuse the
+        call opens it first, so that a model it cannot reach sends the caller elsewhere
+        (``Refusal.MODEL_UNAVAILABLE``) instead of into dead air. Raises ModelError."""
+        endpoint = self.endpoint_for(tenant).with_model(tenant.model)
+        started = self.clock()
+        try:
+            session = await RealtimeSession.connect(endpoint)
+        except ModelError as exc:
+            self.metrics.model_errors.labels(endpoint.provider.value, exc.kind).inc()
+            raise
+        self.metrics.model_connect.labels(endpoint.provider.value).observe(self.clock() - started)
+        return session
+
+    def open_call(self, info: CallInfo, leg: CallerLeg, session: RealtimeSession | None = None) -> Call:
+        """Build the call; the transport feeds it caller audio while ``run_call`` runs it.
+        ``session``: a model session opened for it beforehand (``open_model``), which it takes over."""
         self.metrics.calls_offered.labels(info.transport).inc()
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
-                    max_duration=self.settings.limits.max_call_duration)
+                    max_duration=self.settings.limits.max_call_duration, session=session,
+                    policy=self.model_policy)
 
     async def run_call(self, call: Call) -> Outcome:
         """Run one bridged call to its end. Per-call failures never propagate."""

@@ -119,3 +119,24 @@ async def test_connection_refused_at_start_is_retried(server):
         await ami.wait_logged_in(5)
     finally:
         await ami.close()
+
+
+async def test_asterisk_restart_logs_a_warning_with_the_reconnect_not_an_error(server, caplog):
+    ami = AmiConnection(_settings(server))
+    await ami.start()
+    try:
+        await ami.wait_logged_in(5)
+        caplog.clear()
+        caplog.set_level("DEBUG")
+        await server.restart(down_seconds=0.3)
+        await _wait(lambda: not ami.logged_in.is_set())
+        await ami.wait_logged_in(5)
+    finally:
+        await ami.close()
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], [r.getMessage() for r in errors]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("AMI connection lost; reconnecting every 1 s" in m for m in warnings), warnings
+    # panoramisk's own line is still there for debugging.
+    assert any(r.name == "panoramisk" and r.getMessage() == "Connection lost" and r.levelname == "DEBUG"
+               for r in caplog.records)
