@@ -23,6 +23,9 @@ Wire surface
 * Server events use the GA names and field sets of ``openai.types.realtime``.
 * Sessions end after ``max_session_seconds`` (default 60 minutes) with close code 1001, like the
   service.
+* Faults for tests: ``drop_all(code)`` closes every live session; ``stall_all()`` silences them
+  (connected, reading, sending nothing); ``refuse_sessions = True`` answers new connections with
+  HTTP 503 before the upgrade.
 
 Theory of operation
 -------------------

@@ -102,6 +102,7 @@ class SimulatedConnection(ResponseStreaming):
         self._idle_task: asyncio.Task[None] | None = None
         self._limit_task: asyncio.Task[None] | None = None
         self._peer_gone = False
+        self.stalled = False  # set by SimulatorServer.stall_all: nothing more is sent
         self._handlers: dict[str, Callable[[Json], Awaitable[None]]] = {
             "session.update": self._on_session_update,
             "input_audio_buffer.append": self._on_append,
@@ -128,6 +129,8 @@ class SimulatedConnection(ResponseStreaming):
         return {"event_id": self._new_id("event"), **event}
 
     async def _send_raw(self, frames: list[str]) -> None:
+        if self.stalled:
+            return
         async with self._out_lock:
             for frame in frames:
                 if self._peer_gone or self._ws.closed:

@@ -48,6 +48,7 @@ class SimulatedSession:
     input_sha256: Any = field(default_factory=hashlib.sha256)
     closed_at: float | None = None
     close_code: int | None = None
+    stalled_at: float | None = None  # when SimulatorServer.stall_all silenced it
 
 
 

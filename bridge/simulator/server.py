@@ -79,6 +79,9 @@ class SimulatorServer:
         # Connections refused at the handshake or right after it, as (reason, path).
         self.rejections: list[tuple[str, str]] = []
         self._live: set[SimulatedConnection] = set()
+        # While set, new connections are refused with HTTP 503 before the upgrade (the service
+        # being unreachable or overloaded), as (reason, path) in ``rejections``.
+        self.refuse_sessions = False
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._events_log = events_log
@@ -122,6 +125,13 @@ class SimulatorServer:
         """Close every live session with ``code`` (simulates the model service failing)."""
         await self._close_all(code, "The server had an error while processing your request.")
 
+    def stall_all(self) -> None:
+        """Every live session goes silent: it keeps its connection and reads what the client
+        sends, but sends nothing more (a stalled model). Sessions opened later are not affected."""
+        for conn in self._live:
+            conn.stalled = True
+            conn.record.stalled_at = self.clock()
+
     async def _close_all(self, code: int, message: str) -> None:
         live = list(self._live)
         if live:
@@ -156,6 +166,11 @@ class SimulatorServer:
             self.rejections.append(("unauthorized", request.path))
             return web.json_response({"error": {"message": problem, "type": "invalid_request_error",
                                                 "code": "invalid_api_key", "param": None}}, status=401)
+        if self.refuse_sessions:
+            self.rejections.append(("unavailable", request.path))
+            return web.json_response({"error": {"message": "The server is overloaded or not ready yet.",
+                                                "type": "server_error", "code": None, "param": None}},
+                                     status=503)
         ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE_BYTES, autoping=True)
         if not ws.can_prepare(request).ok:
             return web.json_response({"error": {"message": "Expected a WebSocket upgrade request.",

@@ -1,5 +1,6 @@
-"""Each way a call can end ends it cleanly: caller hangup, model disconnect, daemon shutdown,
-the model failing to connect, and the maximum call duration."""
+"""Each way a call can end ends it cleanly: caller hangup, daemon shutdown, the model lost for good,
+the model unreachable before the answer, and the maximum call duration; a model disconnect
+alone does not end it."""
 
 from __future__ import annotations
 
@@ -68,35 +69,66 @@ async def test_caller_hangup_closes_model_session(tmp_path):
         await asyncio.wait_for(task, 30)
 
 
-async def test_model_disconnect_hangs_up_caller(tmp_path):
+async def test_model_disconnect_is_survived_by_the_call(tmp_path):
+    # A dropped model session no longer ends the phone call: a new one takes over.
     app, stop, task = await _start(_settings(tmp_path))
+    try:
+        caller = await _call(app)
+        playing = asyncio.create_task(caller.play(np.zeros(8000 * 3, dtype=np.int16)))
+        await _until(lambda: bool(app.simulator.sessions))
+        await asyncio.sleep(0.5)
+        await app.simulator.drop_all(1011)
+        await _until(lambda: len(app.simulator.sessions) == 2)
+        await playing
+        assert not caller.media_closed.is_set() and not caller.hangup_received
+        await caller.hang_up()
+        await _until(lambda: app.switchboard.active_calls == 0)
+        assert _outcomes(app) == {"caller_hangup": 1}
+        assert app.metrics.registry.get_sample_value(
+            "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_model_lost_for_good_ends_the_call_as_model_error(tmp_path):
+    settings = _settings(tmp_path, model={"reconnect_attempts": 2, "reconnect_backoff": 0.1})
+    app, stop, task = await _start(settings)
     try:
         caller = await _call(app)
         playing = asyncio.create_task(caller.play(np.zeros(8000 * 5, dtype=np.int16)))
         await _until(lambda: bool(app.simulator.sessions))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
+        app.simulator.refuse_sessions = True
         await app.simulator.drop_all(1011)
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received, "the caller was not sent an AudioSocket HANGUP"
         await playing
         await _until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app).get("model_error") == 1
+        assert [r for r, _ in app.simulator.rejections] == ["unavailable", "unavailable"]
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
 
 
-async def test_model_unreachable_hangs_up_caller(tmp_path):
-    # A model endpoint where nothing listens: the call must end at once with model_error.
+async def test_model_unreachable_before_answer_reports_model_unavailable(tmp_path):
+    # A model endpoint where nothing listens: the caller is never answered, and the dialplan is
+    # told MODEL_UNAVAILABLE so that it can try another instance.
     settings = _settings(tmp_path, model={"provider": "openai", "api_key": "sk-test",
                                           "websocket_base_url": "ws://127.0.0.1:9/v1",
                                           "connect_timeout": 3})
     app, stop, task = await _start(settings)
     try:
-        caller = await _call(app)
-        await asyncio.wait_for(caller.media_closed.wait(), 5)
-        assert caller.hangup_received
-        await _until(lambda: _outcomes(app).get("model_error") == 1)
+        caller = AsteriskCaller(app.agi.port, DEMO_NUMBER)
+        await caller.dial()
+        await asyncio.wait_for(caller.agi_done.wait(), 5)
+        assert caller.agi.variables.get("CALLBRIDGE_STATUS") == "MODEL_UNAVAILABLE"
+        assert not any(c.startswith("ANSWER") for c in caller.agi.commands), caller.agi.commands
+        assert not caller.audiosocket_requested.is_set()
+        assert _outcomes(app) == {"refused": 1}
+        assert app.metrics.registry.get_sample_value(
+            "callbridge_calls_refused_total", {"transport": "audiosocket", "reason": "model_unavailable"}) == 1
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
