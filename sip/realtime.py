@@ -32,6 +32,7 @@ SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
 COMMITTED = "input_audio_buffer.committed"
 AUDIO_DELTA = "response.output_audio.delta"
 AUDIO_DONE = "response.output_audio.done"
+OUTPUT_TRANSCRIPT_DELTA = "response.output_audio_transcript.delta"
 OUTPUT_TRANSCRIPT_DONE = "response.output_audio_transcript.done"
 INPUT_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
 RESPONSE_CREATED = "response.created"
@@ -43,7 +44,7 @@ ERROR = "error"
 _BETA_TO_GA = {
     "response.audio.delta": AUDIO_DELTA,
     "response.audio.done": AUDIO_DONE,
-    "response.audio_transcript.delta": "response.output_audio_transcript.delta",
+    "response.audio_transcript.delta": OUTPUT_TRANSCRIPT_DELTA,
     "response.audio_transcript.done": OUTPUT_TRANSCRIPT_DONE,
     "response.text.delta": "response.output_text.delta",
     "response.text.done": "response.output_text.done",

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.core.continuity import ConversationHistory, ModelPolicy, PromptError, load_prompt
+from bridge.core.continuity import TURN_CHARS, ConversationHistory, ModelPolicy, PromptError, load_prompt
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
 from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
@@ -165,6 +165,10 @@ class Call:
         self._answered = False
         self._waiting_since: float | None = None  # the caller waits for the agent's answer
         self._stall_timer: asyncio.Timeout | None = None
+        # The agent item being spoken and its transcript so far, kept if its session is lost.
+        self._partial_item: str | None = None
+        self._partial_text: list[str] = []
+        self._partial_chars = 0
 
     # ----------------------------------------------------------------- transport -> call
     def receive_audio(self, payload: bytes) -> None:
@@ -394,6 +398,13 @@ class Call:
 
     def _session_lost(self) -> None:
         """Forget the lost session's response state; audio already received keeps playing."""
+        if self._partial_item is not None and self._partial_text:
+            self.history.add_partial(self._partial_item, "".join(self._partial_text))
+        self._partial_item = None
+        self._partial_text = []
+        self._partial_chars = 0
+        if self._responding:
+            self._waiting_since = self.clock()  # the answer was cut off: the new session gives it
         self._finish_audio()
         self._responding = False
         self._announcement_playing = False
@@ -502,19 +513,21 @@ class Call:
                     await session.send_audio(chunk)
 
     async def _model_receiver(self, session: RealtimeSession) -> None:
-        async with asyncio.timeout(None) as timer:
-            self._stall_timer = timer
-            self._arm_stall_timer()
-            try:
-                await self._receive_events(session)
-            except TimeoutError:
-                if not timer.expired():
-                    raise
-                raise ModelError(f"no model event for {self.policy.stall_timeout:.1f} s while the caller "
-                                 "waited for an answer", "stalled") from None
-            finally:
-                if self._stall_timer is timer:
-                    self._stall_timer = None
+        timer = asyncio.timeout(None)
+        try:
+            async with timer:
+                self._stall_timer = timer
+                self._arm_stall_timer()
+                try:
+                    await self._receive_events(session)
+                finally:
+                    if self._stall_timer is timer:
+                        self._stall_timer = None
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise ModelError(f"no model event for {self.policy.stall_timeout:.1f} s while the caller "
+                             "waited for an answer", "stalled") from None
         # The model closed the session normally: nothing more can be said on this call.
         self.end(Outcome.NORMAL if self.info.outcome is None else self.info.outcome)
 
@@ -553,7 +566,12 @@ class Call:
                 self.history.add("user", transcript)
                 if self.tap is not None:
                     self.tap.transcript("caller", transcript, time.time())
+            elif kind == rt.OUTPUT_TRANSCRIPT_DELTA:
+                self._on_transcript_delta(event)
             elif kind == rt.OUTPUT_TRANSCRIPT_DONE:
+                self._partial_item = None
+                self._partial_text = []
+                self._partial_chars = 0
                 transcript = str(event.get("transcript", ""))
                 item_id = event.get("item_id")
                 self.history.add("assistant", transcript, item_id if isinstance(item_id, str) else None)
@@ -567,6 +585,19 @@ class Call:
                                  err.get("message"))
                 self.metrics.model_errors.labels(self.endpoint.provider.value, "event").inc()
             self._arm_stall_timer()
+
+    def _on_transcript_delta(self, event: dict[str, Any]) -> None:
+        item_id = event.get("item_id")
+        delta = event.get("delta")
+        if not isinstance(item_id, str) or not isinstance(delta, str):
+            return
+        if item_id != self._partial_item:
+            self._partial_item = item_id
+            self._partial_text = []
+            self._partial_chars = 0
+        if self._partial_chars < TURN_CHARS:
+            self._partial_text.append(delta[: TURN_CHARS - self._partial_chars])
+            self._partial_chars += len(self._partial_text[-1])
 
     def _creates_response(self) -> bool:
         """Whether the end of a caller turn makes the model answer by itself (turn detection)."""

@@ -94,6 +94,13 @@ class ConversationHistory:
         while len(self._turns) > self.verbatim_turns:
             self._fold(self._turns.popleft())
 
+    def add_partial(self, item_id: str, text: str) -> None:
+        """What an agent item had said when its session was lost: kept, marked as cut off."""
+        if any(turn.item_id == item_id for turn in self._turns):
+            return
+        self.add("assistant", text, item_id)
+        self.mark_interrupted(item_id)
+
     def mark_interrupted(self, item_id: str) -> None:
         """The caller cut the agent's item short: it was not all heard."""
         for turn in reversed(self._turns):
