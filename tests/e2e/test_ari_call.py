@@ -192,12 +192,14 @@ async def test_caller_hangs_up_during_set_up(tmp_path, moment):
         await _until(lambda: h.app.stasis.active == 0)
         await asyncio.sleep(0.8)  # let a late StasisStart of the external channel arrive
         lines = server.request_lines()
-        # Nothing is added to the bridge after the caller left, nothing reaches the model, and
+        # Nothing is added to the bridge after the caller left, no call reaches the model, and
         # whatever was created is removed exactly once.
         media_adds = [r for r in server.requests if r.path.endswith("/addChannel")
                       and "-media-" in r.query.get("channel", "")]
         assert media_adds == [], lines
-        assert h.app.simulator.sessions == []
+        # The model session is opened before the answer; it was closed unused.
+        await _until(lambda: all(s.closed_at is not None for s in h.app.simulator.sessions))
+        assert [(s.session_updates, s.input_audio_ms) for s in h.app.simulator.sessions] == [([], 0.0)]
         assert not [line for line in lines if line.startswith("DELETE /channels/{caller}")], lines
         if moment == "answer":
             assert lines == ["POST /channels/{caller}/answer -> 404"], lines
@@ -512,3 +514,29 @@ async def test_external_channel_lost_mid_call_hangs_the_caller_up(tmp_path):
         assert _metric(h.app, "callbridge_calls_total", {"transport": "rtp", "outcome": "protocol_error"}) == 1
     finally:
         await h.close()
+
+
+@pytest.mark.parametrize("transport", ["rtp", "audiosocket", "websocket"])
+async def test_model_unreachable_continues_the_caller_unanswered(tmp_path, transport):
+    # The model session is opened before the caller is answered: a model that cannot be reached
+    # hands the caller back to the dialplan (MODEL_UNAVAILABLE) to try another instance.
+    extra = {"transport": transport, "format": "slin16" if transport != "rtp" else "ulaw"}
+    h = await _start(tmp_path, **extra)
+    try:
+        h.app.simulator.refuse_sessions = True
+        caller = await h.server.place_call(APP, DEMO_NUMBER)
+        await _until(lambda: caller.channel.continued_to is not None)
+        assert caller.channel.variables["CALLBRIDGE_STATUS"] == "MODEL_UNAVAILABLE"
+        assert caller.channel.alive and caller.channel.state == "Ring"  # never answered
+        assert h.server.request_lines() == [
+            "POST /channels/{caller}/variable -> 204",
+            "POST /channels/{caller}/continue -> 204",
+        ]
+        assert [r for r, _ in h.app.simulator.rejections] == ["unavailable"]
+        label = {"rtp": "rtp", "audiosocket": "audiosocket", "websocket": "chan_websocket"}[transport]
+        assert _metric(h.app, "callbridge_calls_refused_total",
+                       {"transport": label, "reason": "model_unavailable"}) == 1
+        assert h.app.switchboard.active_calls == 0
+    finally:
+        await h.close()
+
