@@ -13,7 +13,11 @@ Theory of operation (``channels/chan_websocket.c``)
   between the two hosts. Outside ``START_MEDIA_BUFFERING`` a message's bytes past the last whole
   frame are dropped, so this leg only ever sends whole frames and keeps any remainder for the
   next send.
-* Barge-in: ``FLUSH_MEDIA`` empties that queue, marks included (``handle_command``).
+* Barge-in: ``FLUSH_MEDIA`` empties that queue, marks included (``handle_command``). It does not
+  reach a translator between this channel and the caller (slin16 media to an 8 kHz caller goes
+  through a resampler whose filter holds about 5 ms): with nothing sent after the flush, that
+  tail of the cut-off speech came out at the start of the next reply. One frame of silence right
+  after the flush pushes it out at the barge-in instead, where it is the last 5 ms of the cut.
 * Played position: ahead of each send the leg queues ``MARK_MEDIA <n>``, ``n`` being the number
   of the first frame that follows. A mark is an entry in the same queue and Asterisk handles the
   marks at the head of its queue and then dequeues one frame in the same 20 ms tick
@@ -217,10 +221,20 @@ class MediaWebSocketConnection:
         self.flushes += 1
         try:
             await self._ws.send(cw.flush_media(self.control_format))
+            # Whatever was queued is gone: nothing sent so far will still be played.
+            self.frames_played = self.frames_sent
+            # Pushes the far end's translator state out now (see the top of the module). Not
+            # agent audio, so not counted: marks number the agent's frames only.
+            await self._ws.send(self._silence_frame())
         except ConnectionClosed:
             self._closed = True
-        # Whatever was queued is gone: nothing sent so far will still be played.
-        self.frames_played = self.frames_sent
+            self.frames_played = self.frames_sent
+
+    def _silence_frame(self) -> bytes:
+        silence = self.audio_format.silence()
+        if len(silence) != self.frame_bytes:
+            silence = (silence * (self.frame_bytes // max(1, len(silence)) + 1))[: self.frame_bytes]
+        return silence
 
     def unplayed_ms(self) -> int:
         """Agent audio handed to Asterisk and not yet played to the caller (exact to one frame)."""

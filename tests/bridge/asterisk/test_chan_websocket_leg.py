@@ -120,6 +120,8 @@ async def test_framing_marks_and_flush(endpoint):
         await conn.clear_playback()
         await endpoint.settle()
         assert endpoint.text[-1] == "FLUSH_MEDIA"
+        # One frame of silence follows the flush (it flushes a far-end resampler's tail).
+        assert endpoint.binary[-1] == b"\xff" * 160
         assert conn.unplayed_ms() == 0  # what was queued is gone, not waiting
         # The remainder was dropped with the flush: the next frame starts clean.
         await conn.send_audio(b"\x03" * 160)
@@ -183,10 +185,15 @@ async def test_json_control_messages_are_answered_in_json():
     try:
         assert conn.control_format is cw.ControlFormat.JSON and conn.frame_bytes == 640
         assert conn.audio_format.rate_hz == 16000
-        await conn.send_audio(b"\x00" * 640)
+        await conn.send_audio(b"\x01" * 640)
         await conn.clear_playback()
         await endpoint.settle()
         assert endpoint.text == ['{"command":"MARK_MEDIA","correlation_id":"1"}', '{"command":"FLUSH_MEDIA"}']
+        # slin16 toward an 8 kHz caller goes through Asterisk's resampler, whose few ms of
+        # history would start the next reply with the cut-off speech: silence pushes it out at
+        # the barge-in. It is one whole frame (chan_websocket drops partial ones).
+        assert endpoint.binary == [b"\x01" * 640, b"\x00" * 640]
+        assert conn.frames_sent == 1 and conn.unplayed_ms() == 0
     finally:
         reader.cancel()
         await conn.close()
