@@ -23,7 +23,8 @@ connects the model and runs three tasks in one TaskGroup, so none outlives the c
 
 Barge-in: on ``input_audio_buffer.speech_started`` the playout buffer is cleared at once, remote
 playback is flushed (where the transport buffers), and ``conversation.item.truncate`` reports the
-milliseconds of the agent item actually sent to the caller, clamped to what the model produced.
+milliseconds of the agent item actually sent to the caller, less the outbound resampler's delay
+and what the far end reports unplayed, clamped to what the model produced.
 Later deltas of the truncated item are discarded.
 
 Model continuity (``bridge.core.continuity``): the model leg runs one session at a time. A session
@@ -653,6 +654,10 @@ class Call:
             return
         produced_ms = self._produced_samples.get(item, 0) * 1000 // MODEL_RATE_HZ
         played_ms = self.playout.played_ms(item)
+        if self.outbound is not None:
+            # The resampler toward the caller delays the item by its filter's latency (a few ms):
+            # the samples handed out end that much before the model position they came from.
+            played_ms = max(0, played_ms - round(self.outbound.latency_seconds * 1000))
         if self._leg_unplayed_ms is not None:
             # What the far end still holds of the audio sent was never heard.
             played_ms = max(0, played_ms - int(self._leg_unplayed_ms()))

@@ -129,13 +129,15 @@ async def test_unknown_number_gets_4004(tmp_path):
         await _stop(stop, task)
 
 
-async def test_model_failure_gets_1011(tmp_path):
+async def test_model_lost_for_good_gets_1011(tmp_path):
+    # A dropped session alone is replaced; a model that stays unreachable ends the call.
     app, stop, task = await _start(tmp_path)
     peer = TwilioPeer()
     try:
         await peer.start(_url(app), PARAMS)
         playing = asyncio.create_task(peer.play_ulaw(_ulaw(np.zeros(8000 * 5, dtype=np.int16))))
         await _until(lambda: len(peer.media) > 10)
+        app.simulator.refuse_sessions = True
         await app.simulator.drop_all(1011)
         assert await peer.close_code_within(5) == 1011
         await playing

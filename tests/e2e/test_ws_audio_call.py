@@ -237,13 +237,15 @@ async def test_unreachable_model_gets_1011(tmp_path):
         await _stop(stop, task)
 
 
-async def test_model_failure_mid_call_gets_1011(tmp_path):
+async def test_model_lost_for_good_mid_call_gets_1011(tmp_path):
+    # A dropped session alone is replaced; a model that stays unreachable ends the call.
     app, stop, task = await _start(tmp_path)
     try:
         client = WsPeer()
         await client.connect(_url(app))
         sending = asyncio.create_task(client.send_paced([base64.b64encode(bytes(1920)).decode()] * 100, 0.04))
         await _until(lambda: len(client.received) > 10)
+        app.simulator.refuse_sessions = True
         await app.simulator.drop_all(1011)
         assert await client.close_code_within(5) == 1011
         await sending
