@@ -34,7 +34,9 @@ from tenants.settings import TenantSettings
 
 log = logging.getLogger(__name__)
 
-TRANSPORT = "audiosocket"
+# Calls set up over FastAGI (their media is AudioSocket) carry this transport label; ARI-routed
+# AudioSocket calls carry "audiosocket_ari".
+TRANSPORT = "audiosocket_fastagi"
 ENV_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 CLOSE_GRACE = 5.0
@@ -192,7 +194,8 @@ class FastAgiServer:
             self._channel_calls[request.channel] = call_id
             while len(self._channel_calls) > CHANNELS_REMEMBERED:
                 self._channel_calls.popitem(last=False)
-        pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id)
+        pending = switchboard.register_pending(call_id, resolution, resolution.number or dialled, caller_id,
+                                               transport=TRANSPORT)
         try:
             try:
                 pending.session = await switchboard.open_model(resolution.tenant)

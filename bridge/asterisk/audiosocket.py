@@ -27,6 +27,9 @@ from tenants.config import TransferTarget
 
 log = logging.getLogger(__name__)
 
+# The label of AudioSocket connections refused before a call is known (an unregistered UUID); a
+# call's own label says how it was set up (PendingCall.transport: audiosocket_fastagi or
+# audiosocket_ari).
 TRANSPORT = "audiosocket"
 UUID_TIMEOUT = 5.0
 # Past this much unsent audio toward Asterisk the peer is not reading: drop rather than buffer.
@@ -36,7 +39,6 @@ MAX_WRITE_BUFFER_BYTES = 32_000
 class AudioSocketLeg:
     """The caller direction of one AudioSocket connection."""
 
-    transport = TRANSPORT
     keepalive = True
 
     def __init__(
@@ -47,6 +49,7 @@ class AudioSocketLeg:
         pending: PendingCall | None,
         on_drop: Any = None,
     ) -> None:
+        self.transport = pending.transport if pending is not None else TRANSPORT
         self._protocol = protocol
         self._connection = connection
         self.audio_format = audio_format
@@ -226,13 +229,13 @@ class AudioSocketConnection(asyncio.Protocol):
             self._refuse()
             return
         if switchboard.draining:
-            switchboard.refused(TRANSPORT, Refusal.DRAINING)
+            switchboard.refused(pending.transport, Refusal.DRAINING)
             self._refuse(pending)
             return
         audio_format = pending.audio_format or SLIN_8K
         drops = switchboard.metrics.frames_dropped.labels("outbound", "socket_backlog")
         leg = AudioSocketLeg(self._parser, self, audio_format, pending, on_drop=drops.inc)
-        info = CallInfo(TRANSPORT, pending.resolution.tenant, pending.dialled, pending.caller_id,
+        info = CallInfo(pending.transport, pending.resolution.tenant, pending.dialled, pending.caller_id,
                         call_id=str(call_uuid))
         # The model session the signalling side opened before answering, if it did.
         session, pending.session = pending.session, None

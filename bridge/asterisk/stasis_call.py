@@ -38,7 +38,7 @@ Clock = Callable[[], float]
 
 TRANSPORT_NAMES = {
     ExternalMediaTransport.RTP: "rtp",
-    ExternalMediaTransport.AUDIOSOCKET: "audiosocket",
+    ExternalMediaTransport.AUDIOSOCKET: "audiosocket_ari",
     ExternalMediaTransport.WEBSOCKET: "chan_websocket",
 }
 TEARDOWN_TIMEOUT = 5.0
@@ -248,7 +248,8 @@ class StasisCall:
             key = self.audiosocket_uuid = self.call_id
             audio_format = SLIN_16K if self.settings.format == "slin16" else SLIN_8K
         self.pending = switchboard.register_pending(
-            key, resolution, resolution.number or self.dialled, self.caller_number, audio_format)
+            key, resolution, resolution.number or self.dialled, self.caller_number, audio_format,
+            transport=TRANSPORT_NAMES[self.transport])
         return resolution
 
     async def _open_model(self, resolution: Resolution) -> bool:

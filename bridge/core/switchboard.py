@@ -65,6 +65,8 @@ class PendingCall:
     audio_format: AudioFormat | None = None  # None: what the media transport says
     # A model session opened before the caller was answered, taken over by the call.
     session: RealtimeSession | None = None
+    # The transport label of the call: how it was set up (FastAGI or ARI), not only its media.
+    transport: str = "audiosocket"
     # Set by the media side when the call ends with a transfer, read by the signalling side.
     after_call: asyncio.Future[object] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -139,10 +141,12 @@ class Switchboard:
         dialled: str,
         caller_id: str,
         audio_format: AudioFormat | None = None,
+        transport: str = "audiosocket",
     ) -> PendingCall:
         self._expire_pending()
         pending = PendingCall(key, resolution, dialled, caller_id,
-                              self.clock() + self.settings.agi.claim_timeout, audio_format)
+                              self.clock() + self.settings.agi.claim_timeout, audio_format,
+                              transport=transport)
         self._pending[key] = pending
         return pending
 

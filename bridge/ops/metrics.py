@@ -33,7 +33,11 @@ _LATENCY_BUCKETS = (
 _FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
 _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
-TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
+# How a call reached the daemon. AudioSocket media is labelled by what set the call up:
+# audiosocket_fastagi (FastAGI) or audiosocket_ari (ARI External Media); plain audiosocket is an
+# AudioSocket connection refused before any call was known (an unregistered UUID).
+TRANSPORTS = ("audiosocket_fastagi", "audiosocket_ari", "audiosocket", "rtp", "chan_websocket", "twilio",
+              "freeswitch", "ws_audio")
 OUTCOMES = (
     "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
     "refused", "protocol_error", "shutdown", "timeout", "error",

@@ -450,14 +450,14 @@ async def test_audiosocket_transport_with_dtmf_from_ari_events(tmp_path, fixture
         assert em.query["external_host"] == f"127.0.0.1:{h.app.audiosocket.port}"
         # The daemon generated the UUID: the AudioSocket connection was matched to this call.
         call = next(c for c in h.app.switchboard.calls() if c.info.call_id == em.query["data"])
-        assert call.leg.transport == "audiosocket" and call.caller_format.rate_hz == 16000
+        assert call.leg.transport == "audiosocket_ari" and call.caller_format.rate_hz == 16000
         add_caller = next(r for r in server.requests if r.path.endswith("/addChannel"))
         assert add_caller.query.get("absorbDTMF") == "true"
         playing = asyncio.create_task(peer.play(np.zeros(16000 * 4, dtype=np.int16)))
         await asyncio.sleep(1.0)
         await caller.press("7")
         await _until(lambda: _metric(h.app, "callbridge_dtmf_digits_total",
-                                     {"transport": "audiosocket"}) == 1)
+                                     {"transport": "audiosocket_ari"}) == 1)
         await asyncio.sleep(0.5)
         await caller.hang_up()
         playing.cancel()
@@ -467,7 +467,7 @@ async def test_audiosocket_transport_with_dtmf_from_ari_events(tmp_path, fixture
         assert all(len(f.payload) == 640 for f in peer.received)
         lines = server.request_lines()
         assert "DELETE /bridges/{bridge} -> 204" in lines, lines
-        assert _metric(h.app, "callbridge_calls_total", {"transport": "audiosocket",
+        assert _metric(h.app, "callbridge_calls_total", {"transport": "audiosocket_ari",
                                                          "outcome": "caller_hangup"}) == 1
     finally:
         await h.close()
@@ -533,7 +533,7 @@ async def test_model_unreachable_continues_the_caller_unanswered(tmp_path, trans
             "POST /channels/{caller}/continue -> 204",
         ]
         assert [r for r, _ in h.app.simulator.rejections] == ["unavailable"]
-        label = {"rtp": "rtp", "audiosocket": "audiosocket", "websocket": "chan_websocket"}[transport]
+        label = {"rtp": "rtp", "audiosocket": "audiosocket_ari", "websocket": "chan_websocket"}[transport]
         assert _metric(h.app, "callbridge_calls_refused_total",
                        {"transport": label, "reason": "model_unavailable"}) == 1
         assert h.app.switchboard.active_calls == 0

@@ -83,7 +83,7 @@ async def test_call_greeting_barge_in_and_truncate(tmp_path, fixtures_dir, host_
         rate = (len(window) - 1) / (times[-1] - times[0])
         assert 47 <= rate <= 53, rate
         underruns = app.metrics.registry.get_sample_value(
-            "callbridge_playout_underruns_total", {"transport": "audiosocket"})
+            "callbridge_playout_underruns_total", {"transport": "audiosocket_fastagi"})
         assert underruns == 0
 
         # Barge-in: agent audio stops within 60 ms of speech_started.

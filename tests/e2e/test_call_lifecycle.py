@@ -128,7 +128,7 @@ async def test_model_unreachable_before_answer_reports_model_unavailable(tmp_pat
         assert not caller.audiosocket_requested.is_set()
         assert _outcomes(app) == {"refused": 1}
         assert app.metrics.registry.get_sample_value(
-            "callbridge_calls_refused_total", {"transport": "audiosocket", "reason": "model_unavailable"}) == 1
+            "callbridge_calls_refused_total", {"transport": "audiosocket_fastagi", "reason": "model_unavailable"}) == 1
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -203,11 +203,11 @@ async def test_sigterm_drains_calls_then_exits(tmp_path, fixtures_dir):
             # The counters tell the same story: three calls arrived, one was bridged, two refused.
             async with http.get(f"{daemon.url}/metrics") as response:
                 samples = _samples(await response.text())
-            assert samples[("callbridge_calls_offered_total", (("transport", "audiosocket"),))] == 3
-            assert samples[("callbridge_calls_answered_total", (("transport", "audiosocket"),))] == 1
-            refused_key = (("reason", "draining"), ("transport", "audiosocket"))
+            assert samples[("callbridge_calls_offered_total", (("transport", "audiosocket_fastagi"),))] == 3
+            assert samples[("callbridge_calls_answered_total", (("transport", "audiosocket_fastagi"),))] == 1
+            refused_key = (("reason", "draining"), ("transport", "audiosocket_fastagi"))
             assert samples[("callbridge_calls_refused_total", refused_key)] == 2
-            assert samples[("callbridge_calls_active", (("transport", "audiosocket"),))] == 1
+            assert samples[("callbridge_calls_active", (("transport", "audiosocket_fastagi"),))] == 1
 
             hangup_at = time.monotonic()
             await first.hang_up()

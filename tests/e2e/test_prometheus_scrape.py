@@ -181,7 +181,7 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
                   f"{count:g} response(s), p95 response latency {p95 * 1000:.0f} ms")
             # The daemon's own registry agrees with what Prometheus stored.
             local = app.metrics.registry.get_sample_value(
-                "callbridge_response_latency_seconds_count", {"transport": "audiosocket"})
+                "callbridge_response_latency_seconds_count", {"transport": "audiosocket_fastagi"})
             assert local == count
             await prometheus.wait_value(http, "sum(callbridge_calls_active)", lambda v: v == 0)
             await prometheus.wait_value(

@@ -129,7 +129,7 @@ async def test_recorded_call_through_the_ops_api(tmp_path, fixtures_dir):
             call = page["calls"][0]
             call_id = call["call_id"]
             assert call["tenant"] == "demo" and call["dialled"] == DEMO_NUMBER
-            assert call["caller_id"] == CALLER_ID and call["transport"] == "audiosocket"
+            assert call["caller_id"] == CALLER_ID and call["transport"] == "audiosocket_fastagi"
             assert call["outcome"] == "caller_hangup" and call["status"] == "complete"
             assert call["voice"] == "marin" and call["model"]
             assert call["answered_at"] and call["ended_at"]
@@ -212,7 +212,7 @@ async def test_refused_calls_are_findable(tmp_path):
             assert len(calls) == 1
             call = calls[0]
             assert (call["dialled"], call["caller_id"], call["transport"]) == (
-                "+15550001234", "5511977776666", "audiosocket")
+                "+15550001234", "5511977776666", "audiosocket_fastagi")
             assert call["status"] == "complete" and not call["recording"]["available"]
             # No tenant owns the number: tenant tokens do not see it.
             async with http.get("/api/calls", headers={"Authorization": f"Bearer {DEMO}"}) as resp:

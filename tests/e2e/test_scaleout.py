@@ -49,12 +49,12 @@ async def _start(tmp_path: Path, name: str) -> tuple[Application, asyncio.Event,
 
 def _answered(app: Application) -> float:
     return app.metrics.registry.get_sample_value("callbridge_calls_answered_total",
-                                                 {"transport": "audiosocket"}) or 0.0
+                                                 {"transport": "audiosocket_fastagi"}) or 0.0
 
 
 def _refused_draining(app: Application) -> float:
     return app.metrics.registry.get_sample_value(
-        "callbridge_calls_refused_total", {"transport": "audiosocket", "reason": "draining"}) or 0.0
+        "callbridge_calls_refused_total", {"transport": "audiosocket_fastagi", "reason": "draining"}) or 0.0
 
 
 async def _short_call(caller: AsteriskCaller) -> None:
