@@ -43,7 +43,8 @@ def _microphone_file(tmp_path, fixtures_dir):
 async def phone_browser(tmp_path, fixtures_dir):
     from playwright.async_api import async_playwright
 
-    args = CHROMIUM_ARGS + [
+    args = [
+        *CHROMIUM_ARGS,
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={_microphone_file(tmp_path, fixtures_dir)}",
