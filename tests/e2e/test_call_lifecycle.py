@@ -9,9 +9,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from tests.conftest import loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -23,10 +23,7 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(settings):
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     return app, stop, task
 
 
@@ -35,12 +32,6 @@ async def _call(app):
     await caller.dial()
     await caller.connect_media()
     return caller
-
-
-async def _until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _outcomes(app):
@@ -60,8 +51,8 @@ async def test_caller_hangup_closes_model_session(tmp_path):
         await caller.play(np.zeros(8000, dtype=np.int16))
         await caller.hang_up()
         await asyncio.wait_for(caller.agi_done.wait(), 5)
-        await _until(lambda: app.simulator.sessions and app.simulator.sessions[-1].closed_at is not None)
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.simulator.sessions and app.simulator.sessions[-1].closed_at is not None)
+        await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app).get("caller_hangup") == 1
         assert caller.agi.variables["CALLBRIDGE_STATUS"] == "DONE"
     finally:
@@ -75,14 +66,14 @@ async def test_model_disconnect_is_survived_by_the_call(tmp_path):
     try:
         caller = await _call(app)
         playing = asyncio.create_task(caller.play(np.zeros(8000 * 3, dtype=np.int16)))
-        await _until(lambda: bool(app.simulator.sessions))
+        await until(lambda: bool(app.simulator.sessions))
         await asyncio.sleep(0.5)
         await app.simulator.drop_all(1011)
-        await _until(lambda: len(app.simulator.sessions) == 2)
+        await until(lambda: len(app.simulator.sessions) == 2)
         await playing
         assert not caller.media_closed.is_set() and not caller.hangup_received
         await caller.hang_up()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app) == {"caller_hangup": 1}
         assert app.metrics.registry.get_sample_value(
             "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
@@ -97,14 +88,14 @@ async def test_model_lost_for_good_ends_the_call_as_model_error(tmp_path):
     try:
         caller = await _call(app)
         playing = asyncio.create_task(caller.play(np.zeros(8000 * 5, dtype=np.int16)))
-        await _until(lambda: bool(app.simulator.sessions))
+        await until(lambda: bool(app.simulator.sessions))
         await asyncio.sleep(0.3)
         app.simulator.refuse_sessions = True
         await app.simulator.drop_all(1011)
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received, "the caller was not sent an AudioSocket HANGUP"
         await playing
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app).get("model_error") == 1
         assert [r for r, _ in app.simulator.rejections] == ["unavailable", "unavailable"]
     finally:
@@ -138,7 +129,7 @@ async def test_shutdown_ends_calls_after_drain_timeout(tmp_path):
     app, stop, task = await _start(_settings(tmp_path, limits={"drain_timeout": 0.5}))
     caller = await _call(app)
     playing = asyncio.create_task(caller.play(np.zeros(8000 * 10, dtype=np.int16)))
-    await _until(lambda: app.switchboard.active_calls == 1)
+    await until(lambda: app.switchboard.active_calls == 1)
     stop.set()
     await asyncio.wait_for(task, 10)
     await asyncio.wait_for(caller.media_closed.wait(), 5)
@@ -160,7 +151,7 @@ async def test_max_call_duration(tmp_path):
         await caller.play(np.zeros(8000 * 2, dtype=np.int16))
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received
-        await _until(lambda: _outcomes(app).get("timeout") == 1)
+        await until(lambda: _outcomes(app).get("timeout") == 1)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

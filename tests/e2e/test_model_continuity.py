@@ -15,11 +15,11 @@ import wave
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.core.continuity import RESTORED_NOTE
 from bridge.simulator import GREETING_TRANSCRIPT
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -27,22 +27,11 @@ DEMO_NUMBER = "+5511999990001"
 
 
 async def _start(tmp_path, **extra):
-    app = Application(loopback_settings(tmp_path, **extra))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
+    return await start_daemon(loopback_settings(tmp_path, **extra))
 
 
 async def _until(predicate, timeout=10.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+    await until(predicate, within=timeout)
 
 
 async def _call(app, number=DEMO_NUMBER):
@@ -161,7 +150,7 @@ async def test_three_drops_in_one_call_leave_short_gaps_and_keep_the_conversatio
         assert sim.sessions[3].responses
         assert any(a > drops[2] for a, b in runs)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_session_rolls_over_at_the_provider_limit(tmp_path, fixtures_dir):
@@ -195,7 +184,7 @@ async def test_session_rolls_over_at_the_provider_limit(tmp_path, fixtures_dir):
         times = np.array([f.at for f in caller.received])
         assert np.max(np.diff(times)) < 0.25
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_stalled_model_is_replaced(tmp_path):
@@ -220,7 +209,7 @@ async def test_stalled_model_is_replaced(tmp_path):
         assert _sample(app, "callbridge_model_errors_total", {"provider": "simulator", "kind": "stalled"}) == 1
         assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 def _write_prompt(path, seconds=1.0, rate=16000):
@@ -264,4 +253,4 @@ tenants:
         loud = [f for f in caller.received if f.at > lost_at and f.rms() > 1000]
         assert 45 <= len(loud) <= 55, len(loud)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
