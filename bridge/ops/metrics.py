@@ -37,7 +37,7 @@ _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 # audiosocket_fastagi (FastAGI) or audiosocket_ari (ARI External Media); plain audiosocket is an
 # AudioSocket connection refused before any call was known (an unregistered UUID).
 TRANSPORTS = ("audiosocket_fastagi", "audiosocket_ari", "audiosocket", "rtp", "chan_websocket", "twilio",
-              "freeswitch", "ws_audio")
+              "freeswitch", "ws_audio", "webrtc")
 OUTCOMES = (
     "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
     "refused", "protocol_error", "shutdown", "timeout", "error",
