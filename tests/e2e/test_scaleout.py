@@ -167,3 +167,40 @@ async def test_spread_drain_and_failover(tmp_path):
         for stop in (stop_a, stop_b):
             stop.set()
         await asyncio.wait_for(asyncio.gather(task_a, task_b, return_exceptions=True), 30)
+
+
+async def test_model_unavailable_fails_over_to_the_next_instance(tmp_path):
+    # Instance A cannot reach its model: it leaves the caller unanswered with MODEL_UNAVAILABLE
+    # and the shipped dialplan tries B, which takes the call.
+    plan = Dialplan.load(REPO / "asterisk-conf" / "extensions.conf")
+    a, stop_a, task_a = await _start(tmp_path, "a")
+    b, stop_b, task_b = await _start(tmp_path, "b")
+    assert a.agi is not None and b.agi is not None
+    url_a, url_b = f"agi://127.0.0.1:{a.agi.port}", f"agi://127.0.0.1:{b.agi.port}"
+    a.simulator.refuse_sessions = True
+    try:
+        tried_a_first = 0
+        for seed in range(6):
+            plan.globals["CALLBRIDGE_TARGETS"] = f"{url_a}&{url_b}"
+            result = await Channel(plan, rng=random.Random(seed), on_media=_short_call).run("from-trunk", DIALLED)
+            assert result.variables["CALLBRIDGE_STATUS"] == "DONE", result
+            assert result.agi_calls[-1] == (url_b, "SUCCESS")
+            if result.agi_calls[0][0] == url_a:
+                tried_a_first += 1
+                assert len(result.agi_calls) == 2
+        assert tried_a_first >= 1, "no seed tried A first"
+        assert a.metrics.registry.get_sample_value(
+            "callbridge_calls_refused_total",
+            {"transport": "audiosocket_fastagi", "reason": "model_unavailable"}) == tried_a_first
+        assert _answered(a) == 0 and _answered(b) == 6
+        # With B gone too, the caller hears the no-service announcement.
+        b.simulator.refuse_sessions = True
+        plan.globals["CALLBRIDGE_TARGETS"] = f"{url_a}&{url_b}"
+        result = await Channel(plan, rng=random.Random(0)).run("from-trunk", DIALLED)
+        assert result.variables["CALLBRIDGE_STATUS"] == "MODEL_UNAVAILABLE"
+        assert [url for url, _ in result.agi_calls] in ([url_a, url_b], [url_b, url_a])
+        assert "ss-noservice" in result.played
+    finally:
+        for stop, task in ((stop_a, task_a), (stop_b, task_b)):
+            stop.set()
+            await asyncio.wait_for(task, 30)
