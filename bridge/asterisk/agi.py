@@ -205,6 +205,11 @@ class FastAgiServer:
                                     tenant=resolution.tenant)
                 await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "MODEL_UNAVAILABLE")
                 return
+            except ValueError as exc:  # the tenant names a provider this deployment cannot serve
+                log.error("cannot set up call for tenant %s: %s", resolution.tenant.slug, exc)
+                switchboard.metrics.model_errors.labels(switchboard.endpoint.provider.value, "config").inc()
+                await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
+                return
             answered = await session.command("ANSWER")
             if not answered.ok or answered.result == -1:
                 return

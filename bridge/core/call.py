@@ -68,11 +68,11 @@ from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
 from media import g711
 from media.chain import InboundChain, OutboundChain
-from media.codec import MODEL_RATE_HZ, Encoding
+from media.codec import MODEL_RATE_HZ, AudioFormat, Encoding
 from media.pacing import FRAME_PERIOD, Pacer
 from media.playout import PlayoutBuffer
 from sip import realtime as rt
-from tenants.config import AudioMode, TransferTarget
+from tenants.config import AudioMode, TenantConfig, TransferTarget
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ __all__ = [
     "Call", "CallInfo", "CallLogAdapter", "CallStatistics", "CallTap", "CallerLeg", "Outcome", "call_tools",
     "mask_number",
 ]
+
+def leg_problem(tenant: TenantConfig, fmt: AudioFormat) -> str | None:
+    """Why a call of ``tenant`` cannot run on a leg of format ``fmt``, or None."""
+    if tenant.audio_mode is AudioMode.PASSTHROUGH and fmt.rate_hz != 8000:
+        return "passthrough audio needs an 8 kHz caller leg"
+    return None
+
 
 class Call:
     def __init__(
@@ -119,8 +126,9 @@ class Call:
         fmt = leg.audio_format
         self.caller_format = fmt
         self.passthrough = info.tenant.audio_mode is AudioMode.PASSTHROUGH
-        if self.passthrough and fmt.rate_hz != 8000:
-            raise ValueError("passthrough audio needs an 8 kHz caller leg")
+        problem = leg_problem(info.tenant, fmt)
+        if problem is not None:
+            raise ValueError(problem)
         self.inbound: InboundChain | None = None
         self.outbound: OutboundChain | None = None
         if not self.passthrough:

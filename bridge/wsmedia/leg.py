@@ -40,7 +40,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.call import Call, CallInfo, Outcome, leg_problem
+from bridge.core.realtime import ModelError
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.ops.metrics import Metrics
 from media.codec import FRAME_MS, AudioFormat
@@ -420,12 +421,34 @@ class MediaEndpoint:
         leg: WebSocketLeg,
         read: Callable[[Call, CallerIntake], Coroutine[Any, Any, None]],
     ) -> Outcome | None:
-        """Run the call on ``leg`` with ``read`` feeding it; close the socket with the outcome."""
+        """Run the call on ``leg`` with ``read`` feeding it; close the socket with the outcome.
+
+        The model session is opened before the call starts, as soon as the stream has said which
+        number it is for: a model that cannot be reached closes the stream at once (1011, reason
+        ``model unavailable``; a Twilio ``<Connect><Stream>`` then goes on to the next verb)."""
+        switchboard = self.switchboard
         try:
-            call = self.switchboard.open_call(info, leg)
+            problem = leg_problem(info.tenant, leg.audio_format)
+            if problem is not None:
+                raise ValueError(problem)
+            session = await switchboard.open_model(info.tenant)
+        except ModelError as exc:
+            log.warning("%s: model unavailable (%s); refusing the call", self.transport, exc)
+            switchboard.refused(info.transport, Refusal.MODEL_UNAVAILABLE, dialled=info.dialled,
+                                caller_id=info.caller_id, tenant=info.tenant)
+            await close_socket(ws, CloseCode.INTERNAL_ERROR, "model unavailable")
+            return Outcome.REFUSED
+        except ValueError as exc:  # the tenant names a provider this deployment cannot serve
+            log.error("%s: cannot set up call for tenant %s: %s", self.transport, info.tenant.slug, exc)
+            self.metrics.model_errors.labels(switchboard.endpoint.provider.value, "config").inc()
+            await close_socket(ws, CloseCode.INTERNAL_ERROR, "the tenant cannot be served on this stream")
+            return None
+        try:
+            call = self.switchboard.open_call(info, leg, session)
         except ValueError as exc:  # the tenant's model or audio settings cannot be served here
             log.error("%s: cannot set up call for tenant %s: %s", self.transport, info.tenant.slug, exc)
             self.metrics.model_errors.labels(self.switchboard.endpoint.provider.value, "config").inc()
+            await session.close()
             await close_socket(ws, CloseCode.INTERNAL_ERROR, "the tenant cannot be served on this stream")
             return None
         intake = CallerIntake(call, self.metrics, self.clock)

@@ -215,9 +215,12 @@ async def test_unreachable_model_gets_1011(tmp_path):
         await client.connect(_url(app))
         sending = asyncio.create_task(client.send_paced([base64.b64encode(bytes(1920)).decode()] * 50, 0.04))
         assert await client.close_code_within(8) == 1011
+        assert client.close_reason == "model unavailable"
         await sending
-        await until(lambda: _sample(app, "callbridge_calls_total",
-                                     {"transport": "ws_audio", "outcome": "model_error"}) == 1)
+        # Refused before the call started: no greeting wait, no reconnect attempts.
+        await until(lambda: _sample(app, "callbridge_calls_refused_total",
+                                    {"transport": "ws_audio", "reason": "model_unavailable"}) == 1)
+        assert _sample(app, "callbridge_calls_answered_total", {"transport": "ws_audio"}) == 0
     finally:
         await stop_daemon(stop, task)
 
