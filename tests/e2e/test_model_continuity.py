@@ -254,3 +254,43 @@ tenants:
         assert 45 <= len(loud) <= 55, len(loud)
     finally:
         await stop_daemon(stop, task)
+
+
+async def test_reconnect_prompt_plays_while_the_model_is_slow_to_come_back(tmp_path):
+    prompt = tmp_path / "one-moment.wav"
+    _write_prompt(prompt, seconds=1.0, rate=8000)
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(f"""version: 1
+tenants:
+  - slug: line
+    numbers: ["+5511999993002"]
+    reconnect_prompt: {prompt}
+""")
+    app, stop, task = await _start(tmp_path, tenants={"file": str(tenants)},
+                                   model={"reconnect_attempts": 3, "reconnect_backoff": 0.5,
+                                          "reconnect_prompt_after": 0.2})
+    sim = app.simulator
+    try:
+        caller = await _call(app, "+5511999993002")
+        playing = asyncio.create_task(caller.play(np.zeros(8000 * 6, dtype=np.int16)))
+        await _until(lambda: bool(sim.sessions) and bool(sim.sessions[0].session_updates))
+        await asyncio.sleep(0.3)
+        sim.refuse_sessions = True
+        lost_at = time.monotonic()
+        await sim.drop_all(1011)
+        await asyncio.sleep(0.7)
+        sim.refuse_sessions = False  # the service is back for the third attempt
+        await _until(lambda: len(sim.sessions) == 2, timeout=5)
+        await playing
+        assert not caller.media_closed.is_set()
+        await caller.hang_up()
+        await _until(lambda: app.switchboard.active_calls == 0)
+        assert _outcomes(app) == {"caller_hangup": 1}
+        assert [r for r, _ in sim.rejections] == ["unavailable", "unavailable"]
+        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
+        # The prompt (a 440 Hz tone here) was heard once, soon after the session was lost.
+        loud = [f for f in caller.received if f.at > lost_at and f.rms() > 1000]
+        assert 45 <= len(loud) <= 55, len(loud)
+        assert loud[0].at - lost_at < 0.5
+    finally:
+        await stop_daemon(stop, task)
