@@ -171,6 +171,7 @@ class Call:
         self.history = ConversationHistory()
         self.reconnects = 0
         self._preopened = session
+        self._lost_reason = "dropped"  # why the last session ended: dropped, stalled, session_limit
         self._answered = False
         self._waiting_since: float | None = None  # the caller waits for the agent's answer
         self._stall_timer: asyncio.Timeout | None = None
@@ -358,8 +359,13 @@ class Call:
             session = None
             if self._ended.is_set():
                 return
-            self.log.warning("model session lost (%s): %s; reconnecting", err.kind, err)
-            self.metrics.model_errors.labels(provider, err.kind).inc()
+            if err.kind == "session_limit":  # expected on long calls: not an error
+                self.log.info("model session reached the provider's limit; rolling over to a new one")
+                self._lost_reason = "session_limit"
+            else:
+                self.log.warning("model session lost (%s): %s; reconnecting", err.kind, err)
+                self.metrics.model_errors.labels(provider, err.kind).inc()
+                self._lost_reason = "stalled" if err.kind == "stalled" else "dropped"
             self._session_lost()
 
     async def _open_session(self) -> RealtimeSession | None:
@@ -389,7 +395,7 @@ class Call:
             self.metrics.model_connect.labels(provider).observe(self.clock() - t0)
             if self._answered:
                 self.reconnects += 1
-                self.metrics.model_reconnects.labels(provider).inc()
+                self.metrics.model_reconnects.labels(provider, self._lost_reason).inc()
                 self.log.info("model session re-established after %.2f s (attempt %d)",
                               self.clock() - started, attempt)
             return session

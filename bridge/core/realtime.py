@@ -84,7 +84,7 @@ class ModelError(Exception):
 
     def __init__(self, message: str, kind: str = "error") -> None:
         super().__init__(message)
-        self.kind = kind  # small fixed set: connect, closed, protocol, error
+        self.kind = kind  # small fixed set: connect, closed, session_limit, stalled, protocol, error
 
 
 class _SharedClient:
@@ -335,6 +335,11 @@ class RealtimeSession:
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
                 if code == 1000:
                     return
+                if code == 1001:
+                    # "Going away": how providers end a session at their duration limit
+                    # ("Your session hit the maximum duration of 60 minutes.").
+                    raise ModelError("model session closed by the provider (1001, session limit)",
+                                     "session_limit") from exc
                 raise ModelError(f"model connection closed: {type(exc).__name__} {code or ''}".strip(),
                                  "closed") from exc
             try:

@@ -149,8 +149,9 @@ class Metrics:
             "callbridge_model_errors_total", "Model session errors by kind", ["provider", "kind"], registry=r
         )
         self.model_reconnects = Counter(
-            "callbridge_model_reconnects_total", "Model sessions re-established during a call",
-            ["provider"], registry=r,
+            "callbridge_model_reconnects_total",
+            "Model sessions replaced during a call, by why the old one ended (dropped, stalled, session_limit)",
+            ["provider", "reason"], registry=r,
         )
         self.response_latency = Histogram(
             "callbridge_response_latency_seconds",

@@ -76,7 +76,7 @@ async def test_model_disconnect_is_survived_by_the_call(tmp_path):
         await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app) == {"caller_hangup": 1}
         assert app.metrics.registry.get_sample_value(
-            "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
+            "callbridge_model_reconnects_total", {"provider": "simulator", "reason": "dropped"}) == 1
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -118,7 +118,7 @@ async def test_three_drops_in_one_call_leave_short_gaps_and_keep_the_conversatio
         await _until(lambda: app.switchboard.active_calls == 0)
 
         assert _outcomes(app) == {"caller_hangup": 1}
-        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == 3
+        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator", "reason": "dropped"}) == 3
         assert [s.close_code for s in sim.sessions[:3]] == [1011, 1011, 1011]
 
         # Every session got the tenant's configuration, the same each time.
@@ -172,7 +172,11 @@ async def test_session_rolls_over_at_the_provider_limit(tmp_path, fixtures_dir):
         assert len(sim.sessions) >= 3
         rolled = sim.sessions[:-1]
         assert all(s.close_code == 1001 for s in rolled), [s.close_code for s in rolled]
-        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == len(rolled)
+        assert _sample(app, "callbridge_model_reconnects_total",
+                       {"provider": "simulator", "reason": "session_limit"}) == len(rolled)
+        # A roll-over is not a model error.
+        assert not any(m.name == "callbridge_model_errors" and any(s.value for s in m.samples)
+                       for m in app.metrics.registry.collect())
         # Each new session opened right after the old one closed.
         for old, new in zip(sim.sessions, sim.sessions[1:], strict=False):
             assert old.closed_at is not None and new.opened_at - old.closed_at < 1.0
@@ -207,7 +211,7 @@ async def test_stalled_model_is_replaced(tmp_path):
         await _until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app) == {"caller_hangup": 1}
         assert _sample(app, "callbridge_model_errors_total", {"provider": "simulator", "kind": "stalled"}) == 1
-        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
+        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator", "reason": "stalled"}) == 1
     finally:
         await stop_daemon(stop, task)
 
@@ -287,7 +291,7 @@ tenants:
         await _until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app) == {"caller_hangup": 1}
         assert [r for r, _ in sim.rejections] == ["unavailable", "unavailable"]
-        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator"}) == 1
+        assert _sample(app, "callbridge_model_reconnects_total", {"provider": "simulator", "reason": "dropped"}) == 1
         # The prompt (a 440 Hz tone here) was heard once, soon after the session was lost.
         loud = [f for f in caller.received if f.at > lost_at and f.rms() > 1000]
         assert 45 <= len(loud) <= 55, len(loud)
