@@ -20,7 +20,7 @@ would spend the inbound latency budget; at 16 kHz its delay is 10 ms.
 
 So an 8 kHz leg is taken to 16 kHz by zero stuffing (``media.resample.zero_stuff``: no filter, no
 delay), suppressed there, image band and all, and brought back by a resampler whose stopband
-starts at the first image (4.6 kHz) and whose gain of 2 restores the level. Both suppressors treat
+starts at the first image of the passband edge (4.6 kHz) and whose gain of 2 restores the level. Both suppressors treat
 the mirrored upper band like the lower one; the benchmark (bench/media) compares this with a proper
 interpolation filter in front: the same scores on noisy speech, a little lower on clean speech, one
 filter stage and 1.9 ms less.
@@ -58,9 +58,13 @@ SUPPRESSION_MODES = ("adaptive", "off", "speex", "webrtc", "model")
 DEFAULT_SUPPRESSION = "adaptive"
 DEFAULT_LEVEL_DB = -25
 SUPPORTED_RATES_HZ = (8000, 16000)
-# An 8 kHz leg zero-stuffed to 16 kHz carries its image from 8 - 3.4 = 4.6 kHz up; the stage after
-# the suppressor stops from there and doubles the level zero stuffing halved.
-IMAGE_STOPBAND_HZ = 4600.0
+# An 8 kHz leg zero-stuffed to 16 kHz carries its image from 4 kHz up (the mirror of whatever the
+# line carries up to 4 kHz). A stage that goes on at a higher rate (the chain's 16 -> 24 kHz) stops
+# from 4 kHz and doubles the level zero stuffing halved. Going back down to 8 kHz, the image folds
+# onto the band it mirrors, so there the stopband may start at the image of the passband edge
+# (4.6 kHz): the transition band is symmetric about 4 kHz and what folds back restores it.
+IMAGE_STOPBAND_HZ = 4000.0
+_FOLD_STOPBAND_HZ = 4600.0
 TELEPHONY_PASSBAND_HZ = 3400.0
 ZERO_STUFF_GAIN = 2.0
 
@@ -142,7 +146,7 @@ class _BlockSuppressor:
         self._down: StreamResampler | None = None
         if rate_hz != _LIBRARY_RATE_HZ:
             self._down = StreamResampler(
-                _LIBRARY_RATE_HZ, rate_hz, stopband_hz=IMAGE_STOPBAND_HZ, gain=ZERO_STUFF_GAIN
+                _LIBRARY_RATE_HZ, rate_hz, stopband_hz=_FOLD_STOPBAND_HZ, gain=ZERO_STUFF_GAIN
             )
         self.latency_seconds = self._core_delay_seconds + (
             0.0 if self._down is None else self._down.latency_seconds
@@ -404,18 +408,25 @@ class AdaptiveSuppressor:
             raise SuppressorError(f"adaptive suppression level must be in -60..-1 dB, got {level_db}")
         self.rate_hz = rate_hz
         self.level_db = int(level_db)
-        self._inner: NoiseSuppressor = (
-            SpeexDspSuppressor(rate_hz, level_db) if speexdsp_available() else SpeexSuppressor(rate_hz, level_db)
-        )
+        self._inner: SpeexDspSuppressor | SpeexSuppressor
+        if speexdsp_available():
+            self._inner = SpeexDspSuppressor(rate_hz, level_db)
+            self._run_inner: Callable[[Samples], bytes | bytearray] = self._inner.process_pcm
+        else:
+            self._inner = SpeexSuppressor(rate_hz, level_db)
+            self._run_inner = self._inner_bytes
         self.latency_seconds = self._inner.latency_seconds
         self._delay = round(self.latency_seconds * rate_hz)
         self._block = rate_hz // 100
         self._energies = np.zeros(_LINE_HISTORY_BLOCKS)
         self.reset()
 
+    def _inner_bytes(self, x: Samples) -> bytes:
+        return self._inner.process(x).tobytes()
+
     def reset(self) -> None:
         self._inner.reset()
-        self._dry: Samples = np.zeros(self._delay, np.int16)
+        self._dry = bytes(2 * self._delay)  # the input's last 10 ms, as PCM16
         self._blocks = 0
         self.wet_share = 0.0  # what the last block got
         self._verdicts: tuple[float, ...] = ()
@@ -435,44 +446,66 @@ class AdaptiveSuppressor:
         self.target_share = min(self._verdicts) if len(self._verdicts) == _LINE_AGREEMENT else 0.0
 
     def process(self, frame: Samples) -> Samples:
+        return np.frombuffer(self.process_pcm(frame), _INT16)
+
+    def process_pcm(self, frame: Samples) -> bytes | bytearray:
+        """``process`` with the result as native-endian PCM16 bytes. On a steady line (all dry or
+        all wet, nearly every frame of a call) no array is made: the wet frame is Speex's own
+        bytes, the dry one the previous frame's tail joined to this frame's head."""
         x = _check_frame(frame, self.rate_hz)
-        wet = self._inner.process(x)
-        n = len(x)
-        if self._delay:
-            line = np.concatenate((self._dry, x))
-            self._dry = line[n:]
-            dry = line[:n]
-        else:
-            dry = x
-        blocks = n // self._block
-        floats = x.astype(np.float32).reshape(blocks, self._block)
-        # Block energies in bels re one LSB squared (+1 keeps digital silence finite).
-        energies = np.log10(np.einsum("ij,ij->i", floats, floats) / self._block + 1.0)
-        start = self._blocks % _LINE_HISTORY_BLOCKS
-        if start + blocks <= _LINE_HISTORY_BLOCKS:
-            self._energies[start : start + blocks] = energies
-        else:
-            for i, e in enumerate(energies):
-                self._energies[(start + i) % _LINE_HISTORY_BLOCKS] = e
-        before = self._blocks
-        self._blocks += blocks
-        if self._blocks >= _LINE_FIRST_BLOCKS and self._blocks // _LINE_UPDATE_BLOCKS != before // _LINE_UPDATE_BLOCKS:
-            self._judge()
-        share = self.wet_share
-        target = self.target_share
-        if share == target:
-            if share == 0.0:
-                return dry.copy() if dry is x else dry
-            if share == 1.0:
+        wet = self._run_inner(x)
+        n = 2 * len(x)
+        line = self._dry + x.tobytes()
+        dry, self._dry = line[:n], line[n:]
+        size = self._block
+        levels = _BLOCK_LEVELS(x, size) if _BLOCK_LEVELS is not None else _block_levels(x, size)
+        # Block by block, so that judgements and the ramp fall on the same samples however the
+        # audio is cut into frames.
+        weights: npt.NDArray[np.float64] | None = None
+        for i, level in enumerate(levels):
+            self._energies[self._blocks % _LINE_HISTORY_BLOCKS] = level
+            self._blocks += 1
+            share = self.wet_share
+            judge = self._blocks >= _LINE_FIRST_BLOCKS and self._blocks % _LINE_UPDATE_BLOCKS == 0
+            if weights is None and share == self.target_share and not judge:
+                continue  # nothing changes in this block
+            if weights is None:
+                weights = np.full(len(x), share)
+            target = self.target_share
+            if share != target:
+                end = min(target, share + _RAMP_PER_BLOCK) if target > share else max(target, share - _RAMP_PER_BLOCK)
+                weights[i * size : (i + 1) * size] = np.linspace(share, end, size + 1)[1:]
+                weights[(i + 1) * size :] = end
+                self.wet_share = end
+            if judge:
+                self._judge()  # takes effect from the next block
+        if weights is None:
+            if self.wet_share == 0.0:
+                return dry
+            if self.wet_share == 1.0:
                 return wet
-            ramp: npt.NDArray[np.float64] | float = share
-        else:
-            step = _RAMP_PER_BLOCK * blocks
-            end = min(target, share + step) if target > share else max(target, share - step)
-            ramp = np.linspace(share, end, n + 1)[1:]
-            self.wet_share = end
-        y = dry + ramp * (wet.astype(np.float64) - dry)
-        return np.rint(y).astype(np.int16)
+            weights = np.full(len(x), self.wet_share)
+        d = np.frombuffer(dry, _INT16).astype(np.float64)
+        y = d + weights * (np.frombuffer(wet, _INT16) - d)
+        return np.rint(y).astype(np.int16).tobytes()
+
+
+def _block_levels(x: Samples, size: int) -> list[float]:
+    """log10(mean square + 1) of each ``size`` samples (media._native.block_levels in numpy)."""
+    f = x.astype(np.float64).reshape(len(x) // size, size)
+    levels: list[float] = np.log10(np.einsum("ij,ij->i", f, f) / size + 1.0).tolist()
+    return levels
+
+
+def _native_block_levels() -> Callable[[Samples, int], list[float]] | None:
+    try:
+        from media._native import block_levels
+    except ImportError:  # not built: numpy computes the levels
+        return None
+    return block_levels
+
+
+_BLOCK_LEVELS = _native_block_levels()
 
 
 def working_rate_hz(mode: str, caller_rate_hz: int) -> int:
