@@ -1,5 +1,6 @@
-"""Compiled streaming polyphase resampler (media.resample), block runner and levels (media.noise), WebSocket
-frames of base64 audio (bridge.realtime, bridge.wsmedia) and G.711 table lookups (media.g711);
+"""Compiled streaming polyphase resampler (media.resample), block runner and levels (media.noise),
+WebSocket frames of base64 audio (bridge.core.realtime, bridge.wsmedia.leg) and G.711 table lookups
+(media.g711);
 media/_native.c."""
 
 import numpy as np
