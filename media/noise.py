@@ -12,6 +12,8 @@ Modes
 ``webrtc``  WebRTC's noise suppressor (the Wiener-filter NS of webrtc-audio-processing), via the
             ``webrtc-noise-gain`` wheel; ``level_db`` picks its nearest policy (about 6, 10, 15
             or 21 dB of suppression).
+``adaptive`` (the default) Speex at ``level_db`` where the line carries steady noise, the input
+            untouched on a clean line or behind babble, judged per call (``AdaptiveSuppressor``).
 
 Both libraries are built for 16 kHz and take exactly 10 ms (160 samples) per call. Feeding 8 kHz
 samples to the Speex binding as if they were 16 kHz would work, but it would process 20 ms blocks
@@ -363,9 +365,10 @@ _SILENT_FLOOR_DB = 20.0  # re one LSB squared: an RMS of 10 LSB, -70 dBFS
 _LOW_PERCENTILE = 2.0
 _FLOOR_PERCENTILE = 10.0
 _HIGH_PERCENTILE = 95.0
-# Stationarity: the spread (dB) between the 20th and 5th percentiles of the block energies, i.e.
-# of the background heard in the caller's pauses. Steady noise (white, pink, fans, hum, line
-# hiss) stays under 1.5 dB; babble's level follows its talkers' syllables, 4 dB and more.
+# Stationarity: the spread (dB) between the 10th and 2nd percentiles of the block energies, i.e.
+# of the background heard in the caller's pauses. Steady noise (white, pink, hum) stays near 1 dB
+# (up to 1.5 dB where the caller hardly pauses); babble's level follows its talkers' syllables,
+# mostly 3 dB and more, though a few seconds of it can look steadier.
 _STEADY_SPREAD_DB = 1.5
 _UNSTEADY_SPREAD_DB = 2.5
 # Noise: the distance (dB) from the 10th to the 95th percentile, the loud speech over the floor.
@@ -385,18 +388,19 @@ class AdaptiveSuppressor:
     share follows a per-call estimate of the line, made from the energies of the last 4 s of
     10 ms blocks and renewed every 250 ms:
 
-    ============================  =================  ==========
-    line                          estimate           wet share
-    ============================  =================  ==========
-    clean (or noise far below)    95th - 10th > 38   0 (dry)
-    steady noise, SNR <~ 20 dB    spread < 2 dB      1 (Speex)
-    babble, talkers, music        spread > 3 dB      0 (dry)
-    ============================  =================  ==========
+    ============================  ======================  ==========
+    line                          estimate (dB)           wet share
+    ============================  ======================  ==========
+    clean (or noise far below)    95th - 10th > 38        0 (dry)
+    steady noise, SNR <~ 20 dB    10th - 2nd < 1.5        1 (Speex)
+    babble, other talkers         10th - 2nd > 2.5        0 (dry)
+    ============================  ======================  ==========
 
-    Between the edges the share is graded linearly (the product of both), and it moves by at
-    most 2 % per block, so a change of line takes half a second and never clicks. A call starts
-    dry and is first judged after 1.5 s. Speex on a clean line or on babble lowers PESQ and STOI
-    (see bench/media); dry output is exactly the input, so there the result cannot be worse.
+    Between the edges the share is graded linearly (the product of both). A call starts dry and
+    is first judged after 0.5 s; Speex is let in only once three judgements in a row (0.75 s)
+    call for it, and the share moves by at most 2 % per block, so a change of line takes half a
+    second and never clicks. Speex on a clean line or on babble lowers PESQ and STOI (see
+    bench/media); dry output is exactly the input, so there the result cannot be worse.
     """
 
     mode = "adaptive"
