@@ -58,18 +58,20 @@ def hum(n: int, mains_hz: float, rng: np.random.Generator) -> Floats:
     return out
 
 
-def babble(n: int, target: str, rng: np.random.Generator) -> Floats:
-    """Multi-talker babble: every voice of the fixtures but the target's, each at the same active
-    level, started at a random point and looped to ``n`` samples, summed.
+def babble(n: int, target: str, rng: np.random.Generator, talkers: int | None = None) -> Floats:
+    """Multi-talker babble: every voice of the fixtures but the target's (or ``talkers`` of them
+    drawn at random), each at the same active level, started at a random point and looped to
+    ``n`` samples, summed.
 
     Four talkers (one recorded, three synthetic, two languages): a café or call-centre background
     in which single words still surface now and then, the hardest case for a suppressor, whose
     noise estimate follows a speech-like level and spectrum.
     """
     out = np.zeros(n)
-    for voice in VOICES:
-        if voice == target:
-            continue
+    voices = [voice for voice in VOICES if voice != target]
+    if talkers is not None:
+        voices = [str(v) for v in rng.choice(voices, talkers, replace=False)]
+    for voice in voices:
         x = speech(voice)
         x = np.roll(x, int(rng.integers(0, len(x)))) / active_level(x)
         out += np.resize(x, n)  # np.resize repeats the clip as often as needed
