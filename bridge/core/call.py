@@ -241,7 +241,8 @@ class Call:
         # The model has no DTMF input on a bridged session: tell it in words.
         text = f"[The caller pressed the telephone key {digit}]"
         self.history.add("user", text)
-        self._send_soon(rt.user_text(text))
+        if self._session is not None or not self._answered:
+            self._send_soon(rt.user_text(text))  # between sessions the replayed history carries it
         self._send_soon(rt.response_create())
 
     def caller_hung_up(self) -> None:
@@ -407,7 +408,8 @@ class Call:
             await session.send(event)
         if self.tap is not None:
             self.tap.event("model_reconnected", turns=len(self.history))
-        if self._waiting_since is not None:
+        create = '"type":"response.create"'
+        if self._waiting_since is not None and not any(create in e for e in self._control_queue):
             await session.send(rt.response_create())
             self._caller_waits()
 

@@ -298,3 +298,31 @@ tenants:
         assert loud[0].at - lost_at < 0.5
     finally:
         await stop_daemon(stop, task)
+
+
+async def test_key_pressed_during_an_outage_reaches_the_new_session_once(tmp_path):
+    app, stop, task = await _start(tmp_path, model={"reconnect_backoff": 0.4})
+    sim = app.simulator
+    try:
+        caller = await _call(app)
+        playing = asyncio.create_task(caller.play(np.zeros(8000 * 8, dtype=np.int16)))
+        # After the greeting, while nobody speaks.
+        await _until(lambda: bool(sim.sessions) and bool(sim.sessions[0].responses)
+                     and sim.sessions[0].responses[0]["status"] != "in_progress", timeout=10)
+        sim.refuse_sessions = True
+        await sim.drop_all(1011)
+        await asyncio.sleep(0.1)
+        await caller.send_dtmf("5")
+        sim.refuse_sessions = False
+        await _until(lambda: len(sim.sessions) == 2, timeout=5)
+        await _until(lambda: bool(sim.sessions[1].response_requests), timeout=5)
+        await asyncio.sleep(0.3)
+        await playing
+        await caller.hang_up()
+        await _until(lambda: app.switchboard.active_calls == 0)
+        texts = [text for role, text in _texts(sim.sessions[1]) if role == "user"]
+        assert texts.count("[The caller pressed the telephone key 5]") == 1, texts
+        assert len(sim.sessions[1].response_requests) == 1
+        assert not sim.sessions[1].errors_sent, sim.sessions[1].errors_sent
+    finally:
+        await stop_daemon(stop, task)
