@@ -783,6 +783,38 @@ async def test_drop_all_closes_sessions_with_the_given_code(server: SimulatorSer
     assert [s.close_code for s in server.sessions] == [1011, 1011]
 
 
+async def test_stall_all_silences_live_sessions_only(server: SimulatorServer) -> None:
+    async with connect(server) as stalled:
+        await stalled.send({"type": "session.update", "session": {"type": "realtime"}})
+        await stalled.until("session.updated")
+        server.stall_all()
+        assert server.sessions[0].stalled_at is not None
+        # It still reads what it is sent, and answers nothing.
+        await stalled.send({"type": "response.create"})
+        with pytest.raises(TimeoutError):
+            await stalled.next(within=0.5)
+        assert "response.create" in server.sessions[0].events_in
+        async with connect(server) as fresh:  # a session opened afterwards is not affected
+            await fresh.send({"type": "response.create"})
+            await fresh.until("response.done")
+
+
+async def test_refused_sessions_get_503_before_the_upgrade(server: SimulatorServer) -> None:
+    server.refuse_sessions = True
+    client = AsyncOpenAI(api_key="test", websocket_base_url=server.url, max_retries=0)
+    try:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with client.realtime.connect(model="gpt-realtime"):
+                pass
+    finally:
+        await client.close()
+    assert refused.value.response.status_code == 503
+    assert server.rejections == [("unavailable", "/v1/realtime")] and server.sessions == []
+    server.refuse_sessions = False
+    async with connect(server) as peer:
+        assert peer.events[0]["type"] == "session.created"
+
+
 async def test_session_duration_limit() -> None:
     async with SimulatorServer(max_session_seconds=0.3) as srv, connect(srv) as peer:
         with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
