@@ -312,6 +312,8 @@ class SipSettings(BaseModel):
     srtp: Literal["disabled", "optional", "mandatory"] = "disabled"
     session_timers: Literal["inactive", "optional", "required"] = "optional"
     retry_after: int = Field(5, ge=0, le=3600)  # seconds, on 503 (busy, draining)
+    # Ring this long (180 Ringing) before answering; 0 answers at once.
+    answer_delay: float = Field(0.0, ge=0.0, le=30.0)
     registrations: list[SipRegistration] = Field(default_factory=list)
 
     @field_validator("allowed_sources")
