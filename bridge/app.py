@@ -169,6 +169,8 @@ class Application:
         self.sip = SipTrunkServer(switchboard, self.settings.sip)
         await self.sip.start()
         stack.push_async_callback(self.sip.close)
+        if self.http is not None:
+            self.http.ready_details["sip"] = self.sip.status
 
     async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
         """The ARI client and Stasis application (run in the background task group), and AMI."""

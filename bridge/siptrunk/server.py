@@ -252,8 +252,8 @@ class SipTrunkServer:
         trunk = TrunkAccount(self, "trunk")
         trunk.create(self._account_config(f"sip:callbridge@{host}:{self.port}"), True)
         self._accounts.append(trunk)
-        for reg in s.registrations:
-            account = TrunkAccount(self, reg.registrar)
+        for index, reg in enumerate(s.registrations):
+            account = TrunkAccount(self, str(index))
             cfg = self._account_config(f"sip:{reg.username}@{reg.domain or _host_of(reg.registrar)}")
             cfg.regConfig.registrarUri = reg.registrar
             cfg.regConfig.timeoutSec = reg.expires
@@ -396,13 +396,22 @@ class SipTrunkServer:
 
         self.stack.submit(command)
 
-    def registration_state(self, name: str, code: int, reason: str, expires: int) -> None:
+    def registration_state(self, index: str, code: int, reason: str, expires: int) -> None:
         ok = 200 <= code < 300 and expires > 0
-        self.registrations[name] = {"ok": ok, "code": code, "reason": reason, "expires": expires}
+        registrar = self.settings.registrations[int(index)].registrar
+        self.registrations[index] = {"registrar": registrar, "registered": ok, "code": code, "reason": reason,
+                                     "expires": expires}
+        self.metrics.sip_registered.labels(index).set(1 if ok else 0)
         if ok:
-            log.info("sip: registered with %s for %d s", name, expires)
+            log.info("sip: registered with %s for %d s", registrar, expires)
         else:
-            log.warning("sip: registration with %s failed: %d %s (retrying)", name, code, reason)
+            log.warning("sip: registration with %s failed: %d %s (retrying)", registrar, code, reason)
+
+    def status(self) -> dict[str, Any]:
+        """What /ready says of the trunk."""
+        return {"port": self.port, "registrations": [
+            self.registrations.get(str(i), {"registrar": r.registrar, "registered": False, "code": 0})
+            for i, r in enumerate(self.settings.registrations)]}
 
     # ------------------------------------------------------------------ one call, on the loop
     def _on_invite(self, handle: InviteHandle) -> None:
