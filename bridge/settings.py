@@ -65,7 +65,11 @@ class ModelSettings(BaseModel):
     azure_endpoint: str | None = None  # https://<resource>.openai.azure.com
     azure_api_key: SecretStr | None = None
     azure_deployment: str | None = None
+    # https://<resource>.services.ai.azure.com (or .cognitiveservices.azure.com,
+    # <region>.api.cognitive.microsoft.com, <resource>.openai.azure.com: sip/voicelive.py).
     voicelive_endpoint: str | None = None
+    # Unset: Microsoft Entra ID through DefaultAzureCredential (managed identity, workload
+    # identity, AZURE_CLIENT_ID/SECRET, az login ...).
     voicelive_api_key: SecretStr | None = None
     voicelive_model: str = "gpt-realtime"
     voicelive_api_version: str = "2025-10-01"
@@ -345,7 +349,8 @@ class Settings(BaseSettings):
     def resolved_provider(self) -> ModelProvider:
         if self.model.provider is not ModelProvider.AUTO:
             return self.model.provider
-        if self.model.voicelive_endpoint and self.model.voicelive_api_key:
+        if self.model.voicelive_endpoint:
+            # With no key: Microsoft Entra ID (DefaultAzureCredential).
             return ModelProvider.AZURE_VOICELIVE
         if self.model.azure_endpoint and self.model.azure_api_key:
             return ModelProvider.AZURE_OPENAI
@@ -365,6 +370,7 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "AZURE_VOICELIVE_ENDPOINT": ("model", "voicelive_endpoint"),
     "AZURE_VOICELIVE_API_KEY": ("model", "voicelive_api_key"),
     "AZURE_VOICELIVE_MODEL": ("model", "voicelive_model"),
+    "AZURE_VOICELIVE_API_VERSION": ("model", "voicelive_api_version"),
     "SUPABASE_URL": ("tenants", "supabase_url"),
     "SUPABASE_SERVICE_ROLE_KEY": ("tenants", "supabase_key"),
     "DATABASE_URL": ("tenants", "database_url"),

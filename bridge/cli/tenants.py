@@ -87,7 +87,7 @@ def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def _print_tenants(tenants: list[TenantConfig], out: TextIO) -> None:
     rows = [("SLUG", "ACTIVE", "VOICE", "NUMBERS", "NAME")]
     for t in tenants:
-        rows.append((t.slug, "yes" if t.active else "no", t.voice, " ".join(t.numbers) or "-", t.name))
+        rows.append((t.slug, "yes" if t.active else "no", t.voice_name, " ".join(t.numbers) or "-", t.name))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4], file=out)
@@ -140,7 +140,7 @@ def _show(args: argparse.Namespace) -> int:
         tenant = found.tenant
         print(f"tenant:     {tenant.slug}" + (f" ({tenant.name})" if tenant.name else ""))
         print(f"match:      {found.match} {found.pattern}")
-        print(f"agent:      voice {tenant.voice}, provider {tenant.provider}, audio {tenant.audio_mode}")
+        print(f"agent:      voice {tenant.voice_name}, provider {tenant.provider}, audio {tenant.audio_mode}")
         return OK
 
     return _run(work)

@@ -49,7 +49,7 @@ import numpy as np
 
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
-from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, open_session
 from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
 from media import g711
@@ -125,7 +125,7 @@ class Call:
         self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
         self._caller_gone = False
-        self._session: RealtimeSession | None = None
+        self._session: ModelSession | None = None
         self._truncated_items: set[str] = set()
         self._produced_samples: dict[str, int] = {}  # model-rate samples per item
         self._current_item: str | None = None
@@ -251,7 +251,7 @@ class Call:
 
     async def _run(self) -> None:
         t0 = self.clock()
-        session = await RealtimeSession.connect(self.endpoint)
+        session = await open_session(self.endpoint)
         self._session = session
         self.metrics.model_connect.labels(self.endpoint.provider.value).observe(self.clock() - t0)
         if self._ended.is_set():
@@ -308,7 +308,7 @@ class Call:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _model_sender(self, session: RealtimeSession) -> None:
+    async def _model_sender(self, session: ModelSession) -> None:
         loop = asyncio.get_running_loop()
         queue = self._inbound_queue
         control = self._control_queue
@@ -330,7 +330,7 @@ class Call:
                     queue.clear()
                     await session.send_audio(chunk)
 
-    async def _model_receiver(self, session: RealtimeSession) -> None:
+    async def _model_receiver(self, session: ModelSession) -> None:
         async for event in session.events():
             kind = event["type"]
             if kind == rt.AUDIO_DELTA:

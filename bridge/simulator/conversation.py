@@ -48,6 +48,12 @@ class SimulatedSession:
     input_sha256: Any = field(default_factory=hashlib.sha256)
     closed_at: float | None = None
     close_code: int | None = None
+    # The handshake: query parameters, how the client authenticated ("api-key", "bearer",
+    # "query"), the credential it presented and the names of its request headers (lowercase).
+    query: dict[str, str] = field(default_factory=dict)
+    auth: str = ""
+    credential: str = ""
+    header_names: tuple[str, ...] = ()
 
 
 
