@@ -26,7 +26,7 @@ from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
 from bridge.ops.http import HttpServer
 from bridge.ops.metrics import Metrics
-from bridge.settings import ModelProvider, Settings
+from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
@@ -76,6 +76,10 @@ class Application:
                 directory = await opened if inspect.isawaitable(opened) else opened
                 stack.push_async_callback(directory.close)
             simulator_url = None
+            if settings.resolved_provider is ModelProvider.SIMULATOR and settings.app_env is AppEnv.PRODUCTION:
+                raise ConfigError("app_env is production but no model is configured (the built-in "
+                                  "simulator is for development): set AZURE_VOICELIVE_ENDPOINT, "
+                                  "OPENAI_API_KEY or an Azure OpenAI endpoint")
             if settings.resolved_provider is ModelProvider.SIMULATOR:
                 from bridge.simulator import SimulatorServer
 

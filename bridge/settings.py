@@ -345,6 +345,16 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _app_env_defaults(self) -> Settings:
+        # APP_ENV as the Voice Live deployments use it: production logs WARNING and above as JSON
+        # lines, staging INFO as JSON lines, development INFO as text; LOG_LEVEL / log_json win.
+        if self.app_env is not AppEnv.DEVELOPMENT and "log_json" not in self.model_fields_set:
+            self.log_json = True
+        if self.app_env is AppEnv.PRODUCTION and "log_level" not in self.model_fields_set:
+            self.log_level = "WARNING"
+        return self
+
     @property
     def resolved_provider(self) -> ModelProvider:
         if self.model.provider is not ModelProvider.AUTO:
@@ -375,6 +385,13 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "SUPABASE_SERVICE_ROLE_KEY": ("tenants", "supabase_key"),
     "DATABASE_URL": ("tenants", "database_url"),
     "APP_ENV": ("app_env",),
+    # Call recordings of the roleplay deployments: an S3 bucket and its credentials.
+    "RECORDING_ENABLED": ("recording", "enabled"),
+    "AWS_BUCKET_NAME": ("recording", "s3", "bucket"),
+    "AWS_REGION": ("recording", "s3", "region"),
+    "RECORDING_PATH_PREFIX": ("recording", "s3", "prefix"),
+    "AWS_ACCESS_KEY_ID": ("recording", "s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("recording", "s3", "secret_access_key"),
     "PORT": ("http", "port"),
     "LOG_LEVEL": ("log_level",),
 }
@@ -403,6 +420,13 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+        s3 = result.get("recording", {}).get("s3")
+        if s3 is not None:
+            if "bucket" in s3:
+                # A bucket named the legacy way is where recordings go.
+                result["recording"].setdefault("storage", "s3")
+            else:
+                del result["recording"]["s3"]  # credentials alone do not configure a store
         return result
 
 

@@ -160,6 +160,10 @@ def _eou(eou: EndOfUtterance) -> dict[str, Any]:
         out["threshold_level"] = eou.threshold_level
     if eou.timeout_ms is not None:
         out["timeout_ms"] = eou.timeout_ms
+    if eou.threshold is not None:
+        out["threshold"] = eou.threshold
+    if eou.timeout is not None:
+        out["timeout"] = eou.timeout
     return out
 
 

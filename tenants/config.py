@@ -43,6 +43,9 @@ class EndOfUtterance(_Frozen):
     )
     threshold_level: Literal["low", "medium", "high", "default"] | None = None
     timeout_ms: int | None = Field(None, ge=0, le=10000)
+    # The older spellings (a 0-1 threshold, a timeout in seconds), still accepted by the service.
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    timeout: float | None = Field(None, ge=0.0, le=10.0)
 
 
 class ServerVad(_Frozen):
