@@ -128,7 +128,7 @@ class ModelEndpoint:
         """Where sessions go, for messages (no secrets)."""
         if self.voicelive is not None:
             return self.voicelive.realtime_url
-        return self.websocket_base_url or self.base_url or "the provider's default endpoint"
+        return self.websocket_base_url or self.base_url or "wss://api.openai.com/v1"
 
     async def ready_client(self) -> AsyncOpenAI:
         """The shared client, built once in a worker thread: building it loads the TLS trust store
@@ -209,13 +209,13 @@ def endpoint_from_settings(
     if not m.voicelive_endpoint:
         raise ValueError("azure_voicelive needs model.voicelive_endpoint (AZURE_VOICELIVE_ENDPOINT)")
     target = vl.parse_endpoint(m.voicelive_endpoint)
-    key = m.voicelive_api_key.get_secret_value() if m.voicelive_api_key is not None else None
-    if key is None and not target.entra_id:
+    vl_key = m.voicelive_api_key.get_secret_value() if m.voicelive_api_key is not None else None
+    if vl_key is None and not target.entra_id:
         raise ValueError(f"the regional endpoint {target.url} takes an API key only "
                          "(AZURE_VOICELIVE_API_KEY); Microsoft Entra ID needs the resource's own "
                          "https://<resource>.cognitiveservices.azure.com endpoint")
     return ModelEndpoint(provider, m.voicelive_model, "", dialect=rt.Dialect.BETA,
-                         connect_timeout=timeout, voicelive=target, credential=VoiceLiveCredential(key),
+                         connect_timeout=timeout, voicelive=target, credential=VoiceLiveCredential(vl_key),
                          api_version=m.voicelive_api_version)
 
 

@@ -70,7 +70,7 @@ class VoiceLiveSession:
 
     @classmethod
     async def connect(cls, endpoint: ModelEndpoint) -> VoiceLiveSession:
-        from azure.ai.voicelive.aio import connect
+        from azure.ai.voicelive.aio import WebsocketConnectionOptions, connect
 
         from bridge.core.realtime import ModelError
 
@@ -83,9 +83,9 @@ class VoiceLiveSession:
             endpoint=endpoint.voicelive.url,
             credential=credential,
             model=endpoint.model,
-            api_version=endpoint.api_version,
+            api_version=endpoint.api_version or vl.API_VERSIONS[1],
             credential_scopes=vl.COGNITIVE_SERVICES_SCOPE,
-            connection_options={"heartbeat": 30.0, "max_msg_size": 16 * 1024 * 1024},
+            connection_options=WebsocketConnectionOptions(heartbeat=30.0, max_msg_size=16 * 1024 * 1024),
         )
         try:
             async with asyncio.timeout(endpoint.connect_timeout):
@@ -170,3 +170,48 @@ def _reason(exc: BaseException) -> str:
     if isinstance(status, int):
         return f"HTTP {status} ({type(cause).__name__})"
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+async def explain_refusal(endpoint: ModelEndpoint, timeout: float = 5.0) -> str | None:
+    """Why Voice Live refuses sessions on ``endpoint``, in one line naming the cause
+    (authentication, api-version or model), from the body of the service's answer to a plain
+    GET of the realtime URL with the same credentials; None when it gives no reason."""
+    import aiohttp
+
+    assert endpoint.voicelive is not None and endpoint.credential is not None
+    url = endpoint.voicelive.realtime_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+    params = {"api-version": endpoint.api_version or vl.API_VERSIONS[1], "model": endpoint.model}
+    credential = endpoint.credential.get()
+    if endpoint.credential.api_key:
+        headers = {"api-key": endpoint.credential.api_key}
+    else:
+        try:
+            token = await credential.get_token(vl.COGNITIVE_SERVICES_SCOPE)
+        except Exception as exc:  # azure-identity: no credential source worked
+            return f"authentication: no Microsoft Entra token: {str(exc).splitlines()[0][:200]}"
+        headers = {"Authorization": f"Bearer {token.token}"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
+                http.get(url, params=params, headers=headers) as response:
+            status = response.status
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"unreachable: {type(exc).__name__}: {exc}"
+    error = body.get("error") if isinstance(body, dict) else None
+    code = str(error.get("code") or "") if isinstance(error, dict) else ""
+    message = str(error.get("message") or "") if isinstance(error, dict) else ""
+    message = " ".join(message.split())[:300]
+    if status in (401, 403):
+        how = "api-key" if endpoint.credential.api_key else "Microsoft Entra token"
+        return f"authentication ({how}) refused, HTTP {status}: {message or code}"
+    lowered = (code + " " + message).lower()
+    if "version" in lowered:
+        return f"api-version {params['api-version']!r} refused, HTTP {status}: {message or code}"
+    if "model" in lowered or "deployment" in lowered:
+        return f"model {endpoint.model!r} refused, HTTP {status}: {message or code}"
+    if status == 404:
+        return f"no Voice Live endpoint at {url} (HTTP 404): check AZURE_VOICELIVE_ENDPOINT"
+    return None

@@ -24,9 +24,9 @@ from bridge.simulator.connection import (
     VOICE_LIVE_PATH,
     SimulatedConnection,
 )
-from sip.voicelive import API_VERSIONS
 from bridge.simulator.conversation import SimulatedSession, random_tag
 from media.codec import FRAME_MS
+from sip.voicelive import API_VERSIONS
 
 log = logging.getLogger(__name__)
 
