@@ -25,8 +25,8 @@ KEY = "vl-test-key"
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[SimulatorServer]:
-    async with SimulatorServer(api_key=KEY, pace=8.0, voicelive_models=frozenset({"gpt-realtime",
-                                                                                   "gpt-4o-mini-realtime-preview"})) as sim:
+    models = frozenset({"gpt-realtime", "gpt-4o-mini-realtime-preview"})
+    async with SimulatorServer(api_key=KEY, pace=8.0, voicelive_models=models) as sim:
         yield sim
 
 
@@ -68,7 +68,7 @@ def test_endpoint_forms(configured, url, realtime, form, entra) -> None:
 
 
 def test_regional_endpoint_without_key_is_a_configuration_error() -> None:
-    with pytest.raises(ValueError, match="regional endpoint .* API key only"):
+    with pytest.raises(ValueError, match=r"regional endpoint .* API key only"):
         endpoint_from_settings(_settings("https://westus2.api.cognitive.microsoft.com", key=None))
 
 
