@@ -74,7 +74,10 @@ class ModelSettings(BaseModel):
     voicelive_model: str = "gpt-realtime"
     voicelive_api_version: str = "2025-10-01"
     connect_timeout: float = Field(10.0, gt=0)
-    # Built-in simulator (started in-process when the provider resolves to it).
+    # Built-in simulator (started in-process when the provider resolves to it). Its dialect:
+    # "openai" (the GA protocol, through the openai SDK) or "voicelive" (its Voice Live endpoint,
+    # through azure-ai-voicelive, as a Voice Live deployment would be reached).
+    simulator_dialect: Literal["openai", "voicelive"] = "openai"
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(0, ge=0, le=65535)
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bridge.settings import Settings
+from bridge.settings import ModelProvider, Settings
 from sip.capabilities import SettingProblem, setting_problems
 from tenants.config import TenantConfig
 
 
 def provider_of(settings: Settings, tenant: TenantConfig) -> str:
-    return settings.resolved_provider.value if tenant.provider == "default" else tenant.provider
+    if tenant.provider != "default":
+        return tenant.provider
+    provider = settings.resolved_provider
+    if provider is ModelProvider.SIMULATOR and settings.model.simulator_dialect == "voicelive":
+        return ModelProvider.AZURE_VOICELIVE.value  # the simulator's Voice Live endpoint
+    return provider.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,13 @@ def endpoint_from_settings(
     if provider is ModelProvider.SIMULATOR:
         if simulator_url is None:
             raise ValueError("the simulator provider needs the simulator's URL")
+        if m.simulator_dialect == "voicelive":
+            # Its Voice Live endpoint, through the Voice Live SDK: ws://host:port/v1 -> http://host:port
+            base = simulator_url.replace("ws://", "http://", 1).removesuffix("/v1")
+            return ModelEndpoint(provider, m.voicelive_model, "", dialect=rt.Dialect.BETA,
+                                 connect_timeout=timeout, voicelive=vl.parse_endpoint(base),
+                                 credential=VoiceLiveCredential("simulator"),
+                                 api_version=m.voicelive_api_version)
         return ModelEndpoint(provider, m.model, "simulator", websocket_base_url=simulator_url,
                              connect_timeout=timeout)
     if provider is ModelProvider.OPENAI:

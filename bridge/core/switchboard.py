@@ -160,7 +160,10 @@ class Switchboard:
     # ----------------------------------------------------------------- calls
     def provider_for(self, tenant: TenantConfig) -> str:
         """The provider a tenant's calls go to."""
-        return self.endpoint.provider.value if tenant.provider == "default" else tenant.provider
+        if tenant.provider != "default":
+            return tenant.provider
+        # The built-in simulator on its Voice Live endpoint takes what Voice Live takes.
+        return "azure_voicelive" if self.endpoint.voicelive is not None else self.endpoint.provider.value
 
     def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
         """The model endpoint a tenant's calls use: the deployment's, unless the tenant names

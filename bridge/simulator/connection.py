@@ -111,7 +111,8 @@ class SimulatedConnection(ResponseStreaming):
         self._vl_session = default_voicelive_session(record.id, record.model) if voice_live else None
         if self._vl_session is not None:
             self._session = ga_view(self._vl_session, self._session)
-        record.session_config = self._vl_session if self._vl_session is not None else self._session
+        record.session_config = self._session
+        record.service_config = self._public_session()
         self._in_codec = SLIN_24K
         self._input = InputAudioBuffer(MODEL_RATE_HZ, VadParams.from_config(SERVER_VAD_DEFAULTS))
         self._items: list[Item] = []
@@ -277,7 +278,8 @@ class SimulatedConnection(ResponseStreaming):
             new = apply_session_update(self._session, event["session"], voice_locked=self._voice_locked)
         old_input = self._session["audio"]["input"]
         self._session = new
-        self.record.session_config = self._public_session()
+        self.record.session_config = new
+        self.record.service_config = self._public_session()
         new_input = new["audio"]["input"]
         td = new_input["turn_detection"]
         vad = VadParams.from_config(td) if td is not None else None

@@ -11,6 +11,7 @@ import pytest
 
 from bridge.app import Application
 from bridge.settings import load_settings
+from tests.conftest import simulator_model
 from tests.peers.asterisk import AsteriskCaller
 
 pytestmark = pytest.mark.realtime
@@ -34,6 +35,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.both_dialects
 async def test_each_mode_from_tenant_config(tmp_path):
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(TENANTS)
@@ -42,6 +44,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
         http={"host": "127.0.0.1", "port": 0}, audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0}, tenants={"file": str(tenants)},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
+        model=simulator_model(),
     )
     app = Application(settings)
     stop = asyncio.Event()

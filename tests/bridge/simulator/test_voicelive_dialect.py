@@ -92,7 +92,7 @@ async def test_a_response_in_the_services_event_shapes(simulator: SimulatorServe
     done = next(e for e in events if isinstance(e, vlm.ServerEventResponseAudioTranscriptDone))
     assert done.transcript == GREETING_TRANSCRIPT
     record = simulator.sessions[-1]
-    assert record.session_config["turn_detection"]["type"] == "azure_semantic_vad"
+    assert record.service_config["turn_detection"]["type"] == "azure_semantic_vad"
 
 
 @pytest.mark.parametrize(("patch", "param"), [
@@ -116,7 +116,7 @@ async def test_what_session_update_refuses(simulator: SimulatorServer, patch, pa
         error = (await _until(conn, "session.updated", "error"))[-1]
     assert isinstance(error, vlm.ServerEventError), error
     assert error.error.param == param and error.error.event_id == "evt_cfg"
-    assert simulator.sessions[-1].session_config["voice"] == {"type": "openai", "name": "alloy"}  # unchanged
+    assert simulator.sessions[-1].service_config["voice"] == {"type": "openai", "name": "alloy"}  # unchanged
 
 
 @pytest.mark.parametrize(("query", "status", "code"), [
