@@ -115,7 +115,8 @@ def test_voice_live_endpoint_without_key_is_voice_live() -> None:
 def test_roleplay_recording_variables() -> None:
     s = load_settings(env_file=None, environ={
         "RECORDING_ENABLED": "true", "AWS_BUCKET_NAME": "roleplay-calls", "AWS_REGION": "sa-east-1",
-        "RECORDING_PATH_PREFIX": "calls/2026/", "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": "wJalr-test-value"})
+        "RECORDING_PATH_PREFIX": "calls/2026/", "AWS_ACCESS_KEY_ID": "AKIATEST",
+        "AWS_SECRET_ACCESS_KEY": "wJalr-test-value"})
     assert s.recording.enabled and s.recording.storage.value == "s3"
     assert s.recording.s3 is not None
     assert (s.recording.s3.bucket, s.recording.s3.region, s.recording.s3.prefix) == (
