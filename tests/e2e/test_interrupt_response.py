@@ -9,17 +9,16 @@ protocol, and its Voice Live endpoint through azure-ai-voicelive.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.simulator import SimulatorServer, greeting_samples
 from media.resample import StreamResampler
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.media_ws import WsPeer, frames
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = [pytest.mark.realtime, pytest.mark.timeout(90)]
 
@@ -49,11 +48,8 @@ async def test_agent_keeps_talking_through_caller_speech(tmp_path, fixtures_dir,
             "provider": "azure_voicelive", "voicelive_endpoint": external.http_url, "voicelive_api_key": "k"}
         settings = loopback_settings(tmp_path, audiosocket={"enabled": False}, agi={"enabled": False},
                                      tenants={"file": str(tenants)}, model=model)
-        app = Application(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop.wait()))
+        app, stop, task = await start_daemon(settings)
         try:
-            await asyncio.wait_for(app.wait_started(), 20)
             model_side = app.simulator if dialect == "openai" else external
             client = WsPeer()
             await client.connect(f"ws://127.0.0.1:{app.http.port}/ws/audio/{NUMBER}")
@@ -63,12 +59,9 @@ async def test_agent_keeps_talking_through_caller_speech(tmp_path, fixtures_dir,
             messages = [base64.b64encode(f).decode() for f in frames(audio.tobytes(), 1920)]
             await client.send_paced(messages, 0.040)
             await client.close()
-            async with asyncio.timeout(10):
-                while app.switchboard.active_calls:
-                    await asyncio.sleep(0.05)
+            await until(lambda: app.switchboard.active_calls == 0, 10)
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+            await stop_daemon(stop, task)
 
     session = model_side.sessions[-1]
     assert session.speech_started_at, "the model never heard the caller"

@@ -9,10 +9,10 @@ import base64
 
 import pytest
 
-from bridge.app import Application
 from bridge.simulator import SimulatorServer
 from tests.conftest import loopback_settings
 from tests.peers.media_ws import WsPeer
+from tests.servers import start_daemon, stop_daemon
 
 pytestmark = [pytest.mark.realtime, pytest.mark.timeout(90)]
 
@@ -42,11 +42,7 @@ async def _app(tmp_path, model):
     tenants.write_text(TENANTS, encoding="utf-8")
     settings = loopback_settings(tmp_path, audiosocket={"enabled": False}, agi={"enabled": False},
                                  tenants={"file": str(tenants)}, model=model)
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    return app, stop, task
+    return await start_daemon(settings)
 
 
 async def _call(app, number, seconds=1.5):
@@ -72,8 +68,7 @@ async def test_a_refused_session_update_ends_the_call(tmp_path, dialect, number)
         try:
             client, code = await _call(app, number)
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+            await stop_daemon(stop, task)
     assert code == 1011 and client.close_reason == "model_rejected_config"
     # Nothing of an unconfigured agent reached the caller.
     assert client.received == []
@@ -92,8 +87,7 @@ async def test_a_tenant_the_provider_cannot_take_never_reaches_the_model(tmp_pat
         assert app.simulator.sessions == []
         lenient, code = await _call(app, "+5511900000004", seconds=2.0)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     # At start-up, before any call, and again when the call came.
     assert sum("tenant azure-voice: voice: 'pt-BR-FranciscaNeural' is an Azure neural voice" in e

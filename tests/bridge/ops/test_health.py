@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import aiohttp
 
-from bridge.app import Application
 from bridge.ops.http import REACHABILITY_TTL, Reachability
 from bridge.simulator import SimulatorServer
 from tests.conftest import loopback_settings
+from tests.servers import running_daemon
 
 
 async def test_health_fields_on_voice_live(tmp_path) -> None:
@@ -19,17 +18,9 @@ async def test_health_fields_on_voice_live(tmp_path) -> None:
                                      agi={"enabled": False}, model={
                                          "voicelive_endpoint": voicelive.http_url, "voicelive_api_key": "k",
                                          "voicelive_model": "gpt-4o-realtime-preview"})
-        app = Application(settings)
-        stop = asyncio.Event()
-        task = asyncio.create_task(app.run(stop.wait()))
-        try:
-            await asyncio.wait_for(app.wait_started(), 20)
-            async with aiohttp.ClientSession() as http, \
-                    http.get(f"http://127.0.0.1:{app.http.port}/health") as response:
-                body = await response.json()
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        async with running_daemon(settings) as app, aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{app.http.port}/health") as response:
+            body = await response.json()
     assert response.status == 200
     assert body == {"status": "ok", "calls_active": 0, "env": "staging", "worker_status": "running",
                     "voice_model": "gpt-4o-realtime-preview", "provider": "azure_voicelive",
