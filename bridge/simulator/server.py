@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,7 @@ class SimulatorServer:
         events_log: str | None = None,
         bearer_tokens: frozenset[str] | None = None,
         voicelive_models: frozenset[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -79,6 +81,7 @@ class SimulatorServer:
         self.clock = clock
         self.max_session_seconds = max_session_seconds
         self._api_key = api_key
+        self._ssl_context = ssl_context  # serve wss:// and https://
         # Microsoft Entra tokens accepted at the Voice Live path (None: any bearer token).
         self._bearer_tokens = bearer_tokens
         # Models the Voice Live path serves (None: any).
@@ -96,13 +99,15 @@ class SimulatorServer:
     def url(self) -> str:
         """The SDK's ``websocket_base_url`` for this server, e.g. ``ws://127.0.0.1:1234/v1``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/v1"
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{host}:{self.port}/v1"
 
     @property
     def http_url(self) -> str:
         """The base URL for Voice Live's SDK (``AZURE_VOICELIVE_ENDPOINT``), e.g. ``http://127.0.0.1:1234``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         greeting_samples()  # fail at start-up, not on the first call, if the package data is missing
@@ -114,7 +119,7 @@ class SimulatorServer:
         app.router.add_get(VOICE_LIVE_PATH, self._handle_voice_live)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context)
         await site.start()
         self._runner = runner
         address = runner.addresses[0]
