@@ -50,9 +50,10 @@ async def _call(app, number, seconds=1.5):
     await client.connect(f"ws://127.0.0.1:{app.http.port}/ws/audio/{number}")
     silence = base64.b64encode(bytes(1920)).decode()
     sender = asyncio.create_task(client.send_paced([silence] * int(seconds / 0.04), 0.040))
-    await asyncio.wait([sender, asyncio.create_task(client.closed.wait())], timeout=10,
-                       return_when=asyncio.FIRST_COMPLETED)
+    closed = asyncio.create_task(client.closed.wait())
+    await asyncio.wait([sender, closed], timeout=10, return_when=asyncio.FIRST_COMPLETED)
     sender.cancel()
+    closed.cancel()
     if not client.closed.is_set():  # the call went on: the caller hangs up
         await client.close()
         return client, None
