@@ -65,12 +65,19 @@ class ModelSettings(BaseModel):
     azure_endpoint: str | None = None  # https://<resource>.openai.azure.com
     azure_api_key: SecretStr | None = None
     azure_deployment: str | None = None
+    # https://<resource>.services.ai.azure.com (or .cognitiveservices.azure.com,
+    # <region>.api.cognitive.microsoft.com, <resource>.openai.azure.com: sip/voicelive.py).
     voicelive_endpoint: str | None = None
+    # Unset: Microsoft Entra ID through DefaultAzureCredential (managed identity, workload
+    # identity, AZURE_CLIENT_ID/SECRET, az login ...).
     voicelive_api_key: SecretStr | None = None
     voicelive_model: str = "gpt-realtime"
     voicelive_api_version: str = "2025-10-01"
     connect_timeout: float = Field(10.0, gt=0)
-    # Built-in simulator (started in-process when the provider resolves to it).
+    # Built-in simulator (started in-process when the provider resolves to it). Its dialect:
+    # "openai" (the GA protocol, through the openai SDK) or "voicelive" (its Voice Live endpoint,
+    # through azure-ai-voicelive, as a Voice Live deployment would be reached).
+    simulator_dialect: Literal["openai", "voicelive"] = "openai"
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(0, ge=0, le=65535)
 
@@ -432,11 +439,22 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _app_env_defaults(self) -> Settings:
+        # APP_ENV as the Voice Live deployments use it: production logs WARNING and above as JSON
+        # lines, staging INFO as JSON lines, development INFO as text; LOG_LEVEL / log_json win.
+        if self.app_env is not AppEnv.DEVELOPMENT and "log_json" not in self.model_fields_set:
+            self.log_json = True
+        if self.app_env is AppEnv.PRODUCTION and "log_level" not in self.model_fields_set:
+            self.log_level = "WARNING"
+        return self
+
     @property
     def resolved_provider(self) -> ModelProvider:
         if self.model.provider is not ModelProvider.AUTO:
             return self.model.provider
-        if self.model.voicelive_endpoint and self.model.voicelive_api_key:
+        if self.model.voicelive_endpoint:
+            # With no key: Microsoft Entra ID (DefaultAzureCredential).
             return ModelProvider.AZURE_VOICELIVE
         if self.model.azure_endpoint and self.model.azure_api_key:
             return ModelProvider.AZURE_OPENAI
@@ -456,10 +474,18 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "AZURE_VOICELIVE_ENDPOINT": ("model", "voicelive_endpoint"),
     "AZURE_VOICELIVE_API_KEY": ("model", "voicelive_api_key"),
     "AZURE_VOICELIVE_MODEL": ("model", "voicelive_model"),
+    "AZURE_VOICELIVE_API_VERSION": ("model", "voicelive_api_version"),
     "SUPABASE_URL": ("tenants", "supabase_url"),
     "SUPABASE_SERVICE_ROLE_KEY": ("tenants", "supabase_key"),
     "DATABASE_URL": ("tenants", "database_url"),
     "APP_ENV": ("app_env",),
+    # Call recordings of the roleplay deployments: an S3 bucket and its credentials.
+    "RECORDING_ENABLED": ("recording", "enabled"),
+    "AWS_BUCKET_NAME": ("recording", "s3", "bucket"),
+    "AWS_REGION": ("recording", "s3", "region"),
+    "RECORDING_PATH_PREFIX": ("recording", "s3", "prefix"),
+    "AWS_ACCESS_KEY_ID": ("recording", "s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("recording", "s3", "secret_access_key"),
     "PORT": ("http", "port"),
     "LOG_LEVEL": ("log_level",),
 }
@@ -488,6 +514,13 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+        s3 = result.get("recording", {}).get("s3")
+        if s3 is not None:
+            if "bucket" in s3:
+                # A bucket named the legacy way is where recordings go.
+                result["recording"].setdefault("storage", "s3")
+            else:
+                del result["recording"]["s3"]  # credentials alone do not configure a store
         return result
 
 

@@ -18,6 +18,7 @@ class Outcome(enum.StrEnum):
     AGENT_HANGUP = "agent_hangup"
     TRANSFERRED = "transferred"
     MODEL_ERROR = "model_error"
+    MODEL_REJECTED_CONFIG = "model_rejected_config"  # the model refused the tenant's session.update
     REFUSED = "refused"
     PROTOCOL_ERROR = "protocol_error"
     SHUTDOWN = "shutdown"

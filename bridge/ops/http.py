@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +20,35 @@ from bridge.settings import HttpSettings
 log = logging.getLogger(__name__)
 
 RouteInstaller = Callable[[web.Application], None]
+REACHABILITY_TTL = 30.0  # seconds a reachability answer is reused (monitors poll often)
+REACHABILITY_TIMEOUT = 2.0
+
+
+class Reachability:
+    """Whether the model endpoint's host accepts a TCP connection, asked at most every
+    ``REACHABILITY_TTL`` seconds: a health poll must not open (and pay for) a model session."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._answers: dict[str, tuple[float, bool]] = {}
+
+    async def reachable(self, url: str) -> bool:
+        now = self._clock()
+        cached = self._answers.get(url)
+        if cached is not None and now - cached[0] < REACHABILITY_TTL:
+            return cached[1]
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+        try:
+            async with asyncio.timeout(REACHABILITY_TIMEOUT):
+                _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            ok = True
+        except (OSError, TimeoutError):
+            ok = False
+        self._answers[url] = (now, ok)
+        return ok
 
 
 class HttpServer:
@@ -33,6 +64,7 @@ class HttpServer:
         # Parts that report their state in /ready (e.g. "sip": carrier registrations).
         self.ready_details: dict[str, Callable[[], Any]] = {}
         self._site: web.TCPSite | None = None
+        self._reachability = Reachability()
         self.port = 0
 
     def install(self, installer: RouteInstaller) -> None:
@@ -55,7 +87,19 @@ class HttpServer:
             self._runner = None
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "calls_active": self.switchboard.active_calls})
+        # The fields monitors of Voice Live deployments read (status, env, worker_status,
+        # voice_model), the model provider and whether its endpoint answers.
+        switchboard = self.switchboard
+        endpoint = switchboard.endpoint
+        return web.json_response({
+            "status": "ok",
+            "calls_active": switchboard.active_calls,
+            "env": switchboard.settings.app_env.value,
+            "worker_status": "draining" if switchboard.draining else "running",
+            "voice_model": endpoint.model,
+            "provider": endpoint.provider.value,
+            "provider_reachable": await self._reachability.reachable(endpoint.where),
+        })
 
     async def _ready(self, request: web.Request) -> web.Response:
         if self.switchboard.draining:

@@ -106,6 +106,8 @@ def configure(level: str = "INFO", json_lines: bool = False, levels: Mapping[str
     for name, module_level in (levels or {}).items():
         logging.getLogger(name).setLevel(module_level.upper())
     # The SDK and websockets log frame sizes at DEBUG; never audio, but keep them quiet by default.
-    for noisy in ("websockets", "openai", "httpx", "httpcore", "aiohttp.access"):
+    # The Voice Live SDK logs whole received frames (audio included) at DEBUG, and azure-core
+    # request details at INFO: "azure" stays at WARNING unless named in ``levels``.
+    for noisy in ("websockets", "openai", "httpx", "httpcore", "aiohttp.access", "azure"):
         if noisy not in (levels or {}):
             logging.getLogger(noisy).setLevel(max(logging.getLogger().level, logging.WARNING))

@@ -35,7 +35,7 @@ _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
 OUTCOMES = (
-    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
+    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error", "model_rejected_config",
     "refused", "protocol_error", "shutdown", "timeout", "error",
 )
 

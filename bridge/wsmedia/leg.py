@@ -92,6 +92,7 @@ _CLOSE_CODES = {
     Outcome.SHUTDOWN: CloseCode.GOING_AWAY,
     Outcome.PROTOCOL_ERROR: CloseCode.POLICY_VIOLATION,
     Outcome.MODEL_ERROR: CloseCode.INTERNAL_ERROR,
+    Outcome.MODEL_REJECTED_CONFIG: CloseCode.INTERNAL_ERROR,
     Outcome.ERROR: CloseCode.INTERNAL_ERROR,
     Outcome.REFUSED: CloseCode.TRY_AGAIN_LATER,
 }

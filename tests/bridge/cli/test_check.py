@@ -295,7 +295,8 @@ async def test_postgres_tenant_store(tmp_path):
         await conn.execute("INSERT INTO client_configurations (client_id, instructions) VALUES ($1, 'Hi')", client)
     finally:
         await conn.close()
-    assert await check_tenant_store(settings(dsn)) == "postgres backend: 1 active tenant(s) of 1"
+    expected = "postgres backend: 1 active tenant(s) of 1, 1 number(s) and pattern(s)"
+    assert await check_tenant_store(settings(dsn)) == expected
 
     missing = dsn.rsplit("/", 1)[0] + "/no_such_database"
     with pytest.raises(CheckFailed) as failure:

@@ -114,3 +114,18 @@ async def test_unbind_ends_the_call_context(captured):
     during, after = _lines(captured)
     assert during["call_id"] == "33333333-cccc"
     assert "call_id" not in after
+
+
+def test_voice_live_sdk_frames_stay_out_of_debug_logs():
+    # azure-ai-voicelive logs every received frame (audio included) at DEBUG.
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure("DEBUG")
+        assert logging.getLogger("azure.ai.voicelive.aio._patch").getEffectiveLevel() == logging.WARNING
+        logs.configure("DEBUG", levels={"azure": "DEBUG"})  # unless asked for by name
+        assert logging.getLogger("azure.ai.voicelive.aio._patch").getEffectiveLevel() == logging.DEBUG
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("azure").setLevel(logging.NOTSET)
