@@ -18,16 +18,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bridge import heap
-from bridge.agi import FastAgiServer
-from bridge.audiosocket import AudioSocketServer
-from bridge.call import CallInfo, CallTap, Outcome
-from bridge.http import HttpServer
-from bridge.metrics import Metrics
-from bridge.realtime import endpoint_from_settings
+from bridge.asterisk.agi import FastAgiServer
+from bridge.asterisk.audiosocket import AudioSocketServer
+from bridge.core import heap
+from bridge.core.call import CallInfo, CallTap, Outcome
+from bridge.core.realtime import endpoint_from_settings
+from bridge.core.switchboard import Switchboard
+from bridge.ops.http import HttpServer
+from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider, Settings
-from bridge.switchboard import Switchboard
-from bridge.wsmedia import WebSocketMediaServer
+from bridge.wsmedia.server import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
 
@@ -59,10 +59,10 @@ class Application:
         self.http: HttpServer | None = None
         self.wsmedia: WebSocketMediaServer | None = None
         self.simulator: Any = None
-        self.stasis: Any = None  # bridge.stasis.StasisApplication when ARI is enabled
-        self.ami: Any = None  # bridge.ami.AmiConnection when AMI is enabled
+        self.stasis: Any = None  # bridge.asterisk.stasis.StasisApplication when ARI is enabled
+        self.ami: Any = None  # bridge.asterisk.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
-        self.archive: Any = None  # bridge.archive.CallArchive while recording is enabled
+        self.archive: Any = None  # bridge.records.archive.CallArchive while recording is enabled
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -88,7 +88,7 @@ class Application:
             stack.push_async_callback(endpoint.close)
             tap_factory = self.tap_factory
             if settings.recording.enabled and tap_factory is None:
-                from bridge.archive import CallArchive
+                from bridge.records.archive import CallArchive
 
                 # Entered before the listeners, left after them: recordings of calls still
                 # finishing are closed and indexed before the stack unwinds further.
@@ -105,7 +105,7 @@ class Application:
             if settings.http.enabled:
                 self.http = HttpServer(settings.http, switchboard, self.metrics)
                 if self.archive is not None and settings.ops.enabled:
-                    from bridge.ops_api import OpsApi
+                    from bridge.ops.api import OpsApi
 
                     self.http.install(OpsApi(self.archive, settings.ops).install)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
@@ -154,7 +154,7 @@ class Application:
         """The ARI client and Stasis application (run in the background task group), and AMI."""
         settings = self.settings
         if settings.ami.enabled:
-            from bridge.ami import AmiConnection
+            from bridge.asterisk.ami import AmiConnection
 
             self.ami = AmiConnection(settings.ami)
             await self.ami.start()
@@ -164,8 +164,8 @@ class Application:
                 self.ami.on_event("Hangup", self.agi.ami_hangup)
         if not settings.ari.enabled:
             return None
-        from bridge.ari import AriClient
-        from bridge.stasis import StasisApplication
+        from bridge.asterisk.ari import AriClient
+        from bridge.asterisk.stasis import StasisApplication
 
         client = AriClient(settings.ari)
         stack.push_async_callback(client.close)

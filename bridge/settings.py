@@ -27,6 +27,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tenants.settings import TenantSettings
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message names the setting."""
@@ -168,52 +170,6 @@ class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
 
 
-class UnknownNumberPolicy(enum.StrEnum):
-    REFUSE = "refuse"
-    DEFAULT = "default"
-
-
-class TenantBackend(enum.StrEnum):
-    FILE = "file"
-    POSTGRES = "postgres"
-    SUPABASE = "supabase"
-
-
-class TenantSettings(BaseModel):
-    backend: TenantBackend = TenantBackend.FILE
-    file: Path | None = None  # None: the embedded example tenants file
-    database_url: SecretStr | None = None
-    supabase_url: str | None = None
-    supabase_key: SecretStr | None = None
-    default_country: str = "BR"
-    unknown_number: UnknownNumberPolicy = UnknownNumberPolicy.REFUSE
-    default_tenant: str | None = None  # slug used when unknown_number == default
-    cache_ttl: float = Field(30.0, ge=0)
-    # How long "no tenant for this number" is remembered (at most cache_ttl).
-    negative_cache_ttl: float = Field(5.0, ge=0)
-    lookup_timeout: float = Field(2.0, gt=0)
-    # Seconds between checks of the tenants file for changes (backend "file").
-    watch_interval: float = Field(2.0, gt=0)
-    # What a refused FastAGI call hears before hangup (an Asterisk sound name), or none.
-    refuse_announcement: str | None = "ss-noservice"
-
-    @field_validator("default_country")
-    @classmethod
-    def _known_country(cls, value: str) -> str:
-        from tenants.numbers import PLANS
-
-        upper = value.upper()
-        if upper not in PLANS:
-            raise ValueError(f"no numbering plan for {value!r}; known: {', '.join(sorted(PLANS))}")
-        return upper
-
-    @model_validator(mode="after")
-    def _default_needs_tenant(self) -> TenantSettings:
-        if self.unknown_number is UnknownNumberPolicy.DEFAULT and not self.default_tenant:
-            raise ValueError("unknown_number 'default' needs default_tenant (a tenant slug)")
-        return self
-
-
 class RecordingStorage(enum.StrEnum):
     LOCAL = "local"  # the recordings directory is the store
     S3 = "s3"  # the directory spools; recordings are uploaded after the call
@@ -320,7 +276,7 @@ class Settings(BaseSettings):
     event_loop: EventLoop = EventLoop.AUTO
     log_level: str = "INFO"
     log_json: bool = False
-    # Per-module levels, e.g. {"bridge.realtime": "DEBUG"}.
+    # Per-module levels, e.g. {"bridge.core.realtime": "DEBUG"}.
     log_levels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     model: ModelSettings = Field(default_factory=ModelSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
@@ -346,7 +302,7 @@ class Settings(BaseSettings):
     @field_validator("log_levels", mode="before")
     @classmethod
     def _module_levels(cls, value: Any) -> Any:
-        # Also accepted as "bridge.realtime=DEBUG,tenants=WARNING" (one environment variable).
+        # Also accepted as "bridge.core.realtime=DEBUG,tenants=WARNING" (one environment variable).
         if isinstance(value, str) and value.lstrip().startswith("{"):
             try:
                 value = json.loads(value)

@@ -1,5 +1,5 @@
 """Compiled streaming polyphase resampler (media.resample), block runner (media.noise), WebSocket
-frames of base64 audio (bridge.realtime, bridge.wsmedia) and G.711 table lookups (media.g711);
+frames of base64 audio (bridge.core.realtime, bridge.wsmedia.leg) and G.711 table lookups (media.g711);
 media/_native.c."""
 
 import numpy as np

@@ -10,7 +10,7 @@ from tenants.cache import CacheObserver, CachingDirectory
 from tenants.directory import TenantDirectory
 
 if TYPE_CHECKING:
-    from bridge.settings import TenantSettings
+    from tenants.settings import TenantSettings
 
 
 class DirectoryConfigError(ValueError):

@@ -13,7 +13,7 @@ from tenants.directory import MatchKind, Resolution, TenantDirectory
 from tenants.numbers import NumberError, normalize_number
 
 if TYPE_CHECKING:
-    from bridge.settings import TenantSettings
+    from tenants.settings import TenantSettings
 
 log = logging.getLogger(__name__)
 

@@ -377,7 +377,7 @@ def summarise(cfg: RunConfig, collected: list[dict[str, Any]], events_log: Path,
         "pacer_lateness_mean": pacer["mean"],
         "pacer_lateness_p99_le": pacer["p99_le"],
         "bridge_loop_lag_p99_le": loop["p99_le"],
-        # Garbage collections over the whole run, all generations (bridge.heap).
+        # Garbage collections over the whole run, all generations (bridge.core.heap).
         "gc_collections": gc_pauses["count"],
         "gc_pause_mean": gc_pauses["mean"],
         "gc_pause_p99_le": gc_pauses["p99_le"],

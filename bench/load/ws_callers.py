@@ -31,7 +31,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from bench.load.callers import ScriptedCaller
-from bridge.realtime import MaskingKeys
+from bridge.core.realtime import MaskingKeys
 from media import g711
 from sip import freeswitch as fs
 from sip import twilio as tw

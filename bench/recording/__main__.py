@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.call import CallInfo
-from bridge.callstore import CallRecord
-from bridge.recorder import ArchiveLayout, CallRecorder
+from bridge.core.call import CallInfo
+from bridge.records.callstore import CallRecord
+from bridge.records.layout import ArchiveLayout
+from bridge.records.recorder import CallRecorder
 from tenants.config import TenantConfig
 
 RATE_HZ = 8000

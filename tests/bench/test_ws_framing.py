@@ -9,7 +9,7 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.streams import StreamReader
 
 from bench.load.ws_callers import _FIN_BINARY, _FIN_TEXT, client_frame, split_server_frames
-from bridge.realtime import MaskingKeys
+from bridge.core.realtime import MaskingKeys
 
 
 def read_back_as_server(data: bytes) -> list[Frame]:

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from bridge.metrics import OTHER_TENANT, Metrics, TenantLabels
+from bridge.ops.metrics import OTHER_TENANT, Metrics, TenantLabels
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "callbridge.json"

@@ -170,7 +170,7 @@ def test_production_overlay_changes_what_it_says():
 
 def test_manifests_agree_with_the_daemon(rendered, monkeypatch):
     from bridge.app import END_GRACE
-    from bridge.metrics import Metrics
+    from bridge.ops.metrics import Metrics
 
     _, objects = rendered
     by_key = _by_key(objects)

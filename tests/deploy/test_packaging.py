@@ -192,7 +192,7 @@ def test_compose_wiring():
 
 
 def test_compose_commands_exist():
-    pytest.importorskip("bridge.tenant_commands", reason="the tenants CLI is not in this tree")
+    pytest.importorskip("bridge.cli.tenants", reason="the tenants CLI is not in this tree")
     from bridge.cli import build_parser
 
     compose = yaml.safe_load(COMPOSE.read_text())

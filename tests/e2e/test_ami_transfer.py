@@ -69,7 +69,7 @@ async def test_transfer_by_ami_redirect(tmp_path, caplog, redirect_works):
         assert app.metrics.registry.get_sample_value(
             "callbridge_calls_total", {"transport": "audiosocket", "outcome": "transferred"}) == 1
         # The PBX's Hangup event names the cause; it is logged against the call.
-        caplog.set_level("INFO", logger="bridge.agi")
+        caplog.set_level("INFO", logger="bridge.asterisk.agi")
         ami.emit(Event="Hangup", Channel=CHANNEL, Cause="16", **{"Cause-txt": "Normal Clearing"})
         async with asyncio.timeout(5):
             while "PBX hangup cause 16 (Normal Clearing)" not in caplog.text:

@@ -354,7 +354,7 @@ async def test_agent_hangup_removes_everything(tmp_path):
         await _until(lambda: bool(h.app.switchboard.calls()))
         call = h.app.switchboard.calls()[0]
         await asyncio.sleep(0.5)
-        from bridge.call import Outcome
+        from bridge.core.call import Outcome
 
         call.end(Outcome.AGENT_HANGUP)
         await asyncio.wait_for(caller.channel.gone.wait(), 5)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.call import CallInfo
-from bridge.callstore import CallRecord
-from bridge.recorder import ArchiveLayout, CallRecorder, RecordingWriter
+from bridge.core.call import CallInfo
+from bridge.records.callstore import CallRecord
+from bridge.records.layout import ArchiveLayout
+from bridge.records.recorder import CallRecorder
+from bridge.records.writer import RecordingWriter
 from tenants.config import TenantConfig
 
 STARTED_AT = 1_750_000_000.0

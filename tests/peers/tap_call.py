@@ -1,5 +1,5 @@
 """Plays the call core's part toward a call archive: a tenant, a call, and its audio fed to the
-tap the archive hands out, 20 ms at a time, the way ``bridge.call.Call`` feeds it."""
+tap the archive hands out, 20 ms at a time, the way ``bridge.core.call.Call`` feeds it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.archive import CallArchive
-from bridge.call import CallInfo
+from bridge.core.call import CallInfo
+from bridge.records.archive import CallArchive
 from bridge.settings import Settings, load_settings
 from tenants.config import TenantConfig
 

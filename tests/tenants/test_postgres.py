@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from bridge.settings import TenantSettings
 from tenants.cache import CachingDirectory
 from tenants.config import TenantError
 from tenants.directory import DirectoryUnavailable
@@ -26,6 +25,7 @@ from tenants.postgres import (
     migrate,
 )
 from tenants.routing import route
+from tenants.settings import TenantSettings
 from tests.pg import PostgresCluster
 from tests.tenants.conftest import LOOKUPS
 

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import TenantSettings, load_settings
+from bridge.settings import load_settings
 from tenants.cache import CachingDirectory
 from tenants.directory import MatchKind
 from tenants.factory import DirectoryConfigError, open_directory
 from tenants.file import FileDirectory
 from tenants.routing import route
+from tenants.settings import TenantSettings
 
 TENANTS = """
 tenants:

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.settings import TenantSettings
 from tenants.cache import CachingDirectory
 from tenants.config import TenantError
 from tenants.directory import DirectoryUnavailable
 from tenants.factory import open_directory
 from tenants.postgres import PostgresDirectory
 from tenants.routing import route
+from tenants.settings import TenantSettings
 from tenants.supabase import SupabaseDirectory
 from tests.pg import PostgresCluster
 from tests.postgrest_server import PostgrestServer

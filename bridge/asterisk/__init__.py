@@ -1,0 +1,1 @@
+"""Asterisk transports: FastAGI, AudioSocket, ARI/Stasis with External Media (RTP, AudioSocket, chan_websocket), AMI."""

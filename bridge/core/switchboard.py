@@ -1,0 +1,231 @@
+"""The switchboard: admission, tenant routing and the registry of calls, shared by all transports.
+
+Every transport asks the switchboard whether a call may start (``admit``), which tenant answers
+the dialled number (``route``), and runs the call through ``run_call`` so that capacity, drain,
+metrics and recording are handled the same way whatever the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome
+from bridge.core.realtime import ModelEndpoint, endpoint_from_settings
+from bridge.ops import logs
+from bridge.ops.metrics import Metrics, TenantLabels
+from bridge.settings import ModelProvider, Settings
+from media.codec import AudioFormat
+from tenants.config import TenantConfig
+from tenants.directory import Resolution, TenantDirectory
+from tenants.routing import route
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+TapFactory = Callable[[CallInfo], CallTap | None]
+
+
+class Refusal(enum.StrEnum):
+    DRAINING = "draining"
+    CAPACITY = "capacity"
+    TENANT_CAPACITY = "tenant_capacity"
+    UNKNOWN_NUMBER = "unknown_number"
+    LOOKUP_FAILED = "lookup_failed"
+    UNKNOWN_CALL = "unknown_call"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedCall:
+    """A call turned away before reaching the model, for the call index."""
+
+    transport: str
+    reason: Refusal
+    dialled: str
+    caller_id: str
+    tenant: TenantConfig | None
+    at: float = field(default_factory=time.time)  # wall clock, for records only
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """A call announced by signalling (FastAGI, ARI) whose media connection is still to come."""
+
+    key: str
+    resolution: Resolution
+    dialled: str
+    caller_id: str
+    expires_at: float
+    audio_format: AudioFormat | None = None  # None: what the media transport says
+    # Set by the media side when the call ends with a transfer, read by the signalling side.
+    after_call: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Switchboard:
+    def __init__(
+        self,
+        settings: Settings,
+        directory: TenantDirectory,
+        endpoint: ModelEndpoint,
+        metrics: Metrics,
+        *,
+        tap_factory: TapFactory | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.endpoint = endpoint
+        self.metrics = metrics
+        self.tap_factory = tap_factory
+        self.clock = clock
+        self.refusal_listener: Callable[[RefusedCall], None] | None = None
+        self.draining = False
+        self._pending: dict[str, PendingCall] = {}
+        self._endpoints: dict[str, ModelEndpoint] = {}
+        self._active: set[Call] = set()
+        self._per_tenant: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tenant_labels = TenantLabels(settings.metrics.tenant_labels, settings.metrics.max_tenant_labels)
+        metrics.calls_capacity.set(settings.limits.max_calls)
+
+    # ----------------------------------------------------------------- admission
+    @property
+    def active_calls(self) -> int:
+        return len(self._active)
+
+    def admit(self, tenant: TenantConfig | None = None) -> Refusal | None:
+        """Why a new call must be refused right now, or None. Over capacity refuses, never queues."""
+        if self.draining:
+            return Refusal.DRAINING
+        if len(self._active) + len(self._pending) >= self.settings.limits.max_calls:
+            return Refusal.CAPACITY
+        if tenant is not None and self._per_tenant.get(tenant.tenant_id, 0) >= tenant.max_concurrent_calls:
+            return Refusal.TENANT_CAPACITY
+        return None
+
+    def refused(self, transport: str, reason: Refusal, *, dialled: str | None = None,
+                caller_id: str = "", tenant: TenantConfig | None = None) -> None:
+        """Count a refusal; with the dialled number known it is also kept in the call index."""
+        self.metrics.calls_offered.labels(transport).inc()
+        self.metrics.calls_refused.labels(transport, reason.value).inc()
+        self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
+        if dialled is not None and self.refusal_listener is not None:
+            self.refusal_listener(RefusedCall(transport, reason, dialled, caller_id, tenant))
+
+    async def route(self, dialled: str) -> Resolution | None:
+        """Resolve the dialled number, applying the unknown-number policy. Raises on lookup failure."""
+        started = self.clock()
+        try:
+            return await route(self.directory, dialled, self.settings.tenants)
+        finally:
+            self.metrics.tenant_lookup.observe(self.clock() - started)
+
+    # ----------------------------------------------------------------- pending calls
+    def register_pending(
+        self,
+        key: str,
+        resolution: Resolution,
+        dialled: str,
+        caller_id: str,
+        audio_format: AudioFormat | None = None,
+    ) -> PendingCall:
+        self._expire_pending()
+        pending = PendingCall(key, resolution, dialled, caller_id,
+                              self.clock() + self.settings.agi.claim_timeout, audio_format)
+        self._pending[key] = pending
+        return pending
+
+    def claim(self, key: str) -> PendingCall | None:
+        self._expire_pending()
+        return self._pending.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        self._pending.pop(key, None)
+
+    def _expire_pending(self) -> None:
+        now = self.clock()
+        for key in [k for k, p in self._pending.items() if p.expires_at < now]:
+            pending = self._pending.pop(key)
+            if not pending.after_call.done():
+                pending.after_call.set_result(None)
+
+    # ----------------------------------------------------------------- calls
+    def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
+        """The model endpoint a tenant's calls use: the deployment's, unless the tenant names
+        another provider (whose credentials must then be configured)."""
+        if tenant.provider == "default":
+            return self.endpoint
+        endpoint = self._endpoints.get(tenant.provider)
+        if endpoint is None:
+            provider = ModelProvider(tenant.provider)
+            simulator_url = self.endpoint.websocket_base_url if provider is ModelProvider.SIMULATOR else None
+            if provider is ModelProvider.SIMULATOR and self.endpoint.provider is not ModelProvider.SIMULATOR:
+                raise ValueError("tenant asks for the simulator, which this deployment does not run")
+            endpoint = endpoint_from_settings(self.settings, simulator_url, provider)
+            self._endpoints[tenant.provider] = endpoint
+        return endpoint
+
+    def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
+        """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
+        self.metrics.calls_offered.labels(info.transport).inc()
+        tap = self.tap_factory(info) if self.tap_factory is not None else None
+        return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
+                    max_duration=self.settings.limits.max_call_duration)
+
+    async def run_call(self, call: Call) -> Outcome:
+        """Run one bridged call to its end. Per-call failures never propagate."""
+        tenant_id = call.info.tenant.tenant_id
+        self._active.add(call)
+        self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
+        self._idle.clear()
+        # run_call runs in the call's own task: every line it and the tasks it starts log names
+        # the call and its tenant.
+        log_token = logs.bind_call(call.info.call_id, call.info.tenant.slug)
+        tenant_label = self._tenant_labels.label(call.info.tenant.slug)
+        if tenant_label is not None:
+            self.metrics.tenant_calls_active.labels(tenant_label).inc()
+        try:
+            outcome = await call.run()
+            if tenant_label is not None:
+                self.metrics.tenant_calls.labels(tenant_label, outcome.value).inc()
+            return outcome
+        finally:
+            logs.unbind_call(log_token)
+            if tenant_label is not None:
+                self.metrics.tenant_calls_active.labels(tenant_label).dec()
+            self._active.discard(call)
+            left = self._per_tenant.get(tenant_id, 1) - 1
+            if left:
+                self._per_tenant[tenant_id] = left
+            else:
+                self._per_tenant.pop(tenant_id, None)
+            if not self._active:
+                self._idle.set()
+
+    def calls(self) -> list[Call]:
+        return list(self._active)
+
+    # ----------------------------------------------------------------- drain
+    def start_draining(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    async def close_endpoints(self) -> None:
+        """Release the SDK clients of the per-tenant provider endpoints (at shutdown)."""
+        endpoints, self._endpoints = list(self._endpoints.values()), {}
+        for endpoint in endpoints:
+            await endpoint.close()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def end_all(self, outcome: Outcome = Outcome.SHUTDOWN) -> None:
+        for call in list(self._active):
+            call.end(outcome)

@@ -1,0 +1,1 @@
+"""Operations: the HTTP server, the ops API and page, Prometheus metrics, logging."""

@@ -1,0 +1,1 @@
+"""Static files of the ops web page (served by bridge.ops.api)."""

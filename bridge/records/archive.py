@@ -1,0 +1,568 @@
+"""The call archive: recordings, transcripts and metadata of every call, from the first frame to
+object storage, the index, the post-call webhook and retention.
+
+Life of a call's files
+----------------------
+1. ``open_tap`` (the switchboard's tap factory) builds the call's ``CallRecorder``; the writer
+   thread creates the ``.unfinished/<call id>`` marker and the in-progress metadata, then writes
+   audio and transcript as they come. The index gets an ``in_progress`` row, so ops see live calls.
+2. The call ends: the writer closes the WAV, draws the peaks, writes the final metadata and hands
+   the record back to the event loop, which puts it in the index, queues the upload (S3) and the
+   webhook, and only then removes the marker.
+3. ``recover`` (at start) takes every marker left by a daemon that died: repairs the WAV header,
+   cuts a torn last transcript line, marks the call ``interrupted`` and resumes step 2.
+4. S3: the upload spool uploads WAV, transcript, peaks and metadata, records the object key, and
+   drops the local WAV unless ``keep_local``; while the store is down the call waits on disk.
+5. Retention: calls past their ``expires_at`` lose their files, objects and index row.
+
+Metadata is the source of truth; the index is derived from it and re-fed on recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bridge.records.callstore import (
+    CallIndex,
+    CallPage,
+    CallQuery,
+    CallRecord,
+    CallStatus,
+    CallStoreError,
+    PostgresCallIndex,
+    SqliteCallIndex,
+    valid_call_id,
+)
+from bridge.records.layout import (
+    UNFINISHED_DIR,
+    UPLOADS_DIR,
+    ArchiveLayout,
+    RecordingError,
+    write_json_atomic,
+    write_peaks,
+)
+from bridge.records.objectstore import ObjectStoreError, S3Store, UploadSpool
+from bridge.records.recorder import CallRecorder
+from bridge.records.webhook import WebhookSender
+from bridge.records.writer import RecordingWriter
+from bridge.settings import (
+    CallIndexBackend,
+    ConfigError,
+    ModelProvider,
+    RecordingStorage,
+    Settings,
+)
+from media.wav import WavError, WavFormat, repair
+
+if TYPE_CHECKING:
+    from bridge.core.call import CallInfo
+    from bridge.core.switchboard import RefusedCall
+    from bridge.ops.metrics import Metrics
+    from tenants.config import TenantConfig
+
+from bridge.records.views import cut_torn_line, iso, read_transcript_file, record_view
+from tenants.settings import TenantBackend
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+RETENTION_PERIOD_SECONDS = 3600.0
+RETENTION_FIRST_RUN_SECONDS = 60.0
+SHUTDOWN_TIMEOUT = 15.0
+WEBHOOK_GRACE_SECONDS = 5.0
+MAX_REFUSAL_WRITES = 100  # refused calls being indexed at once
+_CONTENT_TYPES = {".wav": "audio/wav", ".jsonl": "application/x-ndjson",
+                  ".peaks.json": "application/json", ".json": "application/json"}
+
+
+def index_from_settings(settings: Settings) -> CallIndex:
+    rec = settings.recording
+    backend = rec.index
+    if backend is CallIndexBackend.AUTO:
+        backend = (CallIndexBackend.POSTGRES if settings.tenants.backend is TenantBackend.POSTGRES
+                   else CallIndexBackend.SQLITE)
+    if backend is CallIndexBackend.POSTGRES:
+        url = rec.database_url or settings.tenants.database_url
+        if url is None:
+            raise ConfigError("recording.index postgres needs recording.database_url or DATABASE_URL")
+        return PostgresCallIndex(url.get_secret_value())
+    return SqliteCallIndex(rec.sqlite_path or rec.directory / "calls.sqlite3")
+
+
+def deployment_model(settings: Settings) -> str:
+    provider = settings.resolved_provider
+    if provider is ModelProvider.AZURE_VOICELIVE:
+        return settings.model.voicelive_model
+    if provider is ModelProvider.AZURE_OPENAI:
+        return settings.model.azure_deployment or settings.model.model
+    return settings.model.model
+
+
+class CallArchive:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        index: CallIndex | None = None,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        rec = settings.recording
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.layout = ArchiveLayout(rec.directory)
+        self.index = index if index is not None else index_from_settings(settings)
+        self.store: S3Store | None = None
+        self.uploads: UploadSpool | None = None
+        if rec.storage is RecordingStorage.S3:
+            assert rec.s3 is not None
+            self.store = S3Store(rec.s3)
+            self.uploads = UploadSpool(
+                self.layout.root / UPLOADS_DIR, self._upload_call,
+                initial_delay=rec.s3.retry_initial_seconds, max_delay=rec.s3.retry_max_seconds,
+                clock=time.monotonic, on_pending=metrics.uploads_pending.set,
+            )
+        self.writer = RecordingWriter(flush_interval=rec.flush_interval, clock=clock, metrics=metrics,
+                                      on_finished=self._finished_from_thread)
+        # Retry schedules wait on the event loop's timers, so they run on the monotonic clock (the
+        # injected ``clock`` places audio on call timelines).
+        self.webhooks = WebhookSender(settings.webhooks, clock=time.monotonic, wall_clock=wall_clock,
+                                      on_result=lambda r: metrics.webhooks.labels(r).inc())
+        self.default_model = deployment_model(settings)
+        self._recorders: dict[str, CallRecorder] = {}
+        self._index_writes: dict[str, asyncio.Task[bool]] = {}
+        self._post_calls: set[asyncio.Task[None]] = set()
+        self._webhook_targets: dict[str, tuple[str, str | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.recovered: list[CallRecord] = []
+        self._refusal_writes = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[CallArchive]:
+        """Open the index, recover unfinished calls, run uploads, webhooks and retention; on
+        exit finish every recording and flush what can be flushed in ``SHUTDOWN_TIMEOUT``."""
+        self._loop = asyncio.get_running_loop()
+        for name in (UNFINISHED_DIR, UPLOADS_DIR):
+            await asyncio.to_thread((self.layout.root / name).mkdir, parents=True, exist_ok=True)
+        await self.index.open()
+        # An exception from the body is held and re-raised after the TaskGroup, so that callers
+        # see it as it is rather than wrapped in an ExceptionGroup of the archive's own tasks.
+        body_error: BaseException | None = None
+        try:
+            self.writer.start()
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                background = [tg.create_task(self.webhooks.run()),
+                              tg.create_task(self._retention_loop())]
+                if self.uploads is not None:
+                    assert self.store is not None
+                    await self.store.open()
+                    await self.uploads.load()
+                    background.append(tg.create_task(self.uploads.run()))
+                await self.recover()
+                try:
+                    yield self
+                except BaseException as exc:  # re-raised below, unchanged
+                    body_error = exc
+                finally:
+                    await self._shutdown()
+                    for task in background:
+                        task.cancel()
+                    for post in list(self._post_calls):
+                        post.cancel()
+        finally:
+            self._tg = None
+            await asyncio.to_thread(self.writer.stop, SHUTDOWN_TIMEOUT)
+            await self.index.close()
+            if self.store is not None:
+                await self.store.close()
+        if body_error is not None:
+            raise body_error
+
+    async def _shutdown(self) -> None:
+        for recorder in list(self._recorders.values()):
+            if not recorder.ended:
+                recorder.end("shutdown")
+        self.writer.wake()
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                await self._idle.wait()
+        except TimeoutError:
+            log.error("archive: %d call(s) not finished at shutdown", len(self._recorders))
+        if self.webhooks.pending:
+            try:
+                async with asyncio.timeout(WEBHOOK_GRACE_SECONDS):
+                    await self.webhooks.wait_idle()
+            except TimeoutError:
+                log.warning("archive: %d webhook delivery(ies) not sent before shutdown",
+                            self.webhooks.pending)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        assert self._tg is not None, "archive is not running"
+        return self._tg.create_task(coro)
+
+    # ------------------------------------------------------------------ calls
+    def open_tap(self, info: CallInfo) -> CallRecorder | None:
+        """The switchboard's tap factory."""
+        if self._tg is None:
+            return None
+        tenant = info.tenant
+        try:
+            stem = self.layout.stem_for(tenant.slug, info.call_id, info.started_at)
+        except RecordingError as exc:
+            log.warning("call not archived: %s", exc)
+            return None
+        record = CallRecord(
+            call_id=info.call_id,
+            tenant=tenant.slug,
+            tenant_id=tenant.tenant_id,
+            transport=info.transport,
+            dialled=info.dialled,
+            caller_id=info.caller_id,
+            started_at=info.started_at,
+            model=tenant.model or self.default_model,
+            voice=tenant.voice,
+            path=stem,
+            expires_at=self._expires_at(tenant, info.started_at),
+        )
+        recorder = CallRecorder(
+            info, record, self.layout,
+            record_audio=tenant.recording,
+            clock=self.clock,
+            max_backlog_seconds=self.settings.recording.max_backlog_seconds,
+            header_interval=self.settings.recording.header_interval,
+            metrics=self.metrics,
+            on_end=lambda _r: self.writer.wake(),
+        )
+        self._recorders[info.call_id] = recorder
+        self._idle.clear()
+        if tenant.webhook_url:
+            self._webhook_targets[info.call_id] = (tenant.webhook_url, tenant.webhook_secret)
+        self.writer.attach(recorder)
+        self._index_writes[info.call_id] = self._spawn(self._put(record))
+        return recorder
+
+    def _expires_at(self, tenant: TenantConfig | None, started_at: float) -> float | None:
+        """When a call's files and index entry are due for deletion (None: kept for good)."""
+        days = self.settings.recording.retention_days
+        if tenant is not None and tenant.retention_days is not None:
+            days = tenant.retention_days
+        return started_at + days * 86400.0 if days > 0 else None
+
+    def record_refusal(self, refused: RefusedCall) -> None:
+        """Index a call turned away before reaching the model (no files: nothing was said)."""
+        if self._tg is None:
+            return
+        if self._refusal_writes >= MAX_REFUSAL_WRITES:
+            return  # a flood of refused calls must not queue without bound
+        tenant = refused.tenant
+        record = CallRecord(
+            call_id=str(uuid.uuid4()),
+            tenant=tenant.slug if tenant is not None else "",
+            tenant_id=tenant.tenant_id if tenant is not None else "",
+            transport=refused.transport,
+            dialled=refused.dialled,
+            caller_id=refused.caller_id,
+            started_at=refused.at,
+            status=CallStatus.COMPLETE,
+            ended_at=refused.at,
+            outcome="refused",
+            expires_at=self._expires_at(tenant, refused.at),
+            extra={"refusal": refused.reason.value},
+        )
+        self._refusal_writes += 1
+        task = self._spawn(self._put(record))
+        task.add_done_callback(self._refusal_written)
+
+    def _refusal_written(self, _task: asyncio.Task[bool]) -> None:
+        self._refusal_writes -= 1
+
+    def _finished_from_thread(self, recorder: CallRecorder, record: CallRecord) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop stopped in between
+            loop.call_soon_threadsafe(self._finished, recorder, record)
+
+    def _finished(self, recorder: CallRecorder, record: CallRecord) -> None:
+        if self._tg is None:
+            self._recorders.pop(record.call_id, None)
+            if not self._recorders:
+                self._idle.set()
+            return
+        task = self._spawn(self._post_call(recorder, record))
+        self._post_calls.add(task)
+        task.add_done_callback(self._post_calls.discard)
+
+    async def _post_call(self, recorder: CallRecorder, record: CallRecord) -> None:
+        call_id = record.call_id
+        try:
+            opening = self._index_writes.pop(call_id, None)
+            if opening is not None:
+                # The in-progress row must not land after the final one.
+                with contextlib.suppress(Exception):
+                    await opening
+            await self._archive(record)
+            target = self._webhook_targets.pop(call_id, None)
+            if target is not None:
+                self.webhooks.submit(target[0], target[1], self.webhook_payload(record, recorder.entries))
+        finally:
+            self._recorders.pop(call_id, None)
+            if not self._recorders:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every call opened so far is finished, indexed and queued for upload/webhook."""
+        await self._idle.wait()
+
+    async def _archive(self, record: CallRecord) -> None:
+        """Index the finished record, queue its upload, then drop the unfinished marker."""
+        indexed = await self._put(record)
+        if self.uploads is not None:
+            try:
+                await asyncio.to_thread(write_json_atomic, self.layout.upload_marker(record.call_id),
+                                        {"path": record.path})
+                self.uploads.submit(record.call_id)
+            except OSError as exc:
+                log.error("call %s: cannot queue the upload: %s", record.call_id, exc)
+                return
+        if indexed:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, self.layout.unfinished_marker(record.call_id))
+
+    async def _put(self, record: CallRecord) -> bool:
+        try:
+            await self.index.put(record)
+            return True
+        except CallStoreError as exc:
+            # The marker stays: the next start puts the record in the index.
+            log.error("call %s: index write failed: %s", record.call_id, exc)
+            return False
+
+    def webhook_payload(self, record: CallRecord, transcript: Any) -> dict[str, Any]:
+        entries = [{"role": e.role, "text": e.text, "at": iso(e.at), "offset": e.offset} for e in transcript]
+        return {
+            "event": "call.completed",
+            "call": record_view(record),
+            "transcript": entries,
+            "recording_url": self.recording_url(record) if record.recorded else None,
+        }
+
+    def recording_url(self, record: CallRecord) -> str | None:
+        base = self.settings.ops.public_url
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/api/calls/{record.call_id}/recording"
+
+    # ------------------------------------------------------------------ recovery
+    async def recover(self) -> list[CallRecord]:
+        """Repair and archive the calls of a daemon that died (see the module docstring)."""
+        directory = self.layout.root / UNFINISHED_DIR
+        names = await asyncio.to_thread(
+            lambda: sorted(p.name for p in directory.iterdir() if p.is_file() and valid_call_id(p.name))
+        )
+        recovered: list[CallRecord] = []
+        for call_id in names:
+            if call_id in self._recorders:
+                continue
+            try:
+                record = await asyncio.to_thread(self._recover_files, call_id)
+            except (OSError, ValueError, TypeError, RecordingError) as exc:
+                log.error("call %s: cannot recover: %s", call_id, exc)
+                continue
+            if record is None:
+                log.info("call %s is being recorded by another process; left alone", call_id)
+                continue
+            await self._archive(record)
+            recovered.append(record)
+        if recovered:
+            log.info("recovered %d unfinished call(s)", len(recovered))
+        self.recovered.extend(recovered)
+        return recovered
+
+    def _recover_files(self, call_id: str) -> CallRecord | None:
+        """Repair of one unfinished call (blocking; runs in a thread); None while the call's
+        recorder, in another process, still holds the marker's lock."""
+        marker = self.layout.unfinished_marker(call_id)
+        fd = os.open(marker, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return self._repair_call(marker)
+        finally:
+            os.close(fd)
+
+    def _repair_call(self, marker: Path) -> CallRecord:
+        call_id = marker.name
+        record = CallRecord.from_json(json.loads(marker.read_text(encoding="utf-8")))
+        meta = self.layout.path(record.path, ".json")
+        with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+            record = CallRecord.from_json(json.loads(meta.read_text(encoding="utf-8")))
+        if record.status is not CallStatus.IN_PROGRESS:
+            return record  # finished before the crash; only the index or upload step was lost
+        wav = self.layout.path(record.path, ".wav")
+        transcript = self.layout.path(record.path, ".jsonl")
+        last_write = record.started_at
+        if wav.exists():
+            fallback = WavFormat(record.sample_rate or 8000, 2)
+            try:
+                result = repair(wav, fallback)
+            except WavError as exc:
+                log.error("call %s: recording cannot be repaired: %s", call_id, exc)
+                record = record.evolve(recorded=False, extra={**record.extra, "recording_error": str(exc)})
+            else:
+                write_peaks(wav, self.layout.path(record.path, ".peaks.json"))
+                record = record.evolve(recorded=True, sample_rate=result.info.format.rate_hz,
+                                       recording_bytes=wav.stat().st_size,
+                                       recording_seconds=round(result.info.duration_seconds, 3))
+                last_write = max(last_write, wav.stat().st_mtime,
+                                 record.started_at + result.info.duration_seconds)
+                self.metrics.recordings.labels("repaired").inc()
+                log.info("call %s: repaired recording, %.1f s", call_id, result.info.duration_seconds)
+        entries = 0
+        if transcript.exists():
+            entries = len(read_transcript_file(transcript))
+            cut_torn_line(transcript)
+            last_write = max(last_write, transcript.stat().st_mtime)
+        record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=last_write, transcript_entries=entries)
+        write_json_atomic(meta, record.to_json())
+        return record
+
+    # ------------------------------------------------------------------ object storage
+    async def _upload_call(self, call_id: str) -> None:
+        assert self.store is not None
+        store = self.store
+        s3 = self.settings.recording.s3
+        assert s3 is not None
+        marker = self.layout.upload_marker(call_id)
+        try:
+            stem = json.loads(await asyncio.to_thread(marker.read_text, encoding="utf-8"))["path"]
+            meta = self.layout.path(stem, ".json")
+            text = await asyncio.to_thread(meta.read_text, encoding="utf-8")
+            record = CallRecord.from_json(json.loads(text))
+        except FileNotFoundError:
+            log.warning("call %s: nothing left to upload", call_id)
+            return
+        except (ValueError, KeyError, TypeError, RecordingError) as exc:
+            log.error("call %s: unreadable upload entry, dropped: %s", call_id, exc)
+            return
+        try:
+            for suffix in (".wav", ".jsonl", ".peaks.json"):
+                path = self.layout.path(stem, suffix)
+                if await asyncio.to_thread(path.exists):
+                    await store.upload(path, store.key(stem, suffix), _CONTENT_TYPES[suffix])
+            record = record.evolve(object_key=store.key(stem, ".wav") if record.recorded else None)
+            await asyncio.to_thread(write_json_atomic, meta, record.to_json())
+            await store.upload(meta, store.key(stem, ".json"), _CONTENT_TYPES[".json"])
+        except ObjectStoreError:
+            self.metrics.uploads.labels("failed").inc()
+            raise
+        self.metrics.uploads.labels("ok").inc()
+        if not await self._put(record):
+            raise ObjectStoreError("uploaded, but the index could not be updated")
+        if not s3.keep_local:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, self.layout.path(stem, ".wav"))
+
+    # ------------------------------------------------------------------ reading (ops API)
+    async def get(self, call_id: str) -> CallRecord | None:
+        if not valid_call_id(call_id):
+            return None
+        return await self.index.get(call_id)
+
+    async def search(self, query: CallQuery) -> CallPage:
+        return await self.index.search(query)
+
+    async def local_file(self, record: CallRecord, suffix: str) -> Path | None:
+        try:
+            path = self.layout.path(record.path, suffix)
+        except RecordingError:
+            return None
+        return path if await asyncio.to_thread(path.is_file) else None
+
+    async def transcript(self, record: CallRecord) -> list[dict[str, Any]]:
+        path = await self.local_file(record, ".jsonl")
+        if path is not None:
+            return await asyncio.to_thread(read_transcript_file, path)
+        if self.store is not None and record.object_key:
+            try:
+                data = await self.store.get(self.store.key(record.path, ".jsonl"))
+            except ObjectStoreError:
+                return []
+            return [json.loads(line) for line in data.splitlines() if line.strip()]
+        return []
+
+    async def peaks(self, record: CallRecord) -> dict[str, Any] | None:
+        path = await self.local_file(record, ".peaks.json")
+        raw: bytes | None = None
+        if path is not None:
+            raw = await asyncio.to_thread(path.read_bytes)
+        elif self.store is not None and record.object_key:
+            with contextlib.suppress(ObjectStoreError):
+                raw = await self.store.get(self.store.key(record.path, ".peaks.json"))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return data if isinstance(data, dict) else None
+
+    async def presigned_recording(self, record: CallRecord, seconds: int | None = None) -> str | None:
+        if self.store is None or not record.object_key:
+            return None
+        return await self.store.presign(record.object_key, seconds=seconds, filename=f"{record.call_id}.wav")
+
+    # ------------------------------------------------------------------ retention
+    async def _retention_loop(self) -> None:
+        await asyncio.sleep(RETENTION_FIRST_RUN_SECONDS)
+        while True:
+            try:
+                await self.purge_expired()
+            except (CallStoreError, OSError, ObjectStoreError) as exc:
+                log.warning("retention pass failed: %s", exc)
+            await asyncio.sleep(RETENTION_PERIOD_SECONDS)
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Delete calls past their retention: files, objects, then the index row."""
+        now = self.wall_clock() if now is None else now
+        removed = 0
+        while True:
+            batch = await self.index.expired(now, 100)
+            if not batch:
+                return removed
+            busy = 0
+            for record in batch:
+                if record.call_id in self._recorders:
+                    busy += 1
+                    continue
+                await asyncio.to_thread(self._delete_files, record)
+                if self.store is not None and record.object_key:
+                    await self.store.delete([self.store.key(record.path, s)
+                                             for s in (".wav", ".jsonl", ".peaks.json", ".json")])
+                await self.index.delete(record.call_id)
+                removed += 1
+            if len(batch) < 100 or busy == len(batch):
+                return removed
+
+    def _delete_files(self, record: CallRecord) -> None:
+        for suffix in (".wav", ".jsonl", ".peaks.json", ".json"):
+            with contextlib.suppress(FileNotFoundError, RecordingError):
+                self.layout.path(record.path, suffix).unlink()

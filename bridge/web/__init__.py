@@ -1,1 +1,0 @@
-"""Static files of the ops web page (served by bridge.ops_api)."""

@@ -1,0 +1,1 @@
+"""WebSocket media transports: the common leg (``leg``) and the Twilio, FreeSWITCH and ``/ws/audio`` endpoints."""
