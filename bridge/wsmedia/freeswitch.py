@@ -10,28 +10,40 @@ dialplan and the exact commands. Message shapes are in ``sip.freeswitch``.
   defaults to 8000 Hz. The stream must be ``mono`` (the caller alone: a ``mixed`` stream would feed
   the agent its own voice).
 * Caller audio: BINARY frames of L16 little-endian at that rate (8, 16, 24, 32 or 48 kHz).
-* The module is told apart by the WebSocket subprotocol, or by ``?module=`` when given:
+* The module is told apart by the WebSocket subprotocol (``audio.drachtio.org`` /
+  ``audio.jambonz.org``: mod_audio_fork, either build; none: mod_audio_stream), or by ``?module=``.
+* How agent audio goes back is the metadata's ``playback`` (``?playback=`` stands in for it), which
+  ``deploy/freeswitch/scripts/callbridge.lua`` writes after reading the installed build's usage:
 
-  ============== ============================== ========================= =====================
-  module         subprotocol                    agent audio               barge-in
-  ============== ============================== ========================= =====================
-  ``audio_fork`` ``audio.drachtio.org``,        BINARY L16 at the stream  ``killAudio``
-                 ``audio.jambonz.org``          rate (bidirectional
-                                                streaming)
-  ``audio_stream`` none                         ``streamAudio`` JSON,     nothing to send
-                                                raw L16 at the stream
-                                                rate
-  ============== ============================== ========================= =====================
+  ================ ========== ================================ ==================================
+  module           playback   agent audio                      barge-in
+  ================ ========== ================================ ==================================
+  ``audio_fork``   stream     BINARY L16 at the stream rate    ``killAudio`` + ``clearMarks``
+                              (jambonz, bidirectional), marks
+  ``audio_fork``   files      ``playAudio`` chunks of          ``killAudio`` (breaks the file;
+                              ``FILE_CHUNK_MS`` with a mark    the script stops its queue)
+  ``audio_stream`` files      ``streamAudio`` chunks, the same ``killAudio`` (reaches the script
+                                                               as ``mod_audio_stream::json``)
+  ``audio_stream`` stream     ``streamAudio`` every 20 ms      nothing to send: pacing keeps
+                              (streaming forks), no marks      the module's queue short
+  ================ ========== ================================ ==================================
 
-  mod_audio_stream has no command to drop queued audio, so its barge-in relies on the pacing:
-  the daemon sends one 20 ms frame per 20 ms, so the module never holds more than its jitter.
-* Playback marks (``mark`` / echoed ``mark``) exist in the jambonz fork and the jambonz ``listen``
-  endpoint only; other builds log every unknown command as an error. They are used with the
-  ``audio.jambonz.org`` subprotocol, and with ``audio_fork`` when the URL says ``?marks=1``.
-* DTMF forwarded as text (jambonz ``passDtmf``) goes to the call; other text is ignored.
+  Not declared: ``stream``. Where marks flow, the first echo confirms that the caller hears the
+  agent (logged once). None within ``STREAM_CHECK_SECONDS`` / ``FILES_CHECK_SECONDS``: an
+  undeclared mod_audio_fork stream is a build that discards BINARY frames (drachtio's, or
+  jambonz's started without its bidirectional arguments) and switches to files once; any other
+  case ends the call (close 1008 "agent audio not played (<reason>)"). Each is logged and counted
+  in ``callbridge_agent_audio_unplayed_total{transport,reason}`` (``binary_discarded``,
+  ``files_not_played``; ``unconfirmed`` for an undeclared mod_audio_stream stream, which nothing
+  can confirm).
+* Text from FreeSWITCH: mark echoes (the jambonz fork's own, or the script's for files) and DTMF
+  (``{"event":"dtmf","dtmf":"5"}`` from the script's ``send_text``, jambonz ``passDtmf``) go to the
+  call's common paths; other text is ignored. drachtio's build may join several messages in one
+  frame (``sip.freeswitch.parse_events``).
 * Ending the call: mod_audio_fork is sent ``disconnect`` (it raises its
-  ``mod_audio_fork::disconnect`` event) and the socket is closed; mod_audio_stream raises
-  ``mod_audio_stream::disconnect`` when the socket closes. The dialplan hangs up on that event.
+  ``mod_audio_fork::disconnect`` event) and the socket is closed; both modules raise their
+  ``::disconnect`` event when the daemon closes the socket, and the script hangs up once the
+  files it holds have played.
 """
 
 from __future__ import annotations
@@ -208,6 +220,12 @@ class FreeSwitchLeg(WebSocketLeg):
         return super().unplayed_ms() + self._chunk_ms
 
     # ----------------------------------------------------------------- the verdict
+    async def poll(self) -> None:
+        """Give the verdict when it is due, also while the agent is quiet (called on caller audio,
+        which FreeSWITCH sends every 20 ms)."""
+        if self._check.failed(self._clock()):
+            await self._playback_failed()
+
     async def _playback_failed(self) -> None:
         if self.failure is not None:
             return
@@ -402,6 +420,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
                         call.protocol_error(leg.close_reason)
                         return
                     intake.feed(data)
+                    await leg.poll()
                 elif msg.type is WSMsgType.TEXT:
                     for event in fs.parse_events(msg.data):
                         if not handle(event):
