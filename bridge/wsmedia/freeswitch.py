@@ -56,6 +56,7 @@ from collections.abc import Callable
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.info import CallLogAdapter
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
 from bridge.wsmedia.leg import (
@@ -140,6 +141,7 @@ class FreeSwitchLeg(WebSocketLeg):
         self.declared = declared
         self._unplayed = metrics.agent_audio_unplayed
         self.on_unplayable: Callable[[str], None] | None = None
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
         self._chunk = bytearray()
         self._chunk_ms = 0
         self._check = fs.PlaybackCheck(STREAM_CHECK_SECONDS)
@@ -236,10 +238,10 @@ class FreeSwitchLeg(WebSocketLeg):
         self._unplayed.labels(TRANSPORT, reason.value).inc()
         waited = self._check.within
         if reason is fs.Unplayed.BINARY_DISCARDED and not self.declared:
-            log.warning(
-                "%s: no mark came back within %.0f s of binary agent audio: %s; sending the agent "
-                "as playAudio files from now on, which the dialplan must play",
-                TRANSPORT, waited, _UNPLAYED_HELP[reason],
+            self.log.warning(
+                "no mark came back within %.0f s of binary agent audio: %s; sending the agent as "
+                "playAudio files from now on, which the dialplan must play",
+                waited, _UNPLAYED_HELP[reason],
             )
             self._forget_playback()
             self._check.restart()
@@ -247,8 +249,8 @@ class FreeSwitchLeg(WebSocketLeg):
             return
         self.failure = reason
         self.close_reason = f"agent audio not played ({reason.value})"
-        log.error("%s: ending the call: no mark came back within %.0f s of agent audio: %s",
-                  TRANSPORT, waited, _UNPLAYED_HELP[reason])
+        self.log.error("ending the call: no mark came back within %.0f s of agent audio: %s",
+                       waited, _UNPLAYED_HELP[reason])
         if self.on_unplayable is not None:
             self.on_unplayable(self.close_reason)
 
@@ -382,6 +384,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
                 call.protocol_error(reason)
 
             leg.on_unplayable = unplayable
+            leg.log = CallLogAdapter(log, call.log.extra)
             if early_audio:
                 if len(early_audio) % 2:
                     leg.close_reason = "odd-length L16 frame"
