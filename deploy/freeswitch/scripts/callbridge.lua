@@ -26,6 +26,9 @@ local uuid = session:get_uuid()
 local BUG = "callbridge"
 local STEP_MS = 20
 local FINAL_PLAYOUT_MS = 10000  -- after callbridge ends the call, at most this long for the goodbye
+-- The first file of a stretch of agent speech waits this long (or for the file after it) before it
+-- plays, so that a file arriving late by up to this much still joins the one before it.
+local CUSHION_MS = 100
 
 local function var(name, default)
   local value = session:getVariable(name)
@@ -118,6 +121,7 @@ end
 session:setInputCallback("callbridge_on_input", "")
 
 -- ---------------------------------------------------------------- file playback
+local ended_at = nil  -- when the stream ended (callbridge closed it, or it failed)
 local queue = {}      -- files announced by the module, oldest first: {file, mark, ms}
 local current = nil   -- the file uuid_displace is playing: {file, mark, ms, ends_at}
 
@@ -160,7 +164,8 @@ local function advance(now)
     echo_mark(current.mark, false)
     current = nil
   end
-  if not current and #queue > 0 then
+  if not current and #queue > 0
+      and (#queue > 1 or now - queue[1].arrived >= CUSHION_MS or ended_at) then
     current = table.remove(queue, 1)
     current.ends_at = now + current.ms
     -- mux: mixed into what the channel writes (true silence while the script sleeps); without it
@@ -170,7 +175,6 @@ local function advance(now)
 end
 
 -- ---------------------------------------------------------------- the call
-local ended_at = nil
 while session:ready() do
   session:sleep(STEP_MS)
   local event = consumer:pop(0)
@@ -181,7 +185,8 @@ while session:ready() do
       if subclass:find("::play", 1, true) then
         local file = body:match('"file":"([^"]+)"')
         if file then
-          queue[#queue + 1] = {file = file, mark = body:match('"mark":"([^"]+)"'), ms = file_ms(file)}
+          queue[#queue + 1] = {file = file, mark = body:match('"mark":"([^"]+)"'), ms = file_ms(file),
+                               arrived = now_ms()}
         end
       elseif subclass == "mod_audio_fork::kill_audio"
           or (subclass == "mod_audio_stream::json" and body:find('"killAudio"', 1, true)) then
