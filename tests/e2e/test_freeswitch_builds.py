@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.freeswitch_builds import ModulePeer, heard_level
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -23,24 +23,8 @@ RATE_HZ = 16000
 
 
 async def _start(tmp_path):
-    settings = loopback_settings(tmp_path, audiosocket={"enabled": False}, agi={"enabled": False})
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
-async def _until(predicate, within=5.0):
-    # Daemon state (metrics, call registry) has no event to wait on: poll it.
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
+    # WebSocket media only: the AudioSocket and FastAGI listeners stay off.
+    return await start_daemon(loopback_settings(tmp_path, audiosocket={"enabled": False}, agi={"enabled": False}))
 
 
 def _url(app):
@@ -93,7 +77,7 @@ async def test_caller_hears_the_agent_on_every_build(tmp_path, fixtures_dir, bui
         await asyncio.sleep(0.5)
         ended = time.monotonic()
         await peer.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
 
         session = app.simulator.sessions[-1]
         barge_at = session.speech_started_at[0]
@@ -127,7 +111,7 @@ async def test_caller_hears_the_agent_on_every_build(tmp_path, fixtures_dir, bui
         assert not peer.unsupported
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_undeclared_drachtio_stream_falls_back_to_files(tmp_path, fixtures_dir, caplog):
@@ -143,7 +127,7 @@ async def test_undeclared_drachtio_stream_falls_back_to_files(tmp_path, fixtures
         await peer.play_l16(_caller_audio(fixtures_dir, lead_seconds=4.0))
         ended = time.monotonic()
         await peer.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
 
         assert peer.discarded_binary > 50  # about two seconds of greeting went nowhere
         assert "mark" in peer.unsupported
@@ -161,7 +145,7 @@ async def test_undeclared_drachtio_stream_falls_back_to_files(tmp_path, fixtures
         assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 @pytest.mark.parametrize(
@@ -190,12 +174,12 @@ async def test_unplayable_agent_audio_ends_the_call_with_the_reason(tmp_path, fi
         assert (code, peer.close_reason) == (1008, f"agent audio not played ({reason})")
         assert {r: _unplayed(app, r) for r in reasons} == reasons
         assert any("ending the call" in r.getMessage() for r in caplog.records)
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         outcome = {"transport": "freeswitch", "outcome": "protocol_error"}
         assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_undeclared_audio_stream_is_counted_unconfirmed(tmp_path):
@@ -210,7 +194,7 @@ async def test_undeclared_audio_stream_is_counted_unconfirmed(tmp_path):
         assert {p.stat().st_size for p in peer.files} == {640}
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_drachtio_joined_text_frames_carry_marks_and_dtmf(tmp_path, fixtures_dir):
@@ -226,8 +210,8 @@ async def test_drachtio_joined_text_frames_carry_marks_and_dtmf(tmp_path, fixtur
         await peer.play_l16(bytes(640 * 25))
         joined = [t for t in peer.sent_text if t.count("{\"") > 1 and "}{" in t]
         assert joined, "the peer never joined two messages"
-        await _until(lambda: _sample(app, "callbridge_dtmf_digits_total", {"transport": "freeswitch"}) == 2)
+        await until(lambda: _sample(app, "callbridge_dtmf_digits_total", {"transport": "freeswitch"}) == 2)
         assert not peer.closed.is_set()
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
