@@ -65,8 +65,8 @@ if module == "audio_stream" then
             "mod_audio_stream::error"}
   send_text = function(text) return api:executeString("uuid_audio_stream " .. uuid .. " send_text " .. text) end
 else
-  -- jambonz's build lists its bidirectional arguments in the usage text; drachtio's does not.
-  local usage = api:executeString("uuid_audio_fork") or ""
+  -- jambonz's build lists its bidirectional arguments in the API's syntax; drachtio's does not.
+  local usage = api:executeString("show api uuid_audio_fork") or ""
   local bidirectional = usage:find("bidirectional", 1, true) ~= nil
   if playback == "auto" then playback = bidirectional and "stream" or "files" end
   if playback == "stream" and not bidirectional then
