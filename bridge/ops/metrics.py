@@ -185,6 +185,12 @@ class Metrics:
             "callbridge_rtp_jitter_seconds", "RTP interarrival jitter at call end (RFC 3550 A.8)",
             buckets=_FAST_BUCKETS, registry=r,
         )
+        self.agent_audio_unplayed = Counter(
+            "callbridge_agent_audio_unplayed_total",
+            "Calls whose far end did not play agent audio (binary_discarded, files_not_played) or "
+            "cannot confirm that it does (unconfirmed)",
+            ["transport", "reason"], registry=r,
+        )
         self.dtmf = Counter("callbridge_dtmf_digits_total", "DTMF digits received", ["transport"], registry=r)
         self.recordings = Counter(
             "callbridge_recordings_total", "Call recordings by result (written, failed, repaired)",
