@@ -109,7 +109,7 @@ class Application:
 
                     self.http.install(OpsApi(self.archive, settings.ops).install)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
-                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.wsmedia = WebSocketMediaServer(switchboard, self.http.gate)
                 self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)

@@ -97,6 +97,9 @@ class TenantConfig(_Frozen):
     dtmf_transfer_digit: str | None = None  # e.g. "0": press 0 for a human (first transfer target)
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # Credential of the tenant's WebSocket media clients (/ws/audio, FreeSWITCH and token-based
+    # Twilio-format streams); None: those calls need none unless the deployment requires one.
+    media_token: str | None = Field(None, min_length=16, max_length=512, repr=False)
 
     @field_validator("slug")
     @classmethod

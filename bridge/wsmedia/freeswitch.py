@@ -28,6 +28,8 @@ dialplan and the exact commands. Message shapes are in ``sip.freeswitch``.
 * Playback marks (``mark`` / echoed ``mark``) exist in the jambonz fork and the jambonz ``listen``
   endpoint only; other builds log every unknown command as an error. They are used with the
   ``audio.jambonz.org`` subprotocol, and with ``audio_fork`` when the URL says ``?marks=1``.
+* Authentication: the tenant's media token as ``?token=`` in the stream URL or ``token`` in the
+  metadata, needed when the tenant has one or the deployment requires media tokens.
 * DTMF forwarded as text (jambonz ``passDtmf``) goes to the call; other text is ignored.
 * Ending the call: mod_audio_fork is sent ``disconnect`` (it raises its
   ``mod_audio_fork::disconnect`` event) and the socket is closed; mod_audio_stream raises
@@ -45,8 +47,8 @@ from aiohttp import WSMsgType, web
 from bridge.core.call import Call, CallInfo
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
+from bridge.security import credentials
 from bridge.wsmedia.leg import (
-    HANDSHAKE_TIMEOUT,
     CallerIntake,
     Clock,
     MediaEndpoint,
@@ -131,7 +133,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
     async def _first_message(self, ws: web.WebSocketResponse) -> fs.StreamMetadata | bytes | None:
         """The metadata frame, or the first audio when the module was started without metadata."""
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.setup_timeout):
                 while True:
                     msg = await ws.receive()
                     if msg.type is WSMsgType.TEXT:
@@ -149,7 +151,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
                         log.warning("%s: closing connection: %s", TRANSPORT, reason)
                         return None
         except TimeoutError:
-            await self._policy_violation(ws, f"nothing received within {HANDSHAKE_TIMEOUT:.0f} s")
+            await self._policy_violation(ws, f"nothing received within {self.setup_timeout:.0f} s")
             return None
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -191,6 +193,12 @@ class FreeSwitchEndpoint(MediaEndpoint):
         if not isinstance(routed, Resolution):
             code, reason = routed
             await self._refuse(ws, code, reason)
+            return
+        presented = credentials.presented_tokens(request)
+        meta_token = meta.fields.get(credentials.TOKEN_PARAMETER) if meta else None
+        if isinstance(meta_token, str) and meta_token:
+            presented.append(meta_token[:credentials.MAX_TOKEN_CHARS])
+        if not await self._authorized(ws, request, routed.tenant, presented):
             return
         fmt = AudioFormat(Encoding.SLIN, rate)
         call_id = meta.call_id if meta else None
