@@ -68,7 +68,7 @@ DIALLED_PARAMETERS = ("to", "called", "dialled")
 CALLER_PARAMETERS = ("from", "caller")
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 TOKEN_PARAMETERS = ("token",)
-SIGNED = "callbridge.twilio_signed"  # request key: the upgrade carried a valid signature
+SIGNED = web.RequestKey("callbridge.twilio_signed", bool)  # the upgrade carried a valid signature
 _FORMATS = {("audio/x-mulaw", 8000): ULAW_8K, ("audio/x-alaw", 8000): ALAW_8K}
 
 
