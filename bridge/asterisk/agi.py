@@ -17,6 +17,7 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from bridge.core.switchboard import Refusal, Switchboard
@@ -107,7 +108,7 @@ class FastAgiServer:
         log.info("FastAGI listening on %s:%d", self.settings.host, self.port)
         for exposure in listeners(self.switchboard.settings):
             if exposure.name == "agi":
-                log.info("%s", exposure.line())
+                log.info("%s", replace(exposure, port=self.port).line())
 
     def stop_accepting(self) -> None:
         if self._server is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import replace
 from typing import Any, cast
 
 from bridge.core.call import Call, CallInfo, Outcome
@@ -324,7 +325,7 @@ class AudioSocketServer:
         log.info("AudioSocket listening on %s:%d", self.settings.host, self.port)
         for exposure in listeners(self.switchboard.settings):
             if exposure.name == "audiosocket":
-                log.info("%s", exposure.line())
+                log.info("%s", replace(exposure, port=self.port).line())
 
     def stop_accepting(self) -> None:
         if self._server is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import cast
 
 from aiohttp import web
@@ -53,7 +54,7 @@ class HttpServer:
         log.info("HTTP listening on %s:%d", self.settings.host, self.port)
         for exposure in listeners(self.switchboard.settings):
             if exposure.name == "http":
-                log.info("%s", exposure.line())
+                log.info("%s", replace(exposure, port=self.port).line())
 
     @web.middleware
     async def _allow_list(self, request: web.Request,

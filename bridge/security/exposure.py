@@ -44,7 +44,7 @@ def _http_authentication(settings: Settings) -> tuple[str, bool]:
     parts = []
     ops = settings.ops
     if ops.enabled:
-        parts.append("ops API bearer tokens" if ops.admin_token or ops.tenant_tokens
+        parts.append("ops API tokens" if ops.admin_token or ops.tenant_tokens
                      else "ops API refuses all (no tokens)")
     required = media_tokens_required(settings)
     parts.append("media tokens on /ws/audio and /ws/freeswitch "
