@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 import websockets
 from twilio.request_validator import RequestValidator
@@ -481,3 +482,33 @@ async def test_set_up_rate_holds_a_flood_while_a_paced_call_keeps_its_cadence(tm
     rate = (len(greeting) - 1) / (greeting[-1] - greeting[0])
     assert 47 <= rate <= 53, rate
 
+
+
+async def test_a_silent_audiosocket_leg_is_ended_and_its_slot_freed(tmp_path):
+    """Asterisk sends a frame every 20 ms while the channel is up: an AudioSocket peer that
+    stops is stalled or not Asterisk. It gets a HANGUP and its call ends with outcome idle."""
+    from tests.peers.asterisk import AsteriskCaller
+
+    settings = _settings(tmp_path, audiosocket={"host": "127.0.0.1", "port": 0},
+                         agi={"host": "127.0.0.1", "port": 0},
+                         limits={"first_audio_timeout": 0.5, "audio_idle_timeout": 0.5})
+    app, stop, task = await _start(settings)
+    assert app.agi is not None and app.switchboard is not None
+    try:
+        quiet = AsteriskCaller(app.agi.port, OPEN)
+        await quiet.dial()
+        await quiet.connect_media()
+        await asyncio.wait_for(quiet.media_closed.wait(), 5)
+        stopped = AsteriskCaller(app.agi.port, OPEN)
+        await stopped.dial()
+        await stopped.connect_media()
+        started = time.monotonic()
+        await stopped.play(np.zeros(8000, dtype=np.int16))  # one second of audio, then nothing
+        await asyncio.wait_for(stopped.media_closed.wait(), 5)
+        assert time.monotonic() - started >= 1.0
+        await _until(lambda: _calls(app, "audiosocket", "idle") == 2)
+        assert app.switchboard.active_calls == 0
+        await quiet.close()
+        await stopped.close()
+    finally:
+        await _stop(stop, task)
