@@ -189,6 +189,10 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
         # set-up rate a daemon allows by default (older versions ignore these).
         "CALLBRIDGE_LIMITS__SETUP_RATE": "10000",
         "CALLBRIDGE_LIMITS__SETUP_BURST": "10000",
+        # Browser calls (webrtc transport): ICE on loopback, the load generators' token.
+        "CALLBRIDGE_WEBRTC__HOST_ADDRESSES": '["127.0.0.1"]',
+        "CALLBRIDGE_WEBRTC__PEER_NETWORKS": '["127.0.0.0/8"]',
+        "CALLBRIDGE_OPS__ADMIN_TOKEN": "bench-webrtc-token",
     }
 
 
