@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -405,7 +406,8 @@ class Settings(BaseSettings):
 
         problems = production_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            # A custom error type: the message is shown as written, without "Value error, ".
+            raise PydanticCustomError("open_listener", "; ".join(problems))
         return self
 
     @field_validator("log_level")
