@@ -371,18 +371,21 @@ async def test_silent_sockets_cannot_hold_a_tenant_at_capacity(tmp_path, first_a
         for peer in silent:
             await peer.connect(url)
         await _until(lambda: app.switchboard is not None and app.switchboard.active_calls == 5)
-        await asyncio.sleep(first_audio_timeout + 0.5)
-        await caller.connect(url)
         if first_audio_timeout == 0.0:
+            await asyncio.sleep(1.5)
+            await caller.connect(url)
             assert await caller.close_code_within(5) == 1013
             assert app.switchboard.active_calls == 5
+            assert not any(peer.closed.is_set() for peer in silent)
             return
         codes = [await peer.close_code_within(5) for peer in silent]
         assert codes == [4408] * 5
+        assert all(peer.close_reason == "idle" for peer in silent)
         assert _calls(app, "ws_audio", "idle") == 5
+        await _until(lambda: app.switchboard is not None and app.switchboard.active_calls == 0)
+        await caller.connect(url)
         assert await _answered(caller)
         assert app.switchboard.active_calls == 1
-        # A caller that goes quiet in the call is ended too, after audio_idle_timeout.
     finally:
         for peer in [*silent, caller]:
             await peer.close()
