@@ -124,7 +124,7 @@ class Application:
                     self.http.install(self.webrtc.install)
                     stack.push_async_callback(self.webrtc.close)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
-                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.wsmedia = WebSocketMediaServer(switchboard, self.http.gate)
                 self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)

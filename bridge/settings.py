@@ -16,8 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +36,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from bridge.security.networks import network, parse_networks, private_networks
 from tenants.settings import TenantSettings
 
 
@@ -86,6 +96,18 @@ class ListenerSettings(BaseModel):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(..., ge=0, le=65535)
+    # Source networks that may connect; any other peer is refused before any work, counted and
+    # logged (rate-limited). Default: loopback and the private ranges, where a PBX sits.
+    allow_from: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=private_networks)
+    # With APP_ENV=production, a listener open beyond the private ranges without authentication
+    # refuses to start unless this says it is meant.
+    allow_public: bool = False
+
+    @field_validator("allow_from", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        value = parse_networks(value)
+        return [network(item) for item in value] if isinstance(value, list) else value
 
 
 class AudioSocketSettings(ListenerSettings):
@@ -241,6 +263,10 @@ class OpsSettings(BaseModel):
     # Base URL the daemon is reached at by ops staff and webhook receivers (recording links).
     public_url: str | None = None
     link_seconds: int = Field(300, ge=1, le=24 * 3600)  # lifetime of signed recording links
+    # Keys of signed recording links, shared by every instance: the first signs, all verify. To
+    # rotate, put the new key first and keep the old one for link_seconds. None: a key per process
+    # (links break on restart and across instances behind a balancer).
+    link_secrets: list[SecretStr] = Field(default_factory=list)
     max_page_size: int = Field(500, ge=1)
 
 
@@ -347,6 +373,47 @@ class CallLimits(BaseModel):
     max_calls: int = Field(200, ge=1)
     drain_timeout: float = Field(60.0, ge=0)
     max_call_duration: float = Field(3600.0, gt=0)
+    # Deadline of each set-up stage before a call is bridged: a media stream's first message
+    # (Twilio "start", FreeSWITCH metadata), AudioSocket's UUID, the FastAGI environment.
+    setup_timeout: float = Field(10.0, gt=0)
+    # A caller leg (WebSocket, AudioSocket) sending no audio is ended (outcome "idle"): seconds
+    # after set-up for its first audio, then seconds without audio during the call. 0: never.
+    first_audio_timeout: float = Field(5.0, ge=0)
+    audio_idle_timeout: float = Field(30.0, ge=0)
+    # Call set-ups per second from one source address on one listener (token bucket), and the
+    # burst above that rate; past it set-ups are refused at once, so one source cannot starve others.
+    setup_rate: float = Field(20.0, gt=0)
+    setup_burst: int = Field(50, ge=1)
+
+
+class MediaTokenPolicy(enum.StrEnum):
+    """When ``/ws/audio`` and FreeSWITCH streams must present the tenant's media token."""
+
+    AUTO = "auto"  # tenants with a token; every tenant in production when HTTP is open to the world
+    REQUIRED = "required"  # every tenant (one without a token takes no such call)
+    OPTIONAL = "optional"  # tenants with a token only
+
+
+class SecuritySettings(BaseModel):
+    """Authentication of the WebSocket media endpoints (the listeners' allow-lists are theirs)."""
+
+    media_tokens: MediaTokenPolicy = MediaTokenPolicy.AUTO
+    # Origins (scheme://host[:port]) browsers may open the WebSocket endpoints from. A request
+    # with any other Origin is refused; one without Origin (not a browser) is not.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Twilio account auth tokens: X-Twilio-Signature of /ws/twilio is checked with each (the
+    # current one first; keep the previous one while rotating). Empty: no signature check.
+    twilio_auth_tokens: list[SecretStr] = Field(default_factory=list)
+    # The stream URL's scheme and host as given to Twilio (wss://bridge.example.com) when a proxy
+    # in front changes them; default: wss:// and the Host header.
+    twilio_public_url: str | None = None
+    # At most one log line per listener and reason this often about refused peers (all counted).
+    refusal_log_interval: float = Field(10.0, gt=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [origin.strip().rstrip("/").lower() for origin in value if origin.strip()]
 
 
 class MetricsSettings(BaseModel):
@@ -388,6 +455,17 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @model_validator(mode="after")
+    def _not_open_in_production(self) -> Settings:
+        from bridge.security.exposure import production_problems
+
+        problems = production_problems(self)
+        if problems:
+            # A custom error type: the message is shown as written, without "Value error, ".
+            raise PydanticCustomError("open_listener", "; ".join(problems))
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -448,6 +526,26 @@ class Settings(BaseSettings):
         if self.app_env is AppEnv.PRODUCTION and "log_level" not in self.model_fields_set:
             self.log_level = "WARNING"
         return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret configured (each ``SecretStr`` anywhere in the settings), for the log redactor."""
+        found: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+
+        walk(self)
+        return found
 
     @property
     def resolved_provider(self) -> ModelProvider:

@@ -164,6 +164,10 @@ class TenantConfig(_Frozen):
         """The voice's name, whichever way it was given."""
         return self.voice if isinstance(self.voice, str) else self.voice.name
 
+    # Credential of the tenant's WebSocket media clients (/ws/audio, FreeSWITCH and token-based
+    # Twilio-format streams); None: those calls need none unless the deployment requires one.
+    media_token: str | None = Field(None, min_length=16, max_length=512, repr=False)
+
     @field_validator("slug")
     @classmethod
     def _slug_shape(cls, value: str) -> str:

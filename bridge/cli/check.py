@@ -378,7 +378,16 @@ async def run_checks(
             return CheckResult(name, Status.FAIL, f"no answer within {timeout:.0f} s")
 
     results = list(await asyncio.gather(*(one(*entry) for entry in plan)))
-    return [_config_summary(settings), *results]
+    return [_config_summary(settings), *_access(settings), *results]
+
+
+def _access(settings: Settings) -> list[CheckResult]:
+    """What each listener accepts and how its peers authenticate. Open to the world without
+    authentication is a warning here (production refuses it when the settings load)."""
+    from bridge.security.exposure import listeners
+
+    return [CheckResult(f"access {e.name}", Status.WARN if e.public and not e.authenticated else Status.OK,
+                        e.line()) for e in listeners(settings)]
 
 
 def _config_summary(settings: Settings) -> CheckResult:

@@ -23,6 +23,7 @@ class Outcome(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
+    IDLE = "idle"  # the caller's leg sent no audio for too long
     ERROR = "error"
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -15,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge.core.switchboard import Switchboard
 from bridge.ops.metrics import Metrics
+from bridge.security.exposure import listeners
+from bridge.security.sources import gate_for, peer_host
 from bridge.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,10 @@ class HttpServer:
         self.settings = settings
         self.switchboard = switchboard
         self.metrics = metrics
-        self.app = web.Application(client_max_size=1024 * 1024)
+        # Sources outside the allow-list are refused before routing; set-ups are rate-limited
+        # per source by the WebSocket media endpoints, which share this gate.
+        self.gate = gate_for("http", settings, switchboard.settings, metrics, switchboard.clock)
+        self.app = web.Application(client_max_size=1024 * 1024, middlewares=[self._allow_list])
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/ready", self._ready)
         self.app.router.add_get("/metrics", self._metrics)
@@ -80,6 +86,17 @@ class HttpServer:
         server = cast(asyncio.Server, self._site._server)
         self.port = int(server.sockets[0].getsockname()[1])
         log.info("HTTP listening on %s:%d", self.settings.host, self.port)
+        for exposure in listeners(self.switchboard.settings):
+            if exposure.name == "http":
+                log.info("%s", replace(exposure, port=self.port).line())
+
+    @web.middleware
+    async def _allow_list(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        if not self.gate.allows_peer(peer_host(peer)):
+            return web.Response(status=403, text="forbidden\n")
+        return await handler(request)
 
     async def close(self) -> None:
         if self._runner is not None:

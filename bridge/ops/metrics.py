@@ -36,7 +36,7 @@ _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
 OUTCOMES = (
     "normal", "caller_hangup", "agent_hangup", "transferred", "model_error", "model_rejected_config",
-    "refused", "protocol_error", "shutdown", "timeout", "error",
+    "refused", "protocol_error", "shutdown", "timeout", "idle", "error",
 )
 
 
@@ -128,6 +128,14 @@ class Metrics:
             "callbridge_calls_refused_total",
             "Calls refused before reaching the model",
             ["transport", "reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "callbridge_connections_refused_total",
+            "Connections and call set-ups refused by source: outside the listener's allow-list "
+            "(network), over the per-source set-up rate (rate), bad or missing credentials (auth), "
+            "a browser Origin not allowed (origin)",
+            ["listener", "reason"],
             registry=r,
         )
         self.call_duration = Histogram(

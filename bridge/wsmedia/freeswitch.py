@@ -36,6 +36,8 @@ dialplan and the exact commands. Message shapes are in ``sip.freeswitch``.
   in ``callbridge_agent_audio_unplayed_total{transport,reason}`` (``binary_discarded``,
   ``files_not_played``; ``unconfirmed`` for an undeclared mod_audio_stream stream, which nothing
   can confirm).
+* Authentication: the tenant's media token as ``?token=`` in the stream URL or ``token`` in the
+  metadata, needed when the tenant has one or the deployment requires media tokens.
 * Text from FreeSWITCH: mark echoes (the jambonz fork's own, or the script's for files) and DTMF
   (``{"event":"dtmf","dtmf":"5"}`` from the script's ``send_text``, jambonz ``passDtmf``) go to the
   call's common paths; other text is ignored. drachtio's build may join several messages in one
@@ -59,8 +61,8 @@ from bridge.core.call import Call, CallInfo
 from bridge.core.info import CallLogAdapter
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
+from bridge.security import credentials
 from bridge.wsmedia.leg import (
-    HANDSHAKE_TIMEOUT,
     CallerIntake,
     Clock,
     MediaEndpoint,
@@ -296,7 +298,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
     async def _first_message(self, ws: web.WebSocketResponse) -> fs.StreamMetadata | bytes | None:
         """The metadata frame, or the first audio when the module was started without metadata."""
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.setup_timeout):
                 while True:
                     msg = await ws.receive()
                     if msg.type is WSMsgType.TEXT:
@@ -314,7 +316,7 @@ class FreeSwitchEndpoint(MediaEndpoint):
                         log.warning("%s: closing connection: %s", TRANSPORT, reason)
                         return None
         except TimeoutError:
-            await self._policy_violation(ws, f"nothing received within {HANDSHAKE_TIMEOUT:.0f} s")
+            await self._policy_violation(ws, f"nothing received within {self.setup_timeout:.0f} s")
             return None
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -358,6 +360,12 @@ class FreeSwitchEndpoint(MediaEndpoint):
         if not isinstance(routed, Resolution):
             code, reason = routed
             await self._refuse(ws, code, reason)
+            return
+        presented = credentials.presented_tokens(request)
+        meta_token = meta.fields.get(credentials.TOKEN_PARAMETER) if meta else None
+        if isinstance(meta_token, str) and meta_token:
+            presented.append(meta_token[:credentials.MAX_TOKEN_CHARS])
+        if not await self._authorized(ws, request, routed.tenant, presented):
             return
         declared = (meta.playback if meta else None) or (fs.Playback(query_playback) if query_playback else None)
         playback = declared or fs.Playback.STREAM

@@ -141,3 +141,28 @@ def test_production_refuses_the_built_in_simulator(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="app_env is production but no model is configured"):
         asyncio.run(start())
+
+def test_listener_allow_lists(monkeypatch):
+    import ipaddress
+
+    defaults = load_settings(env_file=None, environ={})
+    for listener in (defaults.http, defaults.audiosocket, defaults.agi):
+        assert [str(n) for n in listener.allow_from] == [
+            "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    monkeypatch.setenv("CALLBRIDGE_AUDIOSOCKET__ALLOW_FROM", "192.168.10.5, 10.20.0.0/16")
+    monkeypatch.setenv("CALLBRIDGE_AGI__ALLOW_FROM", '["192.168.10.5"]')
+    settings = load_settings(env_file=None)
+    assert settings.audiosocket.allow_from == [ipaddress.ip_network("192.168.10.5/32"),
+                                               ipaddress.ip_network("10.20.0.0/16")]
+    assert settings.agi.allow_from == [ipaddress.ip_network("192.168.10.5/32")]
+    monkeypatch.setenv("CALLBRIDGE_AGI__ALLOW_FROM", "pbx.example.com")
+    with pytest.raises(ConfigError, match=r"agi\.allow_from.*not an IP network"):
+        load_settings(env_file=None)
+
+
+def test_secret_values_are_every_secret_configured():
+    settings = load_settings(env_file=None, environ={"OPENAI_API_KEY": "sk-one"},
+                             ops={"admin_token": "admin-two", "tenant_tokens": {"acme": "three"},
+                                  "link_secrets": ["four"]},
+                             security={"twilio_auth_tokens": ["five"]}, ari={"password": "six"})
+    assert sorted(settings.secret_values()) == sorted(["sk-one", "admin-two", "three", "four", "five", "six"])

@@ -22,7 +22,8 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 # slug only while metrics.tenant_labels bounds it; version/python are the build's; registration is
 # the position of a configured SIP registration).
 ALLOWED_LABELS = {"transport", "outcome", "direction", "reason", "provider", "kind", "result", "tenant",
-                  "version", "python", "generation", "registration"}
+                  "version", "python", "generation", "registration",
+                  "listener"}  # listener: http, audiosocket, agi
 PER_CALL_HINTS = ("call", "uuid", "caller", "dialled", "dialed", "number", "phone", "channel", "session",
                   "ani", "dnis", "did")
 
