@@ -19,7 +19,7 @@ from bridge.asterisk.ari import AriError, AriHttpError, media_base_url
 from bridge.asterisk.chan_websocket import MediaWebSocketConnection, MediaWebSocketError
 from bridge.asterisk.rtp import RtpEndpoint, RtpEndpointStatistics
 from bridge.core.call import Call, CallInfo, Outcome
-from bridge.core.realtime import ModelError, RealtimeSession
+from bridge.core.realtime import ModelError, ModelSession
 from bridge.core.switchboard import PendingCall, Refusal
 from bridge.ops import logs
 from bridge.settings import ExternalMediaTransport
@@ -121,7 +121,7 @@ class StasisCall:
         self.call: Call | None = None
         self.audiosocket_uuid: str | None = None
         self.pending: PendingCall | None = None
-        self.model_session: RealtimeSession | None = None  # opened before answering, until a call takes it
+        self.model_session: ModelSession | None = None  # opened before answering, until a call takes it
         self.caller_gone = asyncio.Event()
         self._media_gone = asyncio.Event()
         self._bridge_created = False
@@ -258,7 +258,7 @@ class StasisCall:
         self.state = "model"
         switchboard = self.app.switchboard
         try:
-            session: RealtimeSession = await self._race(switchboard.open_model(resolution.tenant))
+            session: ModelSession = await self._race(switchboard.open_model(resolution.tenant))
         except ModelError as exc:
             self.log.warning("model unavailable (%s); continuing at the fallback location", exc)
             switchboard.refused(TRANSPORT_NAMES[self.transport], Refusal.MODEL_UNAVAILABLE)

@@ -25,7 +25,13 @@ Barge-in: on ``input_audio_buffer.speech_started`` the playout buffer is cleared
 playback is flushed (where the transport buffers), and ``conversation.item.truncate`` reports the
 milliseconds of the agent item actually sent to the caller, less the outbound resampler's delay
 and what the far end reports unplayed, clamped to what the model produced.
-Later deltas of the truncated item are discarded.
+Later deltas of the truncated item are discarded. A tenant whose turn detection says
+``interrupt_response: false`` gets none of this: the model still hears the caller, and the agent
+keeps talking.
+
+The session configuration: an ``error`` event before ``session.updated`` means the model refused
+the tenant's ``session.update``; the call ends with ``model_rejected_config`` instead of going on
+with an unconfigured agent.
 
 Model continuity (``bridge.core.continuity``): the model leg runs one session at a time. A session
 that fails (the connection drops, the provider closes it at its session limit, or it sends
@@ -63,7 +69,7 @@ import numpy as np
 from bridge.core.continuity import TURN_CHARS, ConversationHistory, ModelPolicy, PromptError, load_prompt
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
-from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, open_session
 from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
 from media import g711
@@ -109,7 +115,7 @@ class Call:
         tap: CallTap | None = None,
         clock: Clock = time.monotonic,
         max_duration: float | None = None,
-        session: RealtimeSession | None = None,
+        session: ModelSession | None = None,
         policy: ModelPolicy | None = None,
     ) -> None:
         self.info = info
@@ -149,7 +155,7 @@ class Call:
         self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
         self._caller_gone = False
-        self._session: RealtimeSession | None = None
+        self._session: ModelSession | None = None
         self._truncated_items: set[str] = set()
         self._produced_samples: dict[str, int] = {}  # model-rate samples per item
         self._current_item: str | None = None
@@ -161,6 +167,8 @@ class Call:
         self._action_deadline = 0.0
         self._announcement: str | None = None  # a transfer line waiting for the model to be free
         self._announcement_playing = False
+        self._interrupts = info.tenant.turn_detection.interrupt_response
+        self._config_pending = False  # session.update sent, session.updated not yet seen
         self._started = clock()
         self._backlog_drops = metrics.frames_dropped.labels("inbound", "model_backlog")
         self._pacer_idle: asyncio.Future[None] | None = None
@@ -334,6 +342,7 @@ class Call:
                     return
             first = not self._answered
             try:
+                self._config_pending = True
                 await session.send(rt.session_update(self.tenant, model=self.endpoint.model,
                                                       tools=call_tools(self.tenant), dialect=session.dialect))
                 if first:
@@ -369,7 +378,7 @@ class Call:
                 self._lost_reason = "stalled" if err.kind == "stalled" else "dropped"
             self._session_lost()
 
-    async def _open_session(self) -> RealtimeSession | None:
+    async def _open_session(self) -> ModelSession | None:
         """A new session within ``reconnect_attempts`` attempts, or None. While it takes longer than
         ``prompt_after``, the tenant's reconnect prompt plays (once per outage)."""
         policy = self.policy
@@ -380,7 +389,7 @@ class Call:
         for attempt in range(1, attempts + 1):
             t0 = self.clock()
             try:
-                session = await RealtimeSession.connect(self.endpoint)
+                session = await open_session(self.endpoint)
             except ModelError as exc:
                 self.log.warning("model connection attempt %d of %d failed: %s", attempt, attempts, exc)
                 self.metrics.model_errors.labels(provider, exc.kind).inc()
@@ -402,7 +411,7 @@ class Call:
             return session
         return None
 
-    async def _resume(self, session: RealtimeSession) -> None:
+    async def _resume(self, session: ModelSession) -> None:
         """Give a replacement session the conversation so far; answer the caller if they waited."""
         for event in self.history.replay_events():
             await session.send(event)
@@ -507,7 +516,7 @@ class Call:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _model_sender(self, session: RealtimeSession) -> None:
+    async def _model_sender(self, session: ModelSession) -> None:
         loop = asyncio.get_running_loop()
         queue = self._inbound_queue
         control = self._control_queue
@@ -529,7 +538,7 @@ class Call:
                     queue.clear()
                     await session.send_audio(chunk)
 
-    async def _model_receiver(self, session: RealtimeSession) -> None:
+    async def _model_receiver(self, session: ModelSession) -> None:
         timer = asyncio.timeout(None)
         try:
             async with timer:
@@ -548,7 +557,7 @@ class Call:
         # The model closed the session normally: nothing more can be said on this call.
         self.end(Outcome.NORMAL if self.info.outcome is None else self.info.outcome)
 
-    async def _receive_events(self, session: RealtimeSession) -> None:
+    async def _receive_events(self, session: ModelSession) -> None:
         async for event in session.events():
             kind = event["type"]
             if kind == rt.AUDIO_DELTA:
@@ -557,7 +566,10 @@ class Call:
                 self._on_audio_delta(event)
             elif kind == rt.SPEECH_STARTED:
                 self._caller_answered()
-                await self._barge_in()
+                if self._interrupts:
+                    await self._barge_in()
+            elif kind == rt.SESSION_UPDATED:
+                self._config_pending = False
             elif kind == rt.SPEECH_STOPPED:
                 self._speech_stopped_at = self.clock()
                 self._awaiting_first_frame = True
@@ -601,6 +613,11 @@ class Call:
                 self.log.warning("model error event: %s %s", err.get("code") or err.get("type"),
                                  err.get("message"))
                 self.metrics.model_errors.labels(self.endpoint.provider.value, "event").inc()
+                if self._config_pending:
+                    self.log.error("the model refused the tenant's session configuration (%s): %s",
+                                   err.get("param") or err.get("code"), err.get("message"))
+                    self.end(Outcome.MODEL_REJECTED_CONFIG)
+                    return
             self._arm_stall_timer()
 
     def _on_transcript_delta(self, event: dict[str, Any]) -> None:

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome
 from bridge.core.continuity import ModelPolicy
-from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession, endpoint_from_settings
+from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, endpoint_from_settings, open_session
 from bridge.ops import logs
 from bridge.ops.metrics import Metrics, TenantLabels
 from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
+from sip.capabilities import refusing, setting_problems
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
 from tenants.routing import route
@@ -64,7 +65,7 @@ class PendingCall:
     expires_at: float
     audio_format: AudioFormat | None = None  # None: what the media transport says
     # A model session opened before the caller was answered, taken over by the call.
-    session: RealtimeSession | None = None
+    session: ModelSession | None = None
     # The transport label of the call: how it was set up (FastAGI or ARI), not only its media.
     transport: str = "audiosocket"
     # Set by the media side when the call ends with a transfer, read by the signalling side.
@@ -165,9 +166,22 @@ class Switchboard:
                 pending.after_call.set_result(None)
 
     # ----------------------------------------------------------------- calls
+    def provider_for(self, tenant: TenantConfig) -> str:
+        """The provider a tenant's calls go to."""
+        if tenant.provider != "default":
+            return tenant.provider
+        # The built-in simulator on its Voice Live endpoint takes what Voice Live takes.
+        return "azure_voicelive" if self.endpoint.voicelive is not None else self.endpoint.provider.value
+
     def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
         """The model endpoint a tenant's calls use: the deployment's, unless the tenant names
-        another provider (whose credentials must then be configured)."""
+        another provider (whose credentials must then be configured). ValueError when the
+        provider cannot take the tenant's settings and the tenant does not accept its defaults."""
+        provider = self.provider_for(tenant)
+        if tenant.unsupported_settings == "refuse":
+            refused = refusing(setting_problems(tenant, provider))
+            if refused:
+                raise ValueError("; ".join(p.describe(tenant.slug, provider) for p in refused))
         if tenant.provider == "default":
             return self.endpoint
         endpoint = self._endpoints.get(tenant.provider)
@@ -185,21 +199,21 @@ class Switchboard:
         m = self.settings.model
         return ModelPolicy(m.reconnect_attempts, m.reconnect_backoff, m.stall_timeout, m.reconnect_prompt_after)
 
-    async def open_model(self, tenant: TenantConfig) -> RealtimeSession:
+    async def open_model(self, tenant: TenantConfig) -> ModelSession:
         """A model session for a call not yet answered: a transport that can still refuse the
         call opens it first, so that a model it cannot reach sends the caller elsewhere
         (``Refusal.MODEL_UNAVAILABLE``) instead of into dead air. Raises ModelError."""
         endpoint = self.endpoint_for(tenant).with_model(tenant.model)
         started = self.clock()
         try:
-            session = await RealtimeSession.connect(endpoint)
+            session = await open_session(endpoint)
         except ModelError as exc:
             self.metrics.model_errors.labels(endpoint.provider.value, exc.kind).inc()
             raise
         self.metrics.model_connect.labels(endpoint.provider.value).observe(self.clock() - started)
         return session
 
-    def open_call(self, info: CallInfo, leg: CallerLeg, session: RealtimeSession | None = None) -> Call:
+    def open_call(self, info: CallInfo, leg: CallerLeg, session: ModelSession | None = None) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it.
         ``session``: a model session opened for it beforehand (``open_model``), which it takes over."""
         self.metrics.calls_offered.labels(info.transport).inc()
