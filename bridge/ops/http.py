@@ -53,7 +53,8 @@ class HttpServer:
             self._runner = None
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "calls_active": self.switchboard.active_calls})
+        return web.json_response({"status": "ok", "service": "callbridge",
+                                  "calls_active": self.switchboard.active_calls})
 
     async def _ready(self, request: web.Request) -> web.Response:
         if self.switchboard.draining:
