@@ -568,7 +568,7 @@ def _suggestion(path: list[str], joiner: str) -> str:
     wanted = joiner.join(path)
     # Same section first (a misspelt last name), then any name (a misspelt section).
     siblings = [joiner.join(p) for p in _setting_paths() if list(p[:-1]) == path[:-1]]
-    close = difflib.get_close_matches(wanted, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+    close = difflib.get_close_matches(wanted, siblings, n=1, cutoff=0.7) or difflib.get_close_matches(
         wanted, names, n=1, cutoff=0.75)
     if not close:
         return " (remove or rename it)"
