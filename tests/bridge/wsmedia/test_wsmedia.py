@@ -17,6 +17,7 @@ from bridge.core.call import Call, CallInfo, Outcome
 from bridge.core.realtime import ModelEndpoint
 from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider
+from bridge.wsmedia import twilio as twilio_stream
 from bridge.wsmedia.leg import (
     INTAKE_BACKLOG_SECONDS,
     INTAKE_LEAD_SECONDS,
@@ -25,12 +26,12 @@ from bridge.wsmedia.leg import (
     close_code_for,
     new_socket,
 )
-from bridge.wsmedia import twilio as twilio_stream
 from bridge.wsmedia.twilio import TwilioLeg
 from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
 from tenants.config import TenantConfig
 from tests.peers.media_ws import TwilioPeer, read_frame
+from tests.servers import serve_app
 
 TENANT = TenantConfig(tenant_id="t1", slug="test", noise_suppression="off")
 ENDPOINT = ModelEndpoint(ModelProvider.SIMULATOR, "gpt-realtime", "x", websocket_base_url="ws://127.0.0.1:9/v1")
@@ -127,14 +128,8 @@ async def _serve(route: Callable[[web.Request], Awaitable[web.StreamResponse]]) 
     """An aiohttp server on loopback whose one route is ``/ws/twilio``; yields its URL."""
     app = web.Application()
     app.router.add_get("/ws/twilio", route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws/twilio"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as port:
+        yield f"ws://127.0.0.1:{port}/ws/twilio"
 
 
 @pytest.fixture
