@@ -1,7 +1,8 @@
 """``callbridge serve``: run the daemon until SIGTERM/SIGINT; SIGHUP reloads tenants.
 
 A configuration that cannot be used (a bad setting, a port that cannot be bound, an unusable
-tenants file) ends the command with one line on stderr naming what to fix, and exit status 2.
+tenants file) ends the command with one line on stderr naming what to fix, and exit status 2; a
+call index database that does not answer at start-up, with one line and status 1.
 
 Once ready it prints, once, where the ops page is and how to sign in. In ``development`` with no
 ``ops.admin_token`` it makes up a token for this process and prints it with the URL; never in
@@ -21,6 +22,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bridge.ops import logs
+from bridge.records.callstore import CallStoreError
 from bridge.settings import AppEnv, ConfigError, EventLoop, Settings, load_settings
 from tenants.config import TenantError
 from tenants.factory import DirectoryConfigError
@@ -146,6 +148,11 @@ async def _main(settings: Settings, generated: str | None = None) -> int:
         print(f"callbridge: tenants: {exc}; fix the tenants file (tenants.file, "
               "CALLBRIDGE_TENANTS__FILE) and start again", file=sys.stderr)
         return 2
+    except CallStoreError as exc:
+        # A dependency that does not answer rather than a mistake: status 1, as check gives it.
+        print(f"callbridge: {exc}: check recording.database_url (else DATABASE_URL) and that the "
+              "database is up; `callbridge check` tries every dependency", file=sys.stderr)
+        return 1
     finally:
         announcing.cancel()
         await asyncio.wait([announcing])

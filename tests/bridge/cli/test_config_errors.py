@@ -232,3 +232,15 @@ def test_no_token_is_made_up_outside_development(tmp_path, app_env):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=5)
         assert refused.value.code == 401
+
+
+def test_call_index_database_down(tmp_path):
+    port = _free_port()  # nothing listens there
+    env = _loopback(tmp_path, CALLBRIDGE_RECORDING__INDEX="postgres",
+                    CALLBRIDGE_RECORDING__DATABASE_URL=f"postgresql://callbridge:secret@127.0.0.1:{port}/calls")
+    result = _run(tmp_path, "serve", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("callbridge: ")]
+    assert len(lines) == 1 and "cannot open the call index in PostgreSQL" in lines[0], result.stderr
+    assert "recording.database_url" in lines[0] and "secret" not in result.stderr
