@@ -5,6 +5,11 @@ Each check names what it tried and, when it fails, what is wrong in words an ope
 Checks run concurrently, each bounded by ``--timeout``. Exit status: 0 when nothing failed (warnings
 allowed), 1 when a check failed, 2 when the configuration itself is invalid.
 
+The listener check binds each configured port. A port that is taken is asked for ``/health`` on
+the HTTP port: when a callbridge answers, the ports are its own and its ``/ready`` is the result
+(so ``check`` next to a running daemon reports on that daemon); otherwise another program holds
+the port. Long details wrap between words, to the terminal's width.
+
 ``callbridge probe PATH`` asks the local daemon's HTTP server for PATH (``/health``, ``/ready``) and
 exits 0 on HTTP 200: the container health check, with no curl in the image.
 """
