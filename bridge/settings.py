@@ -246,6 +246,46 @@ class OpsSettings(_Section):
     max_page_size: int = Field(500, ge=1)
 
 
+class IceServer(_Section):
+    """A STUN or TURN server offered to WebRTC peers (RTCIceServer)."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: SecretStr | None = None
+
+
+class WebRtcSettings(_Section):
+    """Browser calls (/phone/ and POST /api/webrtc/offer), on the HTTP port; media over ICE/DTLS-SRTP."""
+
+    enabled: bool = True
+    # STUN/TURN servers for deployments behind NAT; none: host candidates only.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    # The addresses offered as host candidates; empty: every non-loopback interface address.
+    host_addresses: list[str] = Field(default_factory=list)
+    # Remote candidates outside these networks are ignored; empty: any address.
+    peer_networks: list[str] = Field(default_factory=list)
+    # How long ICE and DTLS may take before the call is given up.
+    connect_timeout: float = Field(10.0, gt=0, le=60)
+
+    @field_validator("peer_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+    @field_validator("host_addresses")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_address(value)
+        return values
+
+
 class WebhookSettings(_Section):
     """Delivery of the post-call webhook (the URL and secret are per tenant)."""
 
@@ -296,6 +336,7 @@ class Settings(BaseSettings):
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -484,7 +525,8 @@ def load_settings(
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             if error["type"] == "extra_forbidden":
-                problems.append(f"unknown setting {where}{_suggestion(where.split('.'), '.')}")
+                named = [part for part in where.split(".") if not part.isdigit()]  # list indexes
+                problems.append(f"unknown setting {where}{_suggestion(named, '.')}")
             else:
                 problems.append(f"{where}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
@@ -534,7 +576,10 @@ _DELIMITER = "__"
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:
-    """The model class of a section field (``S3Settings | None`` included), else None."""
+    """The model class of a section field (``S3Settings | None`` included), else None (a list of
+    models, such as ``webrtc.ice_servers``, is one value: pydantic names an unknown key in it)."""
+    if typing.get_origin(annotation) in (list, tuple):
+        return None
     candidates = typing.get_args(annotation) or (annotation,)
     for candidate in candidates:
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
@@ -557,6 +602,8 @@ def _setting_paths(model: type[BaseModel] = Settings, prefix: tuple[str, ...] = 
         path = (*prefix, name)
         paths.append(path)
         section = _section(info.annotation)
+        if section is None and typing.get_origin(info.annotation) in (list, tuple):
+            section = _section(typing.get_args(info.annotation)[0])  # the keys of each entry
         if section is not None:
             paths += _setting_paths(section, path)
     return paths

@@ -112,3 +112,15 @@ def test_only_callbridge_variables_are_checked(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CALLBRIDGE_METRICS", '{"tenant_lables": true}')
     with pytest.raises(ConfigError, match=r"metrics\.tenant_lables \(did you mean metrics\.tenant_labels\?\)"):
         load_settings(env_file=None, environ=env)
+
+
+def test_unknown_key_in_a_list_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS", '[{"urls": ["stun:127.0.0.1"], "usernme": "x"}]')
+    with pytest.raises(ConfigError, match=r"webrtc\.ice_servers\.0\.usernme \(did you mean "
+                                          r"webrtc\.ice_servers\.username\?\)"):
+        load_settings(env_file=None, environ={})
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS", '[{"urls": ["stun:127.0.0.1"]}]')
+    assert load_settings(env_file=None, environ={}).webrtc.ice_servers[0].urls == ["stun:127.0.0.1"]
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS__URLS", "stun:127.0.0.1")
+    with pytest.raises(ConfigError, match="webrtc.ice_servers is a single value"):
+        load_settings(env_file=None, environ={})
