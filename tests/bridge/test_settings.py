@@ -122,5 +122,5 @@ def test_unknown_key_in_a_list_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS", '[{"urls": ["stun:127.0.0.1"]}]')
     assert load_settings(env_file=None, environ={}).webrtc.ice_servers[0].urls == ["stun:127.0.0.1"]
     monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS__URLS", "stun:127.0.0.1")
-    with pytest.raises(ConfigError, match="webrtc.ice_servers is a single value"):
+    with pytest.raises(ConfigError, match=r"webrtc\.ice_servers is a single value"):
         load_settings(env_file=None, environ={})
