@@ -525,8 +525,8 @@ def load_settings(
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             if error["type"] == "extra_forbidden":
-                named = [part for part in where.split(".") if not part.isdigit()]  # list indexes
-                problems.append(f"unknown setting {where}{_suggestion(named, '.')}")
+                parts = [part for part in where.split(".") if not part.isdigit()]  # list indexes
+                problems.append(f"unknown setting {where}{_suggestion(parts, '.')}")
             else:
                 problems.append(f"{where}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
