@@ -47,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     settings, generated = _development_ops_token(settings)
-    logs.configure(settings.log_level, settings.log_json, settings.log_levels)
+    logs.configure(settings.log_level, settings.log_json, settings.log_levels, settings.secret_values())
     _log_dsp_engines()
     choice = args.event_loop or settings.event_loop
     if choice is not EventLoop.ASYNCIO:

@@ -223,7 +223,11 @@ def test_serve_prints_the_ops_page_and_a_development_token(tmp_path):
 
 @pytest.mark.parametrize("app_env", ["production", "staging"])
 def test_no_token_is_made_up_outside_development(tmp_path, app_env):
-    env = _loopback(tmp_path, APP_ENV=app_env)
+    # Production refuses the built-in simulator: a model endpoint is named (nothing connects to it
+    # before a call).
+    model = {"OPENAI_API_KEY": "sk-test",
+             "CALLBRIDGE_MODEL__WEBSOCKET_BASE_URL": f"ws://127.0.0.1:{_free_port()}/v1"}
+    env = _loopback(tmp_path, APP_ENV=app_env, **model)
     with _daemon(tmp_path, env) as (_, base):
         notices = _ops_notices(tmp_path)
         assert notices == [f"ops page: {base}/ops/  has no token configured and refuses everyone: "
