@@ -375,6 +375,10 @@ class RealtimeSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if getattr(getattr(exc, "rcvd", None), "code", None) == 1001:
+                # The provider's session limit, seen by a send before the receiver read the close.
+                raise ModelError("model session closed by the provider (1001, session limit)",
+                                 "session_limit") from exc
             raise ModelError(f"model connection lost while sending: {type(exc).__name__}", "closed") from exc
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

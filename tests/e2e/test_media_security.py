@@ -509,7 +509,7 @@ async def test_a_silent_audiosocket_leg_is_ended_and_its_slot_freed(tmp_path):
         await stopped.play(np.zeros(8000, dtype=np.int16))  # one second of audio, then nothing
         await asyncio.wait_for(stopped.media_closed.wait(), 5)
         assert time.monotonic() - started >= 1.0
-        await _until(lambda: _calls(app, "audiosocket", "idle") == 2)
+        await _until(lambda: _calls(app, "audiosocket_fastagi", "idle") == 2)
         assert app.switchboard.active_calls == 0
         await quiet.close()
         await stopped.close()

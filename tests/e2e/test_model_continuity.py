@@ -23,10 +23,22 @@ from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
-DEMO_NUMBER = "+5511999990001"
+LINE = "+5511999993000"
+# An English line: the simulator greets in English (4.4 s), which the timelines below assume.
+ENGLISH_LINE = f"""version: 1
+tenants:
+  - slug: english-line
+    numbers: ["{LINE}"]
+    language: en
+    greeting: Hello!
+"""
 
 
 async def _start(tmp_path, **extra):
+    if "tenants" not in extra:
+        tenants = tmp_path / "tenants.yaml"
+        tenants.write_text(ENGLISH_LINE)
+        extra["tenants"] = {"file": str(tenants)}
     return await start_daemon(loopback_settings(tmp_path, **extra))
 
 
@@ -34,7 +46,7 @@ async def _until(predicate, timeout=10.0):
     await until(predicate, within=timeout)
 
 
-async def _call(app, number=DEMO_NUMBER):
+async def _call(app, number=LINE):
     caller = AsteriskCaller(app.agi.port, number)
     await caller.dial()
     await caller.connect_media()
