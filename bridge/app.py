@@ -25,6 +25,7 @@ from bridge.core.call import CallInfo, CallTap, Outcome
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
 from bridge.ops.http import HttpServer
+from bridge.ops.live import LiveEvents, combined
 from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
@@ -63,6 +64,8 @@ class Application:
         self.ami: Any = None  # bridge.asterisk.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
         self.archive: Any = None  # bridge.records.archive.CallArchive while recording is enabled
+        self.live = LiveEvents(self.metrics)  # live call events (GET /api/calls/live)
+        self.evaluator: Any = None  # bridge.records.evaluation.Evaluator when evaluation is on
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -89,13 +92,25 @@ class Application:
             tap_factory = self.tap_factory
             if settings.recording.enabled and tap_factory is None:
                 from bridge.records.archive import CallArchive
+                from bridge.records.evaluation import evaluator_from_settings
 
+                self.evaluator = evaluator_from_settings(
+                    settings, self.simulator.http_url if self.simulator is not None else None)
+                if self.evaluator is not None:
+                    stack.push_async_callback(self.evaluator.close)
                 # Entered before the listeners, left after them: recordings of calls still
                 # finishing are closed and indexed before the stack unwinds further.
                 self.archive = await stack.enter_async_context(
-                    CallArchive(settings, self.metrics, clock=self.clock).running()
+                    CallArchive(settings, self.metrics, clock=self.clock, evaluator=self.evaluator,
+                                live=self.live).running()
                 )
                 tap_factory = self.archive.open_tap
+            recorder_taps, live = tap_factory, self.live
+
+            def call_taps(info: CallInfo) -> CallTap | None:
+                return combined(recorder_taps(info) if recorder_taps is not None else None, live.open_call(info))
+
+            tap_factory = call_taps
             switchboard = self.switchboard = Switchboard(
                 settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
@@ -107,7 +122,7 @@ class Application:
                 if self.archive is not None and settings.ops.enabled:
                     from bridge.ops.api import OpsApi
 
-                    self.http.install(OpsApi(self.archive, settings.ops).install)
+                    self.http.install(OpsApi(self.archive, settings.ops, live=self.live).install)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
                 self.wsmedia = WebSocketMediaServer(switchboard)
                 self.http.install(self.wsmedia.install)

@@ -43,7 +43,7 @@ FIELD_COLUMNS = {f: c for c, f in COLUMN_FIELDS.items()}
 # Older names some deployments use; read when the canonical column is absent or NULL.
 LEGACY_COLUMNS = {"speech_rate": "speed"}
 CONFIGURATION_COLUMNS = tuple(FIELD_COLUMNS.get(f, f) for f in SETTING_FIELDS)
-JSON_FIELDS = frozenset({"turn_detection", "transfer_targets"})
+JSON_FIELDS = frozenset({"turn_detection", "transfer_targets", "evaluation", "simulator"})
 _BOOKKEEPING = frozenset({"client_id", "id", "created_at", "updated_at", "settings"})
 _CLIENT_COLUMNS = frozenset({"client_id", "client_name", "active", "slug", "id", "created_at", "updated_at"})
 

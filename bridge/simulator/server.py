@@ -24,10 +24,14 @@ from bridge.simulator.connection import (
     SimulatedConnection,
 )
 from bridge.simulator.conversation import SimulatedSession, random_tag
+from bridge.simulator.script import Script
+from bridge.simulator.textmodel import TextModel
 from media.codec import FRAME_MS
+from sip.realtime_session import InvalidRequest
 
 log = logging.getLogger(__name__)
 
+_MAX_TEXT_BODY_BYTES = 2 * 1024 * 1024
 Samples = npt.NDArray[np.int16]
 Json = dict[str, Any]
 
@@ -83,6 +87,14 @@ class SimulatorServer:
         self._closed = False
         self._events_log = events_log
         self.timing_log: TimingLog | None = None
+        # Chat Completions / Responses with JSON-schema output (post-call evaluations).
+        self.text_model = TextModel(self._auth_error)
+
+    @property
+    def http_url(self) -> str:
+        """The SDK's ``base_url`` for the text endpoints, e.g. ``http://127.0.0.1:1234/v1``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
 
     @property
     def url(self) -> str:
@@ -94,9 +106,10 @@ class SimulatorServer:
         greeting_samples()  # fail at start-up, not on the first call, if the package data is missing
         if self._events_log is not None:
             self.timing_log = TimingLog(self._events_log)
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_TEXT_BODY_BYTES)
         for path in REALTIME_PATHS:
             app.router.add_get(path, self._handle)
+        self.text_model.install(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -177,11 +190,22 @@ class SimulatorServer:
                                           "error": error}))
             await ws.close(code=4000, message=b"beta_api_shape_disabled")
             return ws
+        try:
+            script = Script.parse(request.query.get("script"))
+        except InvalidRequest as exc:
+            await ws.send_str(json.dumps({"type": "error", "event_id": f"event_{random_tag()}", "error": {
+                "type": exc.error_type, "code": exc.code, "message": exc.message, "param": exc.param,
+                "event_id": None}}))
+            await ws.close(code=1008, message=b"invalid script")
+            self.rejections.append(("invalid_script", request.path))
+            return ws
         model = request.query.get("model") or request.query.get("deployment") or DEFAULT_MODEL
         record = SimulatedSession(id=f"sess_{random_tag(20)}", model=model, path=request.path,
                                   opened_at=self.clock())
         self.sessions.append(record)
-        conn = SimulatedConnection(self, ws, record)
+        if script.actions:
+            record.script = json.loads(request.query["script"])
+        conn = SimulatedConnection(self, ws, record, script)
         self._live.add(conn)
         if self.timing_log is not None:
             self.timing_log.write("open", record.id, record.opened_at)

@@ -1,0 +1,125 @@
+"""The archive's side of post-call evaluation: which calls are evaluated, where the result goes.
+
+A call of a tenant with ``evaluation.enabled`` that was answered (refused calls never reach the
+model) is marked ``pending`` in its record and index row once the call is archived; the
+evaluation then runs in the archive's task group, off the calls' path. Its document is written to
+``<stem>.evaluation.json``, the record and the index row get the status, the overall score or
+the error, live subscribers get an ``evaluation`` or ``evaluation_error`` event, and the call's
+upload to object storage (held back while the evaluation runs, so the document goes with the
+recording) is released. The webhook gets the evaluation in ``call.completed`` when it is ready
+within ``evaluation.webhook_wait``, else in a later ``call.evaluated`` delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bridge.records.callstore import CallRecord, TranscriptEntry
+from bridge.records.evaluation import Evaluator
+from bridge.records.layout import ArchiveLayout, RecordingError, write_json_atomic
+
+if TYPE_CHECKING:
+    from bridge.ops.live import LiveEvents
+    from bridge.ops.metrics import Metrics
+    from tenants.evaluation import EvaluationConfig
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+Spawn = Callable[[Any], "asyncio.Task[Any]"]
+
+
+def evaluation_view(document: Json | None, record: CallRecord) -> Json | None:
+    """What the API and webhook show of a call's evaluation (None: the call is not evaluated)."""
+    if record.evaluation_status is None:
+        return None
+    if document is None or record.evaluation_status == "pending":
+        return {"status": record.evaluation_status}
+    shown = {k: v for k, v in document.items() if k not in ("call_id", "tenant")}
+    if isinstance(shown.get("evaluated_at"), (int, float)):
+        from bridge.records.views import iso
+
+        shown["evaluated_at"] = iso(shown["evaluated_at"])
+    return shown
+
+
+class EvaluationRunner:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        layout: ArchiveLayout,
+        put: Callable[[CallRecord], Awaitable[bool]],
+        *,
+        metrics: Metrics,
+        live: LiveEvents | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.layout = layout
+        self._put = put
+        self.metrics = metrics
+        self.live = live
+        self._configs: dict[str, EvaluationConfig] = {}
+        self.tasks: set[asyncio.Task[tuple[CallRecord, Json]]] = set()
+
+    def expect(self, call_id: str, config: EvaluationConfig) -> None:
+        """The call's tenant wants it evaluated (at call start: the config in force then)."""
+        self._configs[call_id] = config
+
+    def forget(self, call_id: str) -> EvaluationConfig | None:
+        return self._configs.pop(call_id, None)
+
+    def wanted(self, record: CallRecord) -> EvaluationConfig | None:
+        config = self._configs.pop(record.call_id, None)
+        if config is None or record.answered_at is None or record.outcome == "refused":
+            return None
+        return config
+
+    async def mark_pending(self, record: CallRecord) -> CallRecord:
+        record = record.evolve(evaluation_status="pending")
+        await self._save(record)
+        return record
+
+    async def run(self, config: EvaluationConfig, record: CallRecord,
+                  entries: Sequence[TranscriptEntry]) -> tuple[CallRecord, Json]:
+        document = await self.evaluator.evaluate(config, record, list(entries))
+        ok = document["status"] == "complete"
+        try:
+            await asyncio.to_thread(write_json_atomic, self.layout.path(record.path, ".evaluation.json"),
+                                    document)
+        except (OSError, RecordingError) as exc:
+            log.error("call %s: cannot write the evaluation: %s", record.call_id, exc)
+        record = record.evolve(
+            evaluation_status=document["status"],
+            overall_score=document.get("overall_score") if ok else None,
+            evaluation_error=None if ok else str(document.get("evaluation_error")),
+        )
+        await self._save(record)
+        self.metrics.evaluations.labels("ok" if ok else "failed").inc()
+        if self.live is not None:
+            if ok:
+                self.live.publish(record.tenant, record.call_id, "evaluation",
+                                  overall_score=document["overall_score"], summary=document["summary"],
+                                  agent_ended_call=document["agent_ended_call"])
+            else:
+                self.live.publish(record.tenant, record.call_id, "evaluation_error",
+                                  error=document.get("evaluation_error"))
+        return record, document
+
+    async def _save(self, record: CallRecord) -> None:
+        try:
+            await asyncio.to_thread(write_json_atomic, self.layout.path(record.path, ".json"), record.to_json())
+        except (OSError, RecordingError) as exc:
+            log.error("call %s: cannot write metadata: %s", record.call_id, exc)
+        await self._put(record)
+
+
+def read_document(raw: bytes) -> Json | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
