@@ -307,7 +307,8 @@ class OpsApi:
         entries = await self.archive.transcript(record)
         out = [{"role": e.get("role"), "text": e.get("text"),
                 "at": iso(e["at"]) if isinstance(e.get("at"), (int, float)) else e.get("at"),
-                "offset": e.get("offset")} for e in entries]
+                "offset": e.get("offset")} | ({"interrupted": True} if e.get("interrupted") else {})
+               for e in entries]
         return web.json_response({"call_id": record.call_id, "entries": out}, headers=_JSON_HEADERS)
 
     async def _waveform(self, request: web.Request) -> web.Response:

@@ -12,8 +12,8 @@ The request must ask for JSON-schema output (``response_format: {"type": "json_s
 in Chat Completions, ``text.format: {"type": "json_schema", ...}`` in Responses). The answer fills
 the schema from the conversation text: integers named ``overall_score`` / ``score`` grow with the
 number of agent and caller lines, drop with lines marked "cut off by the caller", and each
-criterion gets its own deterministic offset; ``agent_ended_call`` is true when the text says the
-agent ended the call; strings and string lists say what was counted. Same input, same output.
+criterion gets its own deterministic offset; ``agent_ended_call`` is true when a line starting
+"Call outcome:" says the agent ended the call; strings and string lists say what was counted. Same input, same output.
 
 Failure modes, chosen by the model (deployment) name, for tests:
 
@@ -44,6 +44,7 @@ CHAT_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions",
 RESPONSES_PATHS = ("/v1/responses", "/openai/v1/responses")
 REFUSAL_TEXT = "I'm sorry, but I can't help with evaluating this conversation."
 _SLOW = re.compile(r"slow-(\d+(?:\.\d+)?)")
+_ENDED = re.compile(r"call outcome:[^\n]*the agent ended the call", re.IGNORECASE)
 _LINE = re.compile(r"^\[[\d:.]+\]\s+(agent|caller)\b(.*)$", re.MULTILINE)
 
 
@@ -53,6 +54,8 @@ class TextModel:
     def __init__(self, auth_error: Callable[[web.Request], str | None]) -> None:
         self._auth_error = auth_error
         self.requests: list[Json] = []
+        self.active = 0  # requests being answered now, and the most at once
+        self.peak_active = 0
 
     def install(self, app: web.Application) -> None:
         for path in CHAT_PATHS:
@@ -70,14 +73,20 @@ class TextModel:
             raise _error(400, "We could not parse the JSON body of your request.", "invalid_json") from None
         if not isinstance(body, dict):
             raise _error(400, "The request body must be a JSON object.", None)
-        body.setdefault("model", request.match_info.get("deployment"))
+        if "deployment" in request.match_info:
+            body["model"] = request.match_info["deployment"]  # Azure: the deployment names the model
         self.requests.append(body)
         model = str(body.get("model") or "")
         if not model:
             raise _error(400, "Missing required parameter: 'model'.", "missing_required_parameter")
         slow = _SLOW.search(model)
         if slow:
-            await asyncio.sleep(float(slow.group(1)))
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+            try:
+                await asyncio.sleep(float(slow.group(1)))
+            finally:
+                self.active -= 1
         if "error" in model:
             raise _error(500, "The server had an error while processing your request.", "server_error")
         return body
@@ -179,7 +188,7 @@ class _Reading:
         self.agent = sum(1 for who, _ in lines if who == "agent")
         self.caller = sum(1 for who, _ in lines if who == "caller")
         self.cut = sum(1 for who, rest in lines if who == "agent" and "cut off" in rest)
-        self.ended = "the agent ended the call" in text.lower()
+        self.ended = _ENDED.search(text) is not None
         base = 50 + 10 * min(self.agent, 3) + 5 * min(self.caller, 2) - 10 * self.cut + (5 if self.ended else 0)
         self.score = max(0, min(100, base))
 
