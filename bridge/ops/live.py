@@ -185,8 +185,8 @@ class LiveTap:
             return
         if name == "ended":
             if self._started and not self._ended:
-                self._ended = True
                 self._publish("call.ended", outcome=fields.get("outcome"))
+                self._ended = True
             return
         if name in ("transcription", "agent_speaking", "agent_listening", "barge_in", "dtmf", "tool_call",
                     "transfer"):
