@@ -248,10 +248,12 @@ async def test_ws_audio_calls_live_on_the_ops_page(tmp_path, fixtures_dir, brows
         delivery = await hooks.wait_for("call.completed")
         assert delivery.payload["evaluation"]["status"] == "complete"
 
-        # Globex: the agent hangs up after a second of silence; its evaluation model refuses.
+        # Globex: a caller who says nothing; the agent hangs up after a second of silence. Its
+        # evaluation model refuses.
         client = WsPeer()
         await client.connect(f"ws://127.0.0.1:{app.http.port}/ws/audio/{GLOBEX_NUMBER}?format=pcm16_16k")
-        sending = asyncio.create_task(client.send_paced(messages[: 50 * 20], 0.020))
+        quiet = [base64.b64encode(bytes(640)).decode()] * (50 * 20)
+        sending = asyncio.create_task(client.send_paced(quiet, 0.020))
         assert await client.close_code_within(20) == 1000
         sending.cancel()
         await client.close()
