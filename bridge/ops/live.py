@@ -130,7 +130,7 @@ class LiveEvents:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
-    def publish(self, tenant: str, call_id: str, kind: str, **fields: Any) -> None:
+    def publish(self, tenant: str, call_id: str, kind: str, /, **fields: Any) -> None:
         event: Json = {"type": kind, "seq": next(self._seq), "at": time.time(), "call_id": call_id,
                        "tenant": tenant, **fields}
         state = self._calls.get(call_id)
@@ -192,7 +192,7 @@ class LiveTap:
                     "transfer"):
             self._publish(name, **fields)
 
-    def _publish(self, kind: str, **fields: Any) -> None:
+    def _publish(self, kind: str, /, **fields: Any) -> None:
         if self._started and not self._ended:
             self._hub.publish(self._info.tenant.slug, self._info.call_id, kind, **fields)
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.realtime
 
 QUEUE_NUMBER = "+5511999990301"
 INTERRUPT_NUMBER = "+5511999990302"
+TRANSFER_NUMBER = "+5511999990303"
 
 
 async def start(tmp_path):
@@ -29,6 +30,9 @@ async def start(tmp_path):
         {"slug": "interrupting", "numbers": [INTERRUPT_NUMBER], "greeting": "Hello",
          "dtmf_during_response": "interrupt",
          "simulator": {"actions": [{"tool": "end_call", "on_digit": "9"}]}},
+        {"slug": "transferring", "numbers": [TRANSFER_NUMBER], "greeting": "Hello",
+         "transfer_targets": [{"name": "sales", "destination": "2000", "context": "from-internal"}],
+         "simulator": {"actions": [{"tool": "transfer_call", "on_digit": "1", "arguments": {"target": "sales"}}]}},
     ]
     path = tmp_path / "tenants.yaml"
     path.write_text(json.dumps({"tenants": tenants}), encoding="utf-8")
@@ -106,6 +110,34 @@ async def test_digit_interrupts_the_greeting_when_the_tenant_says_so(tmp_path):
         assert [e["text"] for e in agent[1:]] == ["[you pressed 5]", "[goodbye]"]
         assert record.outcome == "agent_hangup"
         assert record.barge_ins == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_digit_cue_makes_the_agent_transfer_the_call(tmp_path):
+    app, stop, task = await start(tmp_path)
+    try:
+        caller = AsteriskCaller(app.agi.port, TRANSFER_NUMBER)
+        await caller.dial()
+        await caller.connect_media()
+        talking = asyncio.create_task(caller.play(np.zeros(8000 * 30, dtype=np.int16)))
+        await until(lambda: len(caller.agent_frames()) >= 50)
+        await caller.send_dtmf("1")
+        await asyncio.wait_for(caller.agi_done.wait(), 20)
+        talking.cancel()
+        await caller.close()
+        session = app.simulator.sessions[-1]
+        assert session.errors_sent == []
+        assert [(r["kind"], r["status"]) for r in session.responses] == [
+            ("greeting", "completed"), ("goodbye", "completed")]
+        # FastAGI carries the transfer out: the dialplan continues at the target.
+        assert caller.agi.variables["CALLBRIDGE_STATUS"] == "TRANSFER"
+        assert 'SET CONTEXT "from-internal"' in caller.agi.commands
+        assert 'SET EXTENSION "2000"' in caller.agi.commands
+        await asyncio.wait_for(app.archive.wait_idle(), 15)
+        record = (await app.archive.search(CallQuery())).calls[0]
+        assert record.outcome == "transferred" and record.transfer_target == "sales"
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
