@@ -353,47 +353,20 @@ class CallArchive:
 
     async def _evaluate(self, config: EvaluationConfig, record: CallRecord, entries: list[TranscriptEntry],
                         target: tuple[str, str | None] | None) -> None:
-        """Start the call's evaluation; the webhook waits for it up to ``evaluation.webhook_wait``."""
+        """Start the call's evaluation; the webhook, if any, waits for it (``EvaluationRunner``)."""
         assert self.scoring is not None
-        scoring = self.scoring
-        record = await scoring.mark_pending(record)
-        task = self._spawn(scoring.run(config, record, entries))
-        scoring.tasks.add(task)
-        task.add_done_callback(scoring.tasks.discard)
-        task.add_done_callback(self._evaluated)
+        deliver = None
         if target is not None:
-            # In a task of its own: the call is archived now, whatever the webhook waits for.
-            self._spawn(self._webhook_after(task, record, entries, target))
+            url, secret = target
 
-    async def _webhook_after(self, task: asyncio.Task[tuple[CallRecord, dict[str, Any]]], record: CallRecord,
-                             entries: list[TranscriptEntry], target: tuple[str, str | None]) -> None:
-        done, _ = await asyncio.wait({task}, timeout=self.settings.evaluation.webhook_wait)
-        if task in done and not task.cancelled() and task.exception() is None:
-            final, document = task.result()
-            self.webhooks.submit(target[0], target[1], self.webhook_payload(final, entries, document))
-            return
-        self.webhooks.submit(target[0], target[1], self.webhook_payload(record, entries))
+            def deliver(final: CallRecord, document: dict[str, Any] | None, event: str) -> None:
+                payload = self.webhook_payload(final, entries, document)
+                payload["event"] = event
+                self.webhooks.submit(url, secret, payload, event=event)
 
-        def late(finished: asyncio.Task[tuple[CallRecord, dict[str, Any]]]) -> None:
-            if finished.cancelled() or finished.exception() is not None:
-                return
-            final, document = finished.result()
-            payload = self.webhook_payload(final, entries, document)
-            payload["event"] = "call.evaluated"
-            self.webhooks.submit(target[0], target[1], payload, event="call.evaluated")
-
-        task.add_done_callback(late)
-
-    def _evaluated(self, task: asyncio.Task[tuple[CallRecord, dict[str, Any]]]) -> None:
-        """Release the upload the evaluation held back."""
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            log.error("evaluation failed", exc_info=task.exception())
-            return
-        record, _ = task.result()
-        if self.uploads is not None:
-            self.uploads.submit(record.call_id)
+        release = self.uploads.submit if self.uploads is not None else None
+        await self.scoring.start(config, record, entries, spawn=self._spawn, deliver=deliver,
+                                 release_upload=release, webhook_wait=self.settings.evaluation.webhook_wait)
 
     async def wait_idle(self) -> None:
         """Until every call opened so far is finished, indexed and queued for upload/webhook."""

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 Spawn = Callable[[Any], "asyncio.Task[Any]"]
+Deliver = Callable[[CallRecord, "Json | None", str], None]  # (record, evaluation, webhook event)
+Outcome = tuple[CallRecord, Json]
 
 
 def evaluation_view(document: Json | None, record: CallRecord) -> Json | None:
@@ -63,7 +65,7 @@ class EvaluationRunner:
         self.metrics = metrics
         self.live = live
         self._configs: dict[str, EvaluationConfig] = {}
-        self.tasks: set[asyncio.Task[tuple[CallRecord, Json]]] = set()
+        self.tasks: set[asyncio.Task[Outcome]] = set()
 
     def expect(self, call_id: str, config: EvaluationConfig) -> None:
         """The call's tenant wants it evaluated (at call start: the config in force then)."""
@@ -78,6 +80,45 @@ class EvaluationRunner:
             return None
         return config
 
+    async def start(self, config: EvaluationConfig, record: CallRecord, entries: Sequence[TranscriptEntry], *,
+                    spawn: Spawn, deliver: Deliver | None, release_upload: Callable[[str], None] | None,
+                    webhook_wait: float) -> None:
+        """Mark the call pending and evaluate it in a task of the archive's group; the webhook
+        (``deliver``) waits in a task of its own, so the call is archived now whatever it waits for."""
+        record = await self.mark_pending(record)
+        task: asyncio.Task[Outcome] = spawn(self.run(config, record, entries))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if release_upload is not None:
+            call_id = record.call_id
+
+            def release(finished: asyncio.Task[Outcome]) -> None:
+                if not finished.cancelled():  # cancelled at shutdown: the marker waits for the next start
+                    release_upload(call_id)
+
+            task.add_done_callback(release)
+        if deliver is not None:
+            spawn(self._deliver_when_ready(task, record, deliver, webhook_wait))
+
+    async def _deliver_when_ready(self, task: asyncio.Task[Outcome], record: CallRecord, deliver: Deliver,
+                                  wait: float) -> None:
+        await asyncio.wait({task}, timeout=wait)
+        if task.done():
+            if not task.cancelled() and task.exception() is None:
+                final, document = task.result()
+                deliver(final, document, "call.completed")
+            else:
+                deliver(record, None, "call.completed")
+            return
+        deliver(record, None, "call.completed")  # evaluation: {"status": "pending"}
+
+        def late(finished: asyncio.Task[Outcome]) -> None:
+            if not finished.cancelled() and finished.exception() is None:
+                final, document = finished.result()
+                deliver(final, document, "call.evaluated")
+
+        task.add_done_callback(late)
+
     async def mark_pending(self, record: CallRecord) -> CallRecord:
         record = record.evolve(evaluation_status="pending")
         await self._save(record)
@@ -85,7 +126,12 @@ class EvaluationRunner:
 
     async def run(self, config: EvaluationConfig, record: CallRecord,
                   entries: Sequence[TranscriptEntry]) -> tuple[CallRecord, Json]:
-        document = await self.evaluator.evaluate(config, record, list(entries))
+        try:
+            document = await self.evaluator.evaluate(config, record, list(entries))
+        except Exception as exc:  # the evaluation boundary: a bug fails this evaluation, not the archive
+            log.error("call %s: evaluation failed", record.call_id, exc_info=True)
+            document = {"call_id": record.call_id, "tenant": record.tenant, "status": "failed",
+                        "evaluation_error": f"internal error: {type(exc).__name__}", "attempts": 0}
         ok = document["status"] == "complete"
         try:
             await asyncio.to_thread(write_json_atomic, self.layout.path(record.path, ".evaluation.json"),

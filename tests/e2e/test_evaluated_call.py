@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 
 import aiohttp
@@ -91,7 +92,7 @@ def assert_live_order(events: list[dict], outcome: str) -> None:
     assert types[0] == "call.started", types
     states = [t for t in types if t in ("agent_speaking", "agent_listening")]
     assert states and states[0] == "agent_speaking"
-    assert all(a != b for a, b in zip(states, states[1:], strict=False)), states
+    assert all(a != b for a, b in itertools.pairwise(states)), states
     assert states[-1] == "agent_listening"
     finals = [e for e in events if e["type"] == "transcription" and e["final"]]
     assert finals[0]["role"] == "agent"

@@ -14,7 +14,7 @@ from bridge.ops.api import OpsApi
 from bridge.ops.live import LiveEvents, TeeTap
 from bridge.ops.metrics import Metrics
 from bridge.records.archive import CallArchive
-from tests.bridge.ops.test_ops_api import ACME, ADMIN, GLOBEX, OPS, bearer
+from tests.bridge.ops.test_ops_api import ACME, ADMIN, OPS, bearer
 from tests.peers.tap_call import FakeClock, call_info, make_settings
 
 

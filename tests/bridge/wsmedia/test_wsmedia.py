@@ -17,6 +17,7 @@ from bridge.core.call import Call, CallInfo, Outcome
 from bridge.core.realtime import ModelEndpoint
 from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider
+from bridge.wsmedia import twilio as twilio_stream
 from bridge.wsmedia.leg import (
     INTAKE_BACKLOG_SECONDS,
     INTAKE_LEAD_SECONDS,
@@ -25,7 +26,6 @@ from bridge.wsmedia.leg import (
     close_code_for,
     new_socket,
 )
-from bridge.wsmedia import twilio as twilio_stream
 from bridge.wsmedia.twilio import TwilioLeg
 from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
