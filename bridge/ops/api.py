@@ -41,12 +41,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from bridge.ops.live import LiveEvents, Subscription
 from bridge.ops.metrics import OUTCOMES
+from bridge.ops.tokens import BearerTokens, Principal
 from bridge.records.archive import CallArchive
 from bridge.records.callstore import CallQuery, CallRecord, CallStatus, CallStoreError, valid_call_id
 from bridge.records.objectstore import ObjectStoreError
@@ -103,15 +103,6 @@ async def _pump_sse(request: web.Request, subscription: Subscription) -> web.Str
     return resp
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    tenant: str | None  # None: admin
-
-    @property
-    def admin(self) -> bool:
-        return self.tenant is None
-
-
 def _error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
     return cls(text=json.dumps({"error": message}), content_type="application/json",
                headers={**_JSON_HEADERS, **headers})
@@ -146,12 +137,8 @@ class OpsApi:
         self.wall_clock = wall_clock
         # Signed recording links live minutes; a per-process key is enough and never leaves it.
         self._link_key = secrets.token_bytes(32)
-        self._tokens: list[tuple[bytes, str | None]] = []
-        if settings.admin_token is not None:
-            self._tokens.append((settings.admin_token.get_secret_value().encode(), None))
-        for slug, token in settings.tenant_tokens.items():
-            self._tokens.append((token.get_secret_value().encode(), slug))
-        if not self._tokens:
+        self.tokens = BearerTokens(settings)
+        if not self.tokens:
             log.warning("ops API has no tokens configured: every request will be refused")
         self._assets: dict[str, bytes] = {}
 
@@ -176,21 +163,7 @@ class OpsApi:
 
     # ------------------------------------------------------------------ auth
     def authenticate(self, request: web.Request) -> Principal:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        challenge = 'Bearer realm="callbridge"'
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _error(web.HTTPUnauthorized, "bearer token required", **{"WWW-Authenticate": challenge})
-        given = token.encode()
-        found: Principal | None = None
-        for secret, tenant in self._tokens:
-            # Every token is compared, in constant time, whatever matched first.
-            if hmac.compare_digest(given, secret) and found is None:
-                found = Principal(tenant)
-        if found is None:
-            raise _error(web.HTTPUnauthorized, "invalid token",
-                         **{"WWW-Authenticate": challenge + ', error="invalid_token"'})
-        return found
+        return self.tokens.authenticate(request)
 
     async def _call(self, request: web.Request) -> tuple[Principal, CallRecord]:
         principal = self.authenticate(request)

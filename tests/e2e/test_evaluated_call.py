@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from playwright.async_api import expect
 
-from bridge.app import Application
 from bridge.records.callstore import CallQuery
 from tests.bridge.cli.test_calls import run_cli
 from tests.bridge.ops.test_ops_page import CHROMIUM, browser, sign_in  # noqa: F401  (fixture)
@@ -23,6 +22,7 @@ from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
 from tests.peers.media_ws import WsPeer, frames
 from tests.peers.observers import LiveSubscriber, WebhookReceiver
+from tests.servers import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -64,11 +64,7 @@ async def start(tmp_path, hooks: WebhookReceiver, **extra):
         evaluation={"retry_initial_seconds": 0.05, "max_attempts": 2, "webhook_wait": 15},
         **extra,
     )
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    return app, stop, task
+    return await start_daemon(settings)
 
 
 async def get(app, path: str, token: str):
@@ -202,8 +198,7 @@ async def test_audiosocket_call_ended_by_the_agent_and_evaluated(tmp_path, fixtu
     finally:
         await acme_live.close()
         await globex_live.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)
         await hooks.close()
 
 
@@ -271,6 +266,5 @@ async def test_ws_audio_calls_live_on_the_ops_page(tmp_path, fixtures_dir, brows
         assert errors == []
     finally:
         await page.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)
         await hooks.close()

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.records.callstore import CallQuery
 from tests.conftest import loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -36,11 +36,7 @@ async def start(tmp_path):
     ]
     path = tmp_path / "tenants.yaml"
     path.write_text(json.dumps({"tenants": tenants}), encoding="utf-8")
-    app = Application(loopback_settings(tmp_path, record=True, tenants={"file": str(path)}))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    return app, stop, task
+    return await start_daemon(loopback_settings(tmp_path, record=True, tenants={"file": str(path)}))
 
 
 async def until(predicate, within: float = 15.0) -> None:
@@ -90,8 +86,7 @@ async def test_digit_during_the_greeting_is_answered_after_it(tmp_path):
         assert record.outcome == "agent_hangup"
         assert caller.hangup_received or caller.media_closed.is_set()
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)
 
 
 async def test_digit_interrupts_the_greeting_when_the_tenant_says_so(tmp_path):
@@ -111,8 +106,7 @@ async def test_digit_interrupts_the_greeting_when_the_tenant_says_so(tmp_path):
         assert record.outcome == "agent_hangup"
         assert record.barge_ins == 1
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)
 
 
 async def test_digit_cue_makes_the_agent_transfer_the_call(tmp_path):
@@ -139,5 +133,4 @@ async def test_digit_cue_makes_the_agent_transfer_the_call(tmp_path):
         record = (await app.archive.search(CallQuery())).calls[0]
         assert record.outcome == "transferred" and record.transfer_target == "sales"
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+        await stop_daemon(stop, task)

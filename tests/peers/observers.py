@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.records.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from tests.servers import serve_app
 
 
 @dataclass
@@ -31,17 +32,13 @@ class WebhookReceiver:
     deliveries: list[Delivery] = field(default_factory=list)
     rejected: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    _runner: web.AppRunner | None = None
+    _serving: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     port: int = 0
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self.port = int(await self._serving.enter_async_context(serve_app(app)))
 
     @property
     def url(self) -> str:
@@ -69,8 +66,7 @@ class WebhookReceiver:
                 await self.arrived.wait()
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._serving.aclose()
 
 
 class LiveSubscriber:

@@ -19,6 +19,7 @@ from bridge.records.callstore import CallQuery, CallStatus
 from bridge.records.webhook import verify
 from tests.peers.killed_recorder import ramp
 from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
+from tests.servers import serve_app
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -157,12 +158,7 @@ async def test_webhook_is_signed_and_retried(tmp_path):
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with serve_app(app) as port:
         settings = make_settings(tmp_path, ops={"public_url": "https://ops.example.net"})
         clock = FakeClock()
         metrics = Metrics(CollectorRegistry())
@@ -176,8 +172,6 @@ async def test_webhook_is_signed_and_retried(tmp_path):
                 if archive.webhooks.delivered:
                     break
                 await asyncio.sleep(0.02)
-    finally:
-        await runner.cleanup()
     assert len(received) == 2  # 503, then the retry
     assert archive.webhooks.delivered == 1
     headers, body = received[1]
