@@ -167,8 +167,11 @@ class Evaluator:
         *,
         default_model: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        unavailable: str | None = None,
     ) -> None:
         self.settings = settings
+        # Why no model can be asked (missing credentials): every evaluation fails saying so.
+        self.unavailable = unavailable
         self._build_client = build_client
         self.default_model = default_model or settings.model
         self.wall_clock = wall_clock
@@ -201,6 +204,9 @@ class Evaluator:
         base: Json = {"call_id": record.call_id, "tenant": record.tenant, "model": model}
         attempts = 0
         reason = "not attempted"
+        if self.unavailable is not None:
+            return {**base, "status": "failed", "evaluation_error": self.unavailable, "attempts": 0,
+                    "evaluated_at": self.wall_clock()}
         async with self._slots:
             self.in_flight += 1
             try:
@@ -258,6 +264,10 @@ class Evaluator:
         return check_result(data, config)
 
 
+def _no_client() -> AsyncOpenAI:
+    raise RuntimeError("no evaluation client")
+
+
 def _short(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:300]
 
@@ -294,6 +304,12 @@ def evaluator_from_settings(settings: Settings, simulator_http_url: str | None) 
                                                       timeout=timeout))
     api_key = ev.api_key or m.api_key
     if api_key is None:
+        if ev.provider == "auto":
+            # A deployment without OpenAI credentials (Voice Live only, say) still starts; calls of
+            # tenants that ask for an evaluation get one that failed, saying why.
+            reason = "no evaluation model configured (evaluation.api_key or evaluation.azure_endpoint)"
+            log.warning("evaluation: %s; tenants' evaluations will fail", reason)
+            return Evaluator(ev, _no_client, unavailable=reason)
         raise ValueError("evaluation on openai needs evaluation.api_key or model.api_key")
     secret = api_key.get_secret_value()
     base_url = ev.base_url or m.base_url

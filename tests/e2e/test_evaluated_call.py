@@ -104,7 +104,7 @@ def assert_live_order(events: list[dict], outcome: str) -> None:
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
 
 
-async def test_audiosocket_call_ended_by_the_agent_and_evaluated(tmp_path, fixtures_dir, browser):  # noqa: F811
+async def test_audiosocket_call_ended_by_the_agent_and_evaluated(tmp_path, fixtures_dir, browser, capsys):  # noqa: F811
     hooks = WebhookReceiver(SECRET)
     await hooks.start()
     app, stop, task = await start(tmp_path, hooks)
@@ -177,7 +177,13 @@ async def test_audiosocket_call_ended_by_the_agent_and_evaluated(tmp_path, fixtu
         assert [e["type"] for e in globex_live.events] == ["snapshot"]
 
         # The CLI.
+        capsys.readouterr()
         assert await run_cli("calls", "show", record.call_id, "--url", base, "--token", ACME) == 0
+        shown_cli = capsys.readouterr().out
+        assert f"evaluation  {score}/100" in shown_cli and "agent ended the call: yes" in shown_cli
+        assert "  greeting (weight 2.0): " in shown_cli
+        assert await run_cli("calls", "list", "--url", base, "--token", ACME, "--min-score", str(score)) == 0
+        assert record.call_id in capsys.readouterr().out
 
         # The ops page in Chromium: the score in the list, the evaluation in the call's view.
         page = await browser.new_page()

@@ -155,3 +155,21 @@ async def test_concurrency_is_bounded():
         await ev.close()
         assert all(r["status"] == "complete" for r in results)
         assert server.text_model.peak_active == 2
+
+
+async def test_deployment_without_evaluation_credentials_starts_and_says_why():
+    from bridge.records.evaluation import evaluator_from_settings
+    from bridge.settings import load_settings
+
+    settings = load_settings(env_file=None, environ={}, model={
+        "provider": "azure_voicelive", "voicelive_endpoint": "https://x.services.ai.azure.com",
+        "voicelive_api_key": "k"})
+    ev = evaluator_from_settings(settings, None)
+    assert ev is not None
+    result = await ev.evaluate(CONFIG, record(), ENTRIES)
+    assert result["status"] == "failed" and "no evaluation model configured" in result["evaluation_error"]
+    explicit = load_settings(env_file=None, environ={}, evaluation={"provider": "openai"})
+    with pytest.raises(ValueError, match=r"evaluation\.api_key"):
+        evaluator_from_settings(explicit, None)
+    assert evaluator_from_settings(load_settings(env_file=None, environ={}, evaluation={"enabled": False}),
+                                   None) is None
