@@ -80,7 +80,9 @@ async def test_late_evaluation_goes_out_as_call_evaluated(tmp_path):
 
 async def test_evaluation_is_uploaded_with_the_recording(tmp_path, s3):  # noqa: F811
     s3.start()
-    settings = s3_settings(tmp_path, s3)
+    # moto keeps one bucket state per process: a prefix of its own, removed at the end, keeps this
+    # test's objects out of the other S3 tests' listings.
+    settings = s3_settings(tmp_path, s3, prefix="evaluated/")
     async with SimulatorServer() as server:
         ev = evaluator(server, settings)
         archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=FakeClock(), evaluator=ev)
@@ -100,10 +102,12 @@ async def test_evaluation_is_uploaded_with_the_recording(tmp_path, s3):  # noqa:
             shown = await archive.evaluation(record)
             assert shown is not None and shown["overall_score"] == record.overall_score
             keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=BUCKET)["Contents"]}
-            assert f"rec/{record.path}.evaluation.json" in keys and f"rec/{record.path}.wav" in keys
-            stored = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"rec/{record.path}.evaluation.json")
+            assert f"evaluated/{record.path}.evaluation.json" in keys and f"evaluated/{record.path}.wav" in keys
+            stored = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"evaluated/{record.path}.evaluation.json")
                                 ["Body"].read())
             assert stored["overall_score"] == record.overall_score
-            meta = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"rec/{record.path}.json")["Body"].read())
+            meta = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"evaluated/{record.path}.json")["Body"].read())
             assert meta["evaluation_status"] == "complete"
+            mine = [{"Key": k} for k in keys if k.startswith("evaluated/")]
+            s3.client().delete_objects(Bucket=BUCKET, Delete={"Objects": mine})
         await ev.close()
