@@ -27,7 +27,7 @@ from bridge.core.switchboard import Switchboard
 from bridge.ops.http import HttpServer
 from bridge.ops.live import LiveEvents, combined
 from bridge.ops.metrics import Metrics
-from bridge.settings import ModelProvider, Settings
+from bridge.settings import ConfigError, ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
@@ -59,6 +59,7 @@ class Application:
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
         self.wsmedia: WebSocketMediaServer | None = None
+        self.sip: Any = None  # bridge.siptrunk.server.SipTrunkServer when the SIP trunk is enabled
         self.webrtc: Any = None  # bridge.webrtc.server.WebRtcServer when browser calls are enabled
         self.simulator: Any = None
         self.stasis: Any = None  # bridge.asterisk.stasis.StasisApplication when ARI is enabled
@@ -146,6 +147,8 @@ class Application:
                                              settings.tenants, self.audiosocket.port)
                     await self.agi.start()
                     stack.push_async_callback(self.agi.close)
+            if settings.sip.enabled:
+                await self._start_sip(stack, switchboard)
             stasis = await self._start_ari(stack, switchboard)
             # The first call must not pay for start-up: the model SDK's client is built and its
             # realtime modules imported now (in a thread), then start-up's heap is frozen.
@@ -172,6 +175,17 @@ class Application:
                 for task in background:
                     task.cancel()
         log.info("callbridge stopped")
+
+    async def _start_sip(self, stack: AsyncExitStack, switchboard: Switchboard) -> None:
+        try:
+            from bridge.siptrunk.server import SipTrunkServer
+        except ImportError as exc:
+            raise ConfigError(f"sip.enabled needs pjsua2 (pip install 'callbridge[sip]'): {exc}") from None
+        self.sip = SipTrunkServer(switchboard, self.settings.sip)
+        await self.sip.start()
+        stack.push_async_callback(self.sip.close)
+        if self.http is not None:
+            self.http.ready_details["sip"] = self.sip.status
 
     async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
         """The ARI client and Stasis application (run in the background task group), and AMI."""

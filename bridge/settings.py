@@ -298,6 +298,55 @@ class WebRtcSettings(BaseModel):
         return values
 
 
+class SipRegistration(BaseModel):
+    """Register with a carrier so that its DIDs ring this trunk (RFC 3261 section 10)."""
+
+    registrar: str  # sip:sip.carrier.example
+    username: str
+    password: SecretStr
+    domain: str | None = None  # for the address of record; default: the registrar's host
+    realm: str = "*"
+    expires: int = Field(300, ge=60, le=86400)
+    retry_interval: int = Field(30, ge=5, le=3600)  # seconds before re-registering after a failure
+
+
+class SipSettings(BaseModel):
+    """The SIP trunk (PJSIP through pjsua2): a PBX or carrier sends calls to callbridge directly."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(5060, ge=0, le=65535)
+    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])  # type: ignore[arg-type]
+    # The address put in Contact, Via and SDP when the host sits behind NAT.
+    public_address: str | None = None
+    rtp_port: int = Field(10000, ge=1024, le=65535)
+    rtp_port_range: int = Field(1000, ge=0, le=20000)
+    # Codecs in order of preference; G722 first keeps a wideband caller wideband end to end.
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] = Field(
+        default_factory=lambda: ["G722", "PCMU", "PCMA"])  # type: ignore[arg-type]
+    # Headers consulted for the dialled number before the Request-URI (then To).
+    called_headers: list[Literal["p_called_party_id", "diversion"]] = Field(default_factory=list)
+    # Source networks allowed to send INVITEs; everything else gets 403.
+    allowed_sources: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                 "fc00::/7"])
+    srtp: Literal["disabled", "optional", "mandatory"] = "disabled"
+    session_timers: Literal["inactive", "optional", "required"] = "optional"
+    retry_after: int = Field(5, ge=0, le=3600)  # seconds, on 503 (busy, draining)
+    # Ring this long (180 Ringing) before answering; 0 answers at once.
+    answer_delay: float = Field(0.0, ge=0.0, le=30.0)
+    registrations: list[SipRegistration] = Field(default_factory=list)
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+
 class WebhookSettings(BaseModel):
     """Delivery of the post-call webhook (the URL and secret are per tenant)."""
 
@@ -349,6 +398,7 @@ class Settings(BaseSettings):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     limits: CallLimits = Field(default_factory=CallLimits)

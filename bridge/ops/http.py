@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,6 +30,8 @@ class HttpServer:
         self.app.router.add_get("/ready", self._ready)
         self.app.router.add_get("/metrics", self._metrics)
         self._runner: web.AppRunner | None = None
+        # Parts that report their state in /ready (e.g. "sip": carrier registrations).
+        self.ready_details: dict[str, Callable[[], Any]] = {}
         self._site: web.TCPSite | None = None
         self.port = 0
 
@@ -58,7 +60,10 @@ class HttpServer:
     async def _ready(self, request: web.Request) -> web.Response:
         if self.switchboard.draining:
             return web.json_response({"ready": False, "reason": "draining"}, status=503)
-        return web.json_response({"ready": True})
+        body: dict[str, Any] = {"ready": True}
+        for name, detail in self.ready_details.items():
+            body[name] = detail()
+        return web.json_response(body)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

@@ -90,6 +90,11 @@ class Metrics:
         self.build_info = Info("callbridge_build", "Version of the running callbridge", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.ready = Gauge("callbridge_ready", "1 while accepting new calls, 0 while draining", registry=r)
+        self.sip_registered = Gauge(
+            "callbridge_sip_registered",
+            "1 while the SIP trunk is registered with the carrier (sip.registrations, by position)",
+            ["registration"], registry=r,
+        )
         self.calls_active = Gauge(
             "callbridge_calls_active", "Calls currently bridged", ["transport"], registry=r
         )
