@@ -290,6 +290,7 @@ class Call:
                                               tools=call_tools(self.tenant), dialect=session.dialect))
         if self.tenant.greeting:
             await session.send(rt.greeting_response(self.tenant.greeting))
+            self._response_requested = True
         self.info.answered_at = time.time()
         self.metrics.calls_answered.labels(self.leg.transport).inc()
         if self.tap is not None:
