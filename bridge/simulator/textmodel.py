@@ -49,11 +49,12 @@ _LINE = re.compile(r"^\[[\d:.]+\]\s+(agent|caller)\b(.*)$", re.MULTILINE)
 
 
 class TextModel:
-    """Request handlers; ``requests`` keeps each request body for tests."""
+    """Request handlers; ``requests`` and ``paths`` keep what each request sent, for tests."""
 
     def __init__(self, auth_error: Callable[[web.Request], str | None]) -> None:
         self._auth_error = auth_error
         self.requests: list[Json] = []
+        self.paths: list[str] = []  # request path of each (Azure's deployment routes included)
         self.active = 0  # requests being answered now, and the most at once
         self.peak_active = 0
 
@@ -76,6 +77,7 @@ class TextModel:
         if "deployment" in request.match_info:
             body["model"] = request.match_info["deployment"]  # Azure: the deployment names the model
         self.requests.append(body)
+        self.paths.append(request.path)
         model = str(body.get("model") or "")
         if not model:
             raise _error(400, "Missing required parameter: 'model'.", "missing_required_parameter")

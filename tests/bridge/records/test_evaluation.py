@@ -104,6 +104,7 @@ async def test_azure_client_and_responses_api_reach_the_simulator():
         assert result["status"] == "complete", result
         assert result["model"] == "eval-deployment"
         assert server.text_model.requests[-1]["model"] == "eval-deployment"
+        assert server.text_model.paths[-1] == "/openai/deployments/eval-deployment/chat/completions"
         # A wrong key is refused before any answer, and that is final (no retry).
         wrong = Evaluator(settings, lambda: AsyncAzureOpenAI(azure_endpoint=base, api_key="nope",
                                                               api_version="2024-10-21", max_retries=0))
@@ -173,3 +174,21 @@ async def test_deployment_without_evaluation_credentials_starts_and_says_why():
         evaluator_from_settings(explicit, None)
     assert evaluator_from_settings(load_settings(env_file=None, environ={}, evaluation={"enabled": False}),
                                    None) is None
+
+
+async def test_azure_settings_build_an_azure_openai_client():
+    from bridge.records.evaluation import evaluator_from_settings
+    from bridge.settings import load_settings
+
+    async with SimulatorServer(api_key="azure-key") as server:
+        endpoint = server.http_url.removesuffix("/v1")
+        # The realtime model on Azure OpenAI: evaluations go to the same resource, by deployment.
+        settings = load_settings(env_file=None, environ={}, model={
+            "azure_endpoint": endpoint, "azure_api_key": "azure-key", "azure_deployment": "realtime-dep"},
+            evaluation={"model": "eval-dep"})
+        ev = evaluator_from_settings(settings, None)
+        assert ev is not None
+        result = await ev.evaluate(CONFIG, record(), ENTRIES)
+        await ev.close()
+        assert result["status"] == "complete" and result["model"] == "eval-dep"
+        assert server.text_model.paths == ["/openai/deployments/eval-dep/chat/completions"]
