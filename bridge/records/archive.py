@@ -199,10 +199,9 @@ class CallArchive:
                     for task in background:
                         task.cancel()
                     if self.scoring is not None:
-                        # Unfinished evaluations stay "pending"; the upload they held back goes
-                        # at the next start (its marker is on disk).
-                        for evaluation in list(self.scoring.tasks):
-                            evaluation.cancel()
+                        # Unfinished evaluations are recorded as failed; the upload they held
+                        # back goes at the next start (its marker is on disk).
+                        await self.scoring.abandon()
                     for post in list(self._post_calls):
                         post.cancel()
         finally:

@@ -13,6 +13,7 @@ within ``evaluation.webhook_wait``, else in a later ``call.evaluated`` delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.records.callstore import CallRecord, TranscriptEntry
 from bridge.records.evaluation import Evaluator
 from bridge.records.layout import ArchiveLayout, RecordingError, write_json_atomic
+from bridge.records.views import iso
 
 if TYPE_CHECKING:
     from bridge.ops.live import LiveEvents
@@ -43,8 +45,6 @@ def evaluation_view(document: Json | None, record: CallRecord) -> Json | None:
         return {"status": record.evaluation_status}
     shown = {k: v for k, v in document.items() if k not in ("call_id", "tenant")}
     if isinstance(shown.get("evaluated_at"), (int, float)):
-        from bridge.records.views import iso
-
         shown["evaluated_at"] = iso(shown["evaluated_at"])
     return shown
 
@@ -66,6 +66,7 @@ class EvaluationRunner:
         self.live = live
         self._configs: dict[str, EvaluationConfig] = {}
         self.tasks: set[asyncio.Task[Outcome]] = set()
+        self._pending: dict[str, CallRecord] = {}  # call id -> record, while its evaluation runs
 
     def expect(self, call_id: str, config: EvaluationConfig) -> None:
         """The call's tenant wants it evaluated (at call start: the config in force then)."""
@@ -86,6 +87,7 @@ class EvaluationRunner:
         """Mark the call pending and evaluate it in a task of the archive's group; the webhook
         (``deliver``) waits in a task of its own, so the call is archived now whatever it waits for."""
         record = await self.mark_pending(record)
+        self._pending[record.call_id] = record
         task: asyncio.Task[Outcome] = spawn(self.run(config, record, entries))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -138,6 +140,7 @@ class EvaluationRunner:
                                     document)
         except (OSError, RecordingError) as exc:
             log.error("call %s: cannot write the evaluation: %s", record.call_id, exc)
+        self._pending.pop(record.call_id, None)
         record = record.evolve(
             evaluation_status=document["status"],
             overall_score=document.get("overall_score") if ok else None,
@@ -154,6 +157,25 @@ class EvaluationRunner:
                 self.live.publish(record.tenant, record.call_id, "evaluation_error",
                                   error=document.get("evaluation_error"))
         return record, document
+
+    async def abandon(self, timeout: float = 5.0) -> None:
+        """At shutdown: stop the evaluations still running and record them as failed, so that no
+        call stays ``pending`` for good."""
+        for task in list(self.tasks):
+            task.cancel()
+        left, self._pending = list(self._pending.values()), {}
+        reason = "the daemon stopped before the evaluation finished"
+        try:
+            async with asyncio.timeout(timeout):
+                for record in left:
+                    document = {"call_id": record.call_id, "tenant": record.tenant, "status": "failed",
+                                "evaluation_error": reason, "attempts": 0}
+                    with contextlib.suppress(OSError, RecordingError):
+                        await asyncio.to_thread(write_json_atomic,
+                                                self.layout.path(record.path, ".evaluation.json"), document)
+                    await self._save(record.evolve(evaluation_status="failed", evaluation_error=reason))
+        except TimeoutError:
+            log.error("%d evaluation(s) left pending at shutdown", len(left))
 
     async def _save(self, record: CallRecord) -> None:
         try:

@@ -111,3 +111,26 @@ async def test_evaluation_is_uploaded_with_the_recording(tmp_path, s3):  # noqa:
             mine = [{"Key": k} for k in keys if k.startswith("evaluated/")]
             s3.client().delete_objects(Bucket=BUCKET, Delete={"Objects": mine})
         await ev.close()
+
+
+async def test_an_evaluation_cut_short_by_shutdown_is_recorded_as_failed(tmp_path):
+    settings = make_settings(tmp_path)
+    async with SimulatorServer() as server:
+        ev = evaluator(server, settings)
+        archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=FakeClock(), evaluator=ev)
+        info = call_info(8, evaluation={**EVALUATION, "model": "simulator-slow-4"})
+        async with archive.running():
+            play_call(archive, archive.clock, info, voice(RATE, 8), voice(RATE, 9), transcript=TRANSCRIPT)
+            await asyncio.wait_for(archive.wait_idle(), 10)
+            async with asyncio.timeout(5):
+                while not server.text_model.requests:
+                    await asyncio.sleep(0.02)
+        await ev.close()
+        # Read back from what the archive left: the index (reopened) and the files.
+        archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=FakeClock())
+        async with archive.running():
+            record = await archive.get(info.call_id)
+            assert record is not None and record.evaluation_status == "failed"
+            assert record.evaluation_error == "the daemon stopped before the evaluation finished"
+            shown = await archive.evaluation(record)
+            assert shown is not None and shown["status"] == "failed"
