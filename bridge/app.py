@@ -153,6 +153,8 @@ class Application:
             # The first call must not pay for start-up: the model SDK's client is built and its
             # realtime modules imported now (in a thread), then start-up's heap is frozen.
             await endpoint.warm_up()
+            if self.evaluator is not None:
+                await self.evaluator.warm_up()
             heap.settle()
             pauses = heap.PauseWatch(self.metrics.gc_pause)
             pauses.install()

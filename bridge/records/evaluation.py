@@ -17,6 +17,7 @@ loop as network waits only, at most ``max_concurrent`` at a time; nothing here t
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
 import openai
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
@@ -190,6 +192,17 @@ class Evaluator:
         self._client = client
         return client
 
+    async def warm_up(self) -> None:
+        """Build the client and import what a request needs, in a worker thread, so that the first
+        evaluation does not hold up the event loop (and the calls on it) for tens of ms."""
+        if self.unavailable is not None:
+            return
+        client = await self._ready_client()
+        await asyncio.to_thread(_import_request_modules, client)
+        # The HTTP transport's first connection asks anyio for an event of the running loop's
+        # backend, which imports that backend (20 ms) the first time.
+        anyio.Event()
+
     async def close(self) -> None:
         client, self._client = self._client, None
         self._building = None
@@ -262,6 +275,14 @@ class Evaluator:
         except ValueError:
             raise EvaluationError("malformed evaluation: not JSON", retry=True) from None
         return check_result(data, config)
+
+
+def _import_request_modules(client: AsyncOpenAI) -> None:
+    # What the SDK imports on the first chat completion: the resource, its parameter and result types.
+    _ = client.chat.completions
+    for module in ("openai.types.chat.chat_completion", "openai.types.chat.completion_create_params",
+                   "openai.types.shared_params.response_format_json_schema", "openai._legacy_response"):
+        importlib.import_module(module)
 
 
 def _no_client() -> AsyncOpenAI:
