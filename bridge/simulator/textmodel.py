@@ -30,6 +30,7 @@ import hashlib
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ CHAT_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions",
               "/openai/deployments/{deployment}/chat/completions")
 RESPONSES_PATHS = ("/v1/responses", "/openai/v1/responses")
 REFUSAL_TEXT = "I'm sorry, but I can't help with evaluating this conversation."
+_KEPT_REQUESTS = 1000
 _SLOW = re.compile(r"slow-(\d+(?:\.\d+)?)")
 _ENDED = re.compile(r"call outcome:[^\n]*the agent ended the call", re.IGNORECASE)
 _LINE = re.compile(r"^\[[\d:.]+\]\s+(agent|caller)\b(.*)$", re.MULTILINE)
@@ -53,8 +55,9 @@ class TextModel:
 
     def __init__(self, auth_error: Callable[[web.Request], str | None]) -> None:
         self._auth_error = auth_error
-        self.requests: list[Json] = []
-        self.paths: list[str] = []  # request path of each (Azure's deployment routes included)
+        # The latest requests only: a simulator serving a daemon for days must not grow without end.
+        self.requests: deque[Json] = deque(maxlen=_KEPT_REQUESTS)
+        self.paths: deque[str] = deque(maxlen=_KEPT_REQUESTS)  # each request's path (Azure routes too)
         self.active = 0  # requests being answered now, and the most at once
         self.peak_active = 0
 

@@ -191,4 +191,4 @@ async def test_azure_settings_build_an_azure_openai_client():
         result = await ev.evaluate(CONFIG, record(), ENTRIES)
         await ev.close()
         assert result["status"] == "complete" and result["model"] == "eval-dep"
-        assert server.text_model.paths == ["/openai/deployments/eval-dep/chat/completions"]
+        assert list(server.text_model.paths) == ["/openai/deployments/eval-dep/chat/completions"]
