@@ -35,8 +35,8 @@ _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
 OUTCOMES = (
-    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
-    "refused", "protocol_error", "shutdown", "timeout", "error",
+    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error", "model_rejected_config",
+    "refused", "protocol_error", "shutdown", "timeout", "idle", "error",
 )
 
 
@@ -130,6 +130,14 @@ class Metrics:
             ["transport", "reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "callbridge_connections_refused_total",
+            "Connections and call set-ups refused by source: outside the listener's allow-list "
+            "(network), over the per-source set-up rate (rate), bad or missing credentials (auth), "
+            "a browser Origin not allowed (origin)",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.call_duration = Histogram(
             "callbridge_call_duration_seconds", "Duration of bridged calls", ["transport"],
             buckets=_DURATION_BUCKETS, registry=r,
@@ -184,6 +192,12 @@ class Metrics:
         self.rtp_jitter = Histogram(
             "callbridge_rtp_jitter_seconds", "RTP interarrival jitter at call end (RFC 3550 A.8)",
             buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.agent_audio_unplayed = Counter(
+            "callbridge_agent_audio_unplayed_total",
+            "Calls whose far end did not play agent audio (binary_discarded, files_not_played) or "
+            "cannot confirm that it does (unconfirmed)",
+            ["transport", "reason"], registry=r,
         )
         self.dtmf = Counter("callbridge_dtmf_digits_total", "DTMF digits received", ["transport"], registry=r)
         self.recordings = Counter(

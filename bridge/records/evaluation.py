@@ -293,7 +293,7 @@ def _short(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:300]
 
 
-def evaluator_from_settings(settings: Settings, simulator_http_url: str | None) -> Evaluator | None:
+def evaluator_from_settings(settings: Settings, simulator_base_url: str | None) -> Evaluator | None:
     """The deployment's evaluator, or None when evaluation is switched off."""
     ev = settings.evaluation
     if not ev.enabled:
@@ -309,9 +309,9 @@ def evaluator_from_settings(settings: Settings, simulator_http_url: str | None) 
             provider = "openai"
     timeout = ev.timeout
     if provider == "simulator":
-        if simulator_http_url is None:
+        if simulator_base_url is None:
             raise ValueError("evaluation.provider simulator needs the built-in simulator running")
-        url = simulator_http_url
+        url = simulator_base_url
         return Evaluator(ev, lambda: AsyncOpenAI(api_key="simulator", base_url=url, max_retries=0,
                                                  timeout=timeout))
     if provider == "azure_openai":

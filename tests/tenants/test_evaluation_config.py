@@ -71,7 +71,7 @@ def test_invalid_values_name_the_key(record, message):
 
 async def test_postgres_and_supabase_read_what_was_imported(pg_database: str) -> None:
     report = await migrate(pg_database)
-    assert "003_evaluation.sql" in report.applied
+    assert "004_evaluation.sql" in report.applied
     table = parse_tenants_yaml(YAML)
     await import_tenants(pg_database, table)
     conn = await asyncpg.connect(pg_database)

@@ -25,7 +25,8 @@ TRANSCRIPT = [("agent", "Hello", 0.2), ("caller", "Hi, bye", 0.8), ("agent", "Go
 
 
 def evaluator(server: SimulatorServer, settings) -> Evaluator:
-    return Evaluator(settings.evaluation, lambda: AsyncOpenAI(api_key="t", base_url=server.http_url, max_retries=0))
+    url = server.text_base_url
+    return Evaluator(settings.evaluation, lambda: AsyncOpenAI(api_key="t", base_url=url, max_retries=0))
 
 
 async def test_late_evaluation_goes_out_as_call_evaluated(tmp_path):

@@ -46,7 +46,7 @@ ENTRIES = [
 def evaluator(server: SimulatorServer, **overrides) -> Evaluator:
     settings = EvaluationSettings(**{"retry_initial_seconds": 0.05, "retry_max_seconds": 0.1,
                                      "timeout": 5.0, **overrides})
-    return Evaluator(settings, lambda: AsyncOpenAI(api_key="test", base_url=server.http_url, max_retries=0))
+    return Evaluator(settings, lambda: AsyncOpenAI(api_key="test", base_url=server.text_base_url, max_retries=0))
 
 
 def test_prompt_carries_offsets_cuts_and_the_ending():
@@ -94,7 +94,7 @@ async def test_schema_valid_deterministic_evaluation_derived_from_the_transcript
 
 async def test_azure_client_and_responses_api_reach_the_simulator():
     async with SimulatorServer(api_key="azure-key") as server:
-        base = server.http_url.removesuffix("/v1")
+        base = server.http_url
         settings = EvaluationSettings(retry_initial_seconds=0.05)
         azure = Evaluator(settings, lambda: AsyncAzureOpenAI(azure_endpoint=base, api_key="azure-key",
                                                               api_version="2024-10-21", max_retries=0),
@@ -113,7 +113,7 @@ async def test_azure_client_and_responses_api_reach_the_simulator():
         assert refused["status"] == "failed" and refused["evaluation_error"].startswith("HTTP 401")
         assert refused["attempts"] == 1
         # The Responses API with a JSON-schema text format.
-        client = AsyncOpenAI(api_key="azure-key", base_url=server.http_url, max_retries=0)
+        client = AsyncOpenAI(api_key="azure-key", base_url=server.text_base_url, max_retries=0)
         response = await client.responses.create(
             model="gpt-4.1-mini",
             input=messages(CONFIG, record(), ENTRIES),  # type: ignore[arg-type]
@@ -181,7 +181,7 @@ async def test_azure_settings_build_an_azure_openai_client():
     from bridge.settings import load_settings
 
     async with SimulatorServer(api_key="azure-key") as server:
-        endpoint = server.http_url.removesuffix("/v1")
+        endpoint = server.http_url
         # The realtime model on Azure OpenAI: evaluations go to the same resource, by deployment.
         settings = load_settings(env_file=None, environ={}, model={
             "azure_endpoint": endpoint, "azure_api_key": "azure-key", "azure_deployment": "realtime-dep"},
