@@ -239,6 +239,7 @@ async function startLive() {
     } catch (err) {
       if (state.live !== controller) return;
       if (err instanceof ApiError && err.status === 401) { handle(err); return; }
+      if (err instanceof ApiError && err.status === 404) { $("live-state").textContent = "not available"; return; }
     }
     if (state.live !== controller) return;
     $("live-state").textContent = "reconnecting";
