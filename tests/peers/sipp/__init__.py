@@ -22,17 +22,20 @@ class SippRun:
         return [line.strip() for line in self.messages.splitlines() if line.startswith("SIP/2.0 ")]
 
 
-async def run_sipp(workdir: Path, port: int, number: str, *, scenario: str = "uac_pcap",
-                   timeout: float = 40.0, extra: tuple[str, ...] = ()) -> SippRun:
-    """One call from SIPp on 127.0.0.1 to ``127.0.0.1:port`` for ``number``. ``scenario`` is a
-    built-in name or one of this folder's XML files (without ``.xml``)."""
-    assert SIPP is not None
-    pcap = workdir / "pcap"  # uac_pcap plays pcap/g711a.pcap and the DTMF pcaps from here
+def _link_pcaps(pcap: Path) -> None:
     pcap.mkdir(parents=True, exist_ok=True)
     for source in PCAP_DIR.glob("*.pcap"):
         link = pcap / source.name
         if not link.exists():
             link.symlink_to(source)
+
+
+async def run_sipp(workdir: Path, port: int, number: str, *, scenario: str = "uac_pcap",
+                   timeout: float = 40.0, extra: tuple[str, ...] = ()) -> SippRun:
+    """One call from SIPp on 127.0.0.1 to ``127.0.0.1:port`` for ``number``. ``scenario`` is a
+    built-in name or one of this folder's XML files (without ``.xml``)."""
+    assert SIPP is not None
+    _link_pcaps(workdir / "pcap")  # uac_pcap plays pcap/g711a.pcap and the DTMF pcaps from here
     messages = workdir / f"{scenario}-messages.log"
     messages.unlink(missing_ok=True)
     chosen = ["-sn", scenario] if not (SCENARIOS / f"{scenario}.xml").exists() else [
