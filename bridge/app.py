@@ -22,11 +22,12 @@ from bridge.asterisk.agi import FastAgiServer
 from bridge.asterisk.audiosocket import AudioSocketServer
 from bridge.core import heap
 from bridge.core.call import CallInfo, CallTap, Outcome
+from bridge.core.providers import fit_tenants
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
 from bridge.ops.http import HttpServer
 from bridge.ops.metrics import Metrics
-from bridge.settings import ConfigError, ModelProvider, Settings
+from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
@@ -77,7 +78,12 @@ class Application:
                 opened = open_directory(settings.tenants, observer=self.metrics.tenant_cache)
                 directory = await opened if inspect.isawaitable(opened) else opened
                 stack.push_async_callback(directory.close)
+            await self._report_tenants(directory)
             simulator_url = None
+            if settings.resolved_provider is ModelProvider.SIMULATOR and settings.app_env is AppEnv.PRODUCTION:
+                raise ConfigError("app_env is production but no model is configured (the built-in "
+                                  "simulator is for development): set AZURE_VOICELIVE_ENDPOINT, "
+                                  "OPENAI_API_KEY or an Azure OpenAI endpoint")
             if settings.resolved_provider is ModelProvider.SIMULATOR:
                 from bridge.simulator import SimulatorServer
 
@@ -118,7 +124,7 @@ class Application:
                     self.http.install(self.webrtc.install)
                     stack.push_async_callback(self.webrtc.close)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
-                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.wsmedia = WebSocketMediaServer(switchboard, self.http.gate)
                 self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)
@@ -169,6 +175,29 @@ class Application:
         self.sip = SipTrunkServer(switchboard, self.settings.sip)
         await self.sip.start()
         stack.push_async_callback(self.sip.close)
+        if self.http is not None:
+            self.http.ready_details["sip"] = self.sip.status
+
+    async def _report_tenants(self, directory: TenantDirectory) -> None:
+        """Log which tenant store serves how many numbers, and every tenant setting the model
+        provider cannot take (before any call meets it)."""
+        settings = self.settings
+        try:
+            async with asyncio.timeout(max(5.0, settings.tenants.lookup_timeout * 5)):
+                tenants = await directory.list_tenants()
+        except Exception as exc:  # the store may be down at start-up: calls will retry it
+            log.warning("tenant store %s: cannot list tenants at start-up: %s", settings.tenants.backend, exc)
+            return
+        active = [t for t in tenants if t.active]
+        # At WARNING so that it shows at production's default level: after a migration it is the
+        # line that says the daemon serves the deployment's own tenants.
+        log.warning("tenant store %s: %d active tenant(s), %d number(s) and pattern(s); model provider %s",
+                    settings.tenants.backend, len(active), sum(len(t.numbers) for t in active),
+                    settings.resolved_provider.value)
+        for fit in fit_tenants(settings, active):
+            level = logging.ERROR if fit.refused else logging.WARNING
+            for line in fit.lines():
+                log.log(level, "%s", line)
 
     async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
         """The ARI client and Stasis application (run in the background task group), and AMI."""

@@ -24,7 +24,7 @@ MAX_USER_CHARS = 32  # E.164 is 15 digits; extensions and trunk prefixes fit wel
 MAX_MESSAGE_CHARS = 64 * 1024
 
 _HEADER_ALIASES = {"t": "to", "f": "from"}  # RFC 3261 7.3.3 compact forms
-_URI = re.compile(r"<\s*([^>]*)>|((?:sips?|tel):[^\s;,>]+)", re.IGNORECASE)
+_URI = re.compile(r"<\s*([^>]*)>|((?:sips?|tel):[^\s,>]+)", re.IGNORECASE)
 _SEPARATORS = str.maketrans("", "", "-.() ")
 
 

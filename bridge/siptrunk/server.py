@@ -22,6 +22,7 @@ transport's refusals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -210,6 +211,7 @@ class SipTrunkServer:
         self.stack: SipStack | None = None
         self._accounts: list[TrunkAccount] = []
         self._live: dict[int, TrunkCall] = {}  # SIP thread: calls PJSIP may still call back
+        self._graveyard: list[Any] = []  # SIP thread: objects to release outside callbacks
         self._calls: set[asyncio.Task[None]] = set()
         self.registrations: dict[str, dict[str, Any]] = {}
         self._last_refusal_log = 0.0
@@ -229,14 +231,12 @@ class SipTrunkServer:
 
     def _build(self, ep: pj.Endpoint) -> None:  # SIP thread
         s = self.settings
-        for name in ("speex/8000", "speex/16000", "speex/32000", "iLBC/8000", "GSM/8000", "L16/8000",
-                     "L16/16000", "L16/44100", "L16/48000", "opus/48000"):
-            try:
-                ep.codecSetPriority(name, 0)
-            except pj.Error:
-                pass  # not built into this PJSIP
-        for rank, codec in enumerate(s.codecs):
-            ep.codecSetPriority(_CODEC_IDS[codec], 250 - rank)
+        # Only the configured codecs are offered and accepted, in their order (telephone-event
+        # is always there).
+        wanted = {_CODEC_IDS[c]: 250 - rank for rank, c in enumerate(s.codecs)}
+        for codec in ep.codecEnum2():
+            name = codec.codecId.rsplit("/", 1)[0] if codec.codecId.count("/") > 1 else codec.codecId
+            ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
         kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
         port = s.port
         for transport in s.transports:
@@ -256,8 +256,8 @@ class SipTrunkServer:
         trunk = TrunkAccount(self, "trunk")
         trunk.create(self._account_config(f"sip:callbridge@{host}:{self.port}"), True)
         self._accounts.append(trunk)
-        for reg in s.registrations:
-            account = TrunkAccount(self, reg.registrar)
+        for index, reg in enumerate(s.registrations):
+            account = TrunkAccount(self, str(index))
             cfg = self._account_config(f"sip:{reg.username}@{reg.domain or _host_of(reg.registrar)}")
             cfg.regConfig.registrarUri = reg.registrar
             cfg.regConfig.timeoutSec = reg.expires
@@ -273,6 +273,7 @@ class SipTrunkServer:
             call.handle.call = None
             call.handle.port = None
         self._live.clear()
+        self._graveyard.clear()
         self._accounts.clear()
 
     def _account_config(self, id_uri: str) -> pj.AccountConfig:
@@ -314,10 +315,16 @@ class SipTrunkServer:
             except RuntimeError:
                 pass  # the loop is gone: the daemon is stopping
 
-    def forget(self, call: TrunkCall) -> None:  # SIP thread
+    def forget(self, call: TrunkCall) -> None:  # SIP thread, inside PJSIP's callback
         self._live.pop(id(call), None)
-        call.handle.call = None  # PJSIP's call object is released here, in the SIP thread
+        # PJSIP's call object and the media port are released in the SIP thread, but not inside
+        # the callback that reports the end (SWIG would run the destructor under its own upcall):
+        # they wait in the graveyard until the thread's next pass.
+        self._graveyard.append((call, call.handle.port))
+        call.handle.call = None
         call.handle.port = None
+        assert self.stack is not None
+        self.stack.submit(self._graveyard.clear)
 
     def incoming(self, account: TrunkAccount, prm: Any) -> None:  # SIP thread
         source = str(prm.rdata.srcAddress)
@@ -393,13 +400,22 @@ class SipTrunkServer:
 
         self.stack.submit(command)
 
-    def registration_state(self, name: str, code: int, reason: str, expires: int) -> None:
+    def registration_state(self, index: str, code: int, reason: str, expires: int) -> None:
         ok = 200 <= code < 300 and expires > 0
-        self.registrations[name] = {"ok": ok, "code": code, "reason": reason, "expires": expires}
+        registrar = self.settings.registrations[int(index)].registrar
+        self.registrations[index] = {"registrar": registrar, "registered": ok, "code": code, "reason": reason,
+                                     "expires": expires}
+        self.metrics.sip_registered.labels(index).set(1 if ok else 0)
         if ok:
-            log.info("sip: registered with %s for %d s", name, expires)
+            log.info("sip: registered with %s for %d s", registrar, expires)
         else:
-            log.warning("sip: registration with %s failed: %d %s (retrying)", name, code, reason)
+            log.warning("sip: registration with %s failed: %d %s (retrying)", registrar, code, reason)
+
+    def status(self) -> dict[str, Any]:
+        """What /ready says of the trunk."""
+        return {"port": self.port, "registrations": [
+            self.registrations.get(str(i), {"registrar": r.registrar, "registered": False, "code": 0})
+            for i, r in enumerate(self.settings.registrations)]}
 
     # ------------------------------------------------------------------ one call, on the loop
     def _on_invite(self, handle: InviteHandle) -> None:
@@ -450,6 +466,12 @@ class SipTrunkServer:
             switchboard.register_pending(key, resolution, dialled, numbers.caller)
             try:
                 self._answer(handle, 180, "Ringing")
+                if self.settings.answer_delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(handle.gone.wait(), self.settings.answer_delay)
+                    if handle.gone.is_set():  # CANCEL while ringing
+                        log.info("sip: the caller hung up while ringing")
+                        return
                 self._answer(handle, 200, "OK")
                 handle.answered = True
                 gone: asyncio.Future[Any] = asyncio.ensure_future(handle.gone.wait())
@@ -458,6 +480,9 @@ class SipTrunkServer:
                     await asyncio.wait({media, gone}, timeout=MEDIA_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     gone.cancel()
+                if handle.gone.is_set() and not handle.media.done():
+                    log.info("sip: the caller went away before media started")
+                    return
                 if not handle.media.done():
                     log.warning("sip: no media within %.0f s of the answer; hanging up", MEDIA_TIMEOUT)
                     self.hang_up(handle, 408)

@@ -151,11 +151,19 @@ class CallPort(pj.AudioMediaPort):  # type: ignore[misc]
                 consumer(data)
 
 
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    """PJSIP's log lines into this process's logging (PJSIP level 1 error, 2 warning, 3+ info)."""
+
+    def write(self, entry: Any) -> None:
+        level = logging.ERROR if entry.level <= 1 else logging.WARNING if entry.level == 2 else logging.DEBUG
+        log.log(level, "pjsip: %s", str(entry.msg).strip())
+
+
 class SipStack:
     """The pjsua2 library, its transports and accounts, run by the SIP thread."""
 
     def __init__(self, build: Callable[[pj.Endpoint], None], teardown: Callable[[], None], *, max_calls: int,
-                 clock_rate: int = 16000, log_level: int = 1) -> None:
+                 clock_rate: int = 16000, log_level: int = 2) -> None:
         self._build = build  # creates transports and accounts, in the SIP thread, after libStart
         self._teardown = teardown  # drops every PJSIP object of the application, before libDestroy
         self.max_calls = max_calls
@@ -202,8 +210,11 @@ class SipStack:
             cfg.uaConfig.mainThreadOnly = False
             cfg.uaConfig.maxCalls = self.max_calls
             cfg.uaConfig.userAgent = "callbridge"
+            self._log_writer = _LogWriter()
+            cfg.logConfig.writer = self._log_writer
             cfg.logConfig.level = self.log_level
             cfg.logConfig.consoleLevel = self.log_level
+            cfg.logConfig.decor = 0
             cfg.medConfig.clockRate = self.clock_rate
             cfg.medConfig.sndClockRate = self.clock_rate
             cfg.medConfig.maxMediaPorts = max(254, 2 * self.max_calls + 8)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bridge.settings import load_settings
+from tests.conftest import simulator_model
 from tests.peers.asterisk import AsteriskCaller
 from tests.servers import start_daemon
 
@@ -23,6 +24,8 @@ tenants:
   - {slug: webrtc-mode, numbers: ["+5511999991003"], noise_suppression: webrtc}
   - {slug: model-mode, numbers: ["+5511999991004"], noise_suppression: model, model_noise_reduction: near_field}
   - {slug: pcmu-mode, numbers: ["+5511999991005"], audio_mode: passthrough, noise_suppression: "off"}
+  - {slug: adaptive-mode, numbers: ["+5511999991006"], noise_suppression: adaptive}
+  - {slug: default-mode, numbers: ["+5511999991007"]}
 """
 
 EXPECTED = {
@@ -31,9 +34,12 @@ EXPECTED = {
     "+5511999991003": ("webrtc", None, "audio/pcm"),
     "+5511999991004": ("model", {"type": "near_field"}, "audio/pcm"),
     "+5511999991005": (None, None, "audio/pcmu"),
+    "+5511999991006": ("adaptive", None, "audio/pcm"),
+    "+5511999991007": ("adaptive", None, "audio/pcm"),
 }
 
 
+@pytest.mark.both_dialects
 async def test_each_mode_from_tenant_config(tmp_path):
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(TENANTS)
@@ -42,6 +48,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
         http={"host": "127.0.0.1", "port": 0}, audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0}, tenants={"file": str(tenants)},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
+        model=simulator_model(),
     )
     app, stop, task = await start_daemon(settings)
     try:
@@ -59,7 +66,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
                 assert call.passthrough and call.inbound is None
             else:
                 assert call.inbound is not None and call.inbound.suppression == suppression
-                if suppression in ("speex", "webrtc"):
+                if suppression in ("adaptive", "speex", "webrtc"):
                     assert call.inbound.suppressor is not None
                 else:
                     assert call.inbound.suppressor is None

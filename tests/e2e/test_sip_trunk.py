@@ -81,12 +81,14 @@ async def test_source_outside_the_allow_list_gets_403(tmp_path):
 
 
 async def test_cancel_before_answer_never_reaches_the_model(tmp_path):
-    app, stop, task = await start_daemon(_settings(tmp_path))
+    # The trunk rings for a second before answering, as a PBX administrator may ask for.
+    app, stop, task = await start_daemon(_settings(tmp_path, answer_delay=1.0))
     try:
         run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="cancel")
         assert any(r.startswith("SIP/2.0 487") for r in run.responses()), run.messages[-2000:]
         await asyncio.sleep(0.5)
         assert app.switchboard.active_calls == 0
+        assert not app.simulator.sessions
     finally:
         await stop_daemon(stop, task)
 

@@ -22,7 +22,9 @@ class SippRun:
         return [line.strip() for line in self.messages.splitlines() if line.startswith("SIP/2.0 ")]
 
 
-def _link_pcaps(pcap: Path) -> None:
+def link_pcaps(workdir: Path) -> None:
+    """uac_pcap plays pcap/g711a.pcap and the DTMF pcaps relative to its working directory."""
+    pcap = workdir / "pcap"
     pcap.mkdir(parents=True, exist_ok=True)
     for source in PCAP_DIR.glob("*.pcap"):
         link = pcap / source.name
@@ -35,7 +37,7 @@ async def run_sipp(workdir: Path, port: int, number: str, *, scenario: str = "ua
     """One call from SIPp on 127.0.0.1 to ``127.0.0.1:port`` for ``number``. ``scenario`` is a
     built-in name or one of this folder's XML files (without ``.xml``)."""
     assert SIPP is not None
-    _link_pcaps(workdir / "pcap")  # uac_pcap plays pcap/g711a.pcap and the DTMF pcaps from here
+    link_pcaps(workdir)
     messages = workdir / f"{scenario}-messages.log"
     messages.unlink(missing_ok=True)
     chosen = ["-sn", scenario] if not (SCENARIOS / f"{scenario}.xml").exists() else [
