@@ -3,6 +3,7 @@ once (503), then challenged (401) and accepted with digest credentials."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from tests.conftest import loopback_settings
@@ -14,6 +15,10 @@ pytestmark = [
     pytest.mark.realtime,
     pytest.mark.skipif(SIPP is None, reason="SIPp is not installed (Debian 'sip-tester'; .ci/system-deps installs it)"),
 ]
+
+
+def _registered(app):
+    return app.metrics.registry.get_sample_value("callbridge_sip_registered", {"registration": "0"})
 
 
 async def test_registers_with_digest_and_retries_after_a_failure(tmp_path):
@@ -32,15 +37,20 @@ async def test_registers_with_digest_and_retries_after_a_failure(tmp_path):
         # The registrar is out of service: the failure is reported, not fatal.
         refused = await out_of_service.wait()
         assert refused.returncode == 0, refused.output[-2000:]
-        await until(lambda: registrar in app.sip.registrations, within=5)
-        state = app.sip.registrations[registrar]
-        assert (state["ok"], state["code"]) == (False, 503), state
+        await until(lambda: "0" in app.sip.registrations, within=5)  # by position in sip.registrations
+        state = app.sip.registrations["0"]
+        assert (state["registrar"], state["registered"], state["code"]) == (registrar, False, 503), state
+        assert _registered(app) == 0
         # It comes back: the trunk registers again after its retry interval, answering the
         # digest challenge.
         await accepting.start()
-        await until(lambda: app.sip.registrations[registrar]["ok"], within=15)
-        state = app.sip.registrations[registrar]
+        await until(lambda: app.sip.registrations["0"]["registered"], within=15)
+        state = app.sip.registrations["0"]
         assert (state["code"], state["expires"]) == (200, 60), state
+        assert _registered(app) == 1
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{app.http.port}/ready") as resp:
+            ready = await resp.json()
+        assert ready["sip"]["registrations"][0]["registered"] is True, ready
         run = await accepting.wait()
         assert run.returncode == 0, run.output[-2000:]
         registers = [m for m in run.messages.split("REGISTER sip:")[1:]]
