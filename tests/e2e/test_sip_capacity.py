@@ -32,7 +32,7 @@ async def test_six_concurrent_calls_are_answered(tmp_path):
             "-m", str(CALLS), "-l", str(CALLS), "-r", str(CALLS), "-d", "4000"))
         answered = [r for r in run.responses() if r.startswith("SIP/2.0 200")]
         busy = [r for r in run.responses() if r.startswith("SIP/2.0 486")]
-        assert not busy, f"{len(busy)} of {CALLS} INVITEs answered 486"
+        assert not busy, f"486 Busy Here sent {len(busy)} times (retransmissions included) for {CALLS} calls"
         assert len(answered) >= 2 * CALLS  # the INVITE's and the BYE's 200 OK
     finally:
         await stop_daemon(stop, task)
