@@ -18,6 +18,7 @@ pytestmark = [
 ]
 
 DEMO = "5511999990001"
+LANGUAGE = "pt"  # the example tenant speaks Portuguese: the simulator greets in it
 RATE_HZ = 8000
 FRAME = RATE_HZ // 50
 LEAD_S = 2.0  # the caller listens to the greeting this long before speaking
@@ -89,14 +90,14 @@ async def test_baresip_hears_greeting_barges_in_sends_dtmf_and_hangs_up(tmp_path
     # The greeting is heard before the caller speaks: loud, and the simulator's recording (by
     # correlation of 20 ms envelopes with the greeting brought to 8 kHz).
     assert np.mean(heard_rms[:onset] > VOICED_RMS) > 0.5, heard_rms[:onset]
-    reference = _frames_rms(np.asarray(soxr.resample(greeting_samples(), 24000, RATE_HZ), dtype=np.int16))
+    reference = _frames_rms(np.asarray(soxr.resample(greeting_samples(LANGUAGE), 24000, RATE_HZ), dtype=np.int16))
     n = onset - 25
     best = max(np.corrcoef(heard_rms[lag : lag + n], reference[:n])[0, 1] for lag in range(0, 25))
     assert best > 0.8, best
     # Barge-in: the agent goes quiet shortly after the caller starts, though the greeting had
     # more than a second left, and stays quiet while the caller talks (the simulator answers a
     # turn once the caller has been silent for its silence_duration_ms, 500 ms by default).
-    assert len(greeting_samples()) / 24000 > LEAD_S + 1.5
+    assert len(greeting_samples(LANGUAGE)) / 24000 > LEAD_S + 1.5
     spoken_until = int(np.flatnonzero(sent_rms > VOICED_RMS)[-1]) + 1
     assert spoken_until - onset > 50, spoken_until  # a second and more of speech
     talking = heard_rms[onset : spoken_until + 15]
