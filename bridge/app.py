@@ -27,6 +27,7 @@ from bridge.core.providers import fit_tenants
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
 from bridge.ops.http import HttpServer
+from bridge.ops.live import LiveEvents, combined
 from bridge.ops.metrics import Metrics
 from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
@@ -82,6 +83,8 @@ class Application:
         self.ami: Any = None  # bridge.asterisk.ami.AmiConnection when AMI is enabled
         self.tap_factory: TapFactory | None = None
         self.archive: Any = None  # bridge.records.archive.CallArchive while recording is enabled
+        self.live = LiveEvents(self.metrics)  # live call events (GET /api/calls/live)
+        self.evaluator: Any = None  # bridge.records.evaluation.Evaluator when evaluation is on
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -121,13 +124,25 @@ class Application:
             tap_factory = self.tap_factory
             if settings.recording.enabled and tap_factory is None:
                 from bridge.records.archive import CallArchive
+                from bridge.records.evaluation import evaluator_from_settings
 
+                self.evaluator = evaluator_from_settings(
+                    settings, self.simulator.text_base_url if self.simulator is not None else None)
+                if self.evaluator is not None:
+                    stack.push_async_callback(self.evaluator.close)
                 # Entered before the listeners, left after them: recordings of calls still
                 # finishing are closed and indexed before the stack unwinds further.
                 self.archive = await stack.enter_async_context(
-                    CallArchive(settings, self.metrics, clock=self.clock).running()
+                    CallArchive(settings, self.metrics, clock=self.clock, evaluator=self.evaluator,
+                                live=self.live).running()
                 )
                 tap_factory = self.archive.open_tap
+            recorder_taps, live = tap_factory, self.live
+
+            def call_taps(info: CallInfo) -> CallTap | None:
+                return combined(recorder_taps(info) if recorder_taps is not None else None, live.open_call(info))
+
+            tap_factory = call_taps
             switchboard = self.switchboard = Switchboard(
                 settings, directory, endpoint, self.metrics, tap_factory=tap_factory, clock=self.clock
             )
@@ -139,7 +154,7 @@ class Application:
                 if self.archive is not None and settings.ops.enabled:
                     from bridge.ops.api import OpsApi
 
-                    self.http.install(OpsApi(self.archive, settings.ops).install)
+                    self.http.install(OpsApi(self.archive, settings.ops, live=self.live).install)
                 if settings.webrtc.enabled:
                     from bridge.ops.tokens import BearerTokens
                     from bridge.webrtc.server import WebRtcServer
@@ -169,6 +184,8 @@ class Application:
             # The first call must not pay for start-up: the model SDK's client is built and its
             # realtime modules imported now (in a thread), then start-up's heap is frozen.
             await endpoint.warm_up()
+            if self.evaluator is not None:
+                await self.evaluator.warm_up()
             heap.settle()
             pauses = heap.PauseWatch(self.metrics.gc_pause)
             pauses.install()

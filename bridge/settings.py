@@ -274,6 +274,27 @@ class RecordingSettings(_Section):
         return self
 
 
+class EvaluationSettings(_Section):
+    """The text model that scores finished calls of tenants with ``evaluation.enabled``."""
+
+    enabled: bool = True  # off: no call is evaluated, whatever the tenants say
+    # auto: the simulator when the realtime model is simulated, Azure OpenAI when an Azure OpenAI
+    # endpoint is configured (here or under model), else OpenAI.
+    provider: Literal["auto", "openai", "azure_openai", "simulator"] = "auto"
+    model: str = "gpt-4.1-mini"  # tenants may name another; on Azure, the deployment name
+    api_key: SecretStr | None = None  # unset: model.api_key
+    base_url: str | None = None  # unset: model.base_url, else the SDK's default
+    azure_endpoint: str | None = None  # unset: model.azure_endpoint
+    azure_api_key: SecretStr | None = None  # unset: model.azure_api_key
+    azure_api_version: str = "2024-10-21"
+    max_concurrent: int = Field(4, ge=1, le=100)  # evaluations in flight at once
+    max_attempts: int = Field(4, ge=1, le=20)
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    timeout: float = Field(60.0, gt=0)  # per attempt
+    webhook_wait: float = Field(20.0, ge=0)  # how long call.completed waits for the evaluation
+
+
 class OpsSettings(_Section):
     """The ops API (/api/calls ...) and web page (/ops/)."""
 
@@ -473,6 +494,7 @@ class Settings(BaseSettings):
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)

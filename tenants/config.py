@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tenants.evaluation import EvaluationConfig
+from tenants.simulation import SimulatorScript
+
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -159,6 +162,11 @@ class TenantConfig(_Frozen):
     dtmf_transfer_digit: str | None = None  # e.g. "0": press 0 for a human (first transfer target)
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # A keypad digit while the agent speaks: "queue" answers it after the current response,
+    # "interrupt" cuts the response short and answers at once.
+    dtmf_during_response: Literal["queue", "interrupt"] = "queue"
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)  # post-call scoring
+    simulator: SimulatorScript | None = None  # cues for the built-in simulator (tenants/simulation.py)
     # A setting the provider cannot take: "refuse" keeps the number out of service (reported at
     # start-up and by ``callbridge tenants validate``); "provider_defaults" takes the call with
     # the provider's defaults for that setting.

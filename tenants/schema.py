@@ -46,7 +46,7 @@ LEGACY_COLUMNS = {"speech_rate": "speed"}
 # "noise_reduction": bool | "<type>" | {"type": "<type>"}}.
 AUDIO_COLUMN = "audio"
 CONFIGURATION_COLUMNS = tuple(FIELD_COLUMNS.get(f, f) for f in SETTING_FIELDS)
-JSON_FIELDS = frozenset({"turn_detection", "transfer_targets"})
+JSON_FIELDS = frozenset({"turn_detection", "transfer_targets", "evaluation", "simulator"})
 _BOOKKEEPING = frozenset({"client_id", "id", "created_at", "updated_at", "settings"})
 _CLIENT_COLUMNS = frozenset({"client_id", "client_name", "active", "slug", "id", "created_at", "updated_at"})
 

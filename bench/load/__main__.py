@@ -4,6 +4,7 @@
     python -m bench.load --quick              # 10 calls x 15 s, AudioSocket only
     python -m bench.load --calls 100 --transports audiosocket --loop asyncio
     python -m bench.load --search             # largest N that meets the delivery and latency targets
+    python -m bench.load --calls 100 --transports sip   # the SIP trunk (PCMU over RTP)
 
 Each run starts the realtime-protocol simulator and callbridge as separate processes (the daemon as
 deployed: ``python -m bridge.cli serve`` configured by environment variables, recording, noise
@@ -45,6 +46,7 @@ from bench.load.processes import (
     pin,
     sample,
     scrape_metrics,
+    sip_environment,
     start_bridge,
     start_simulator,
 )
@@ -57,10 +59,11 @@ SAMPLE_PERIOD = 0.5
 # The simulator and the load generator run on uvloop when it is installed: less CPU on their core.
 HARNESS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 WS_TRANSPORTS = ("twilio", "ws_audio", "freeswitch", "webrtc")
+OTHER_TRANSPORTS = ("audiosocket", "sip")
 
 # The issue's targets at 100 calls.
 TARGET_CPU_PER_CALL_MINUTE = 0.5
-TARGET_LATENCY_P95 = {"audiosocket": 0.060, "websocket": 0.040}
+TARGET_LATENCY_P95 = {"audiosocket": 0.060, "websocket": 0.040, "sip": 0.060}
 TARGET_BARGE_IN_P95 = 0.060
 TARGET_RSS_PER_CALL = 2 * 1024 * 1024
 
@@ -137,6 +140,10 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         env = bridge_environment(run_dir, ports, sim_port, tenants, max_calls=max(200, 2 * cfg.calls))
         if not cfg.recording:
             env["CALLBRIDGE_RECORDING__ENABLED"] = "false"
+        sip_port = 0
+        if cfg.transport == "sip":
+            sip_port = free_port()
+            env.update(sip_environment(sip_port, cfg.calls))
         bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.loop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
@@ -151,7 +158,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
             indices = tuple(range(w, cfg.calls, n_workers))
             job = WorkerJob(w, cfg.transport, indices, tuple(offsets[i] for i in indices), cfg.duration,
                             str(cfg.fixtures_dir), ports.agi, ports.http, DIALLED, cfg.seed,
-                            uvloop=HARNESS_UVLOOP)
+                            uvloop=HARNESS_UVLOOP, sip_port=sip_port)
             go = ctx.Queue()
             p = ctx.Process(target=worker_process, args=(job, ready, go, results), daemon=True)
             p.start()
@@ -436,7 +443,7 @@ def table_row(r: dict[str, Any]) -> str:
 def meets_targets(r: dict[str, Any]) -> tuple[bool, list[str]]:
     """The delivery and latency targets (the ones the capacity search keeps)."""
     misses = []
-    family = "audiosocket" if r["transport"] == "audiosocket" else "websocket"
+    family = r["transport"] if r["transport"] in TARGET_LATENCY_P95 else "websocket"
     if r["failed_calls"]:
         misses.append(f"{r['failed_calls']} failed calls")
     if not r["delivered_pct"] >= 100.0:
@@ -458,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", default="10,50,100", help="comma-separated N (default 10,50,100)")
     parser.add_argument("--duration", type=float, default=45.0, help="seconds per call (default 45)")
     parser.add_argument("--transports", default="audiosocket,twilio,ws_audio,freeswitch",
-                        help="comma-separated: audiosocket, twilio, ws_audio, freeswitch")
+                        help="comma-separated: audiosocket, twilio, ws_audio, freeswitch, webrtc, sip")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="callbridge's event loop (default: its own default, uvloop when installed)")
     parser.add_argument("--search", action="store_true",
@@ -493,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         duration = args.duration
         transports = [t for t in args.transports.split(",") if t]
     for t in transports:
-        if t != "audiosocket" and t not in WS_TRANSPORTS:
+        if t not in OTHER_TRANSPORTS and t not in WS_TRANSPORTS:
             parser.error(f"unknown transport {t!r}")
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="callbridge-load-"))
     out_dir.mkdir(parents=True, exist_ok=True)

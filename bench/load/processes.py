@@ -196,6 +196,19 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
     }
 
 
+def sip_environment(port: int, calls: int) -> dict[str, str]:
+    """The SIP trunk on ``127.0.0.1:port`` (UDP), with RTP and RTCP ports for every call."""
+    return {
+        "CALLBRIDGE_SIP__ENABLED": "true",
+        "CALLBRIDGE_SIP__HOST": "127.0.0.1",
+        "CALLBRIDGE_SIP__PORT": str(port),
+        "CALLBRIDGE_SIP__TRANSPORTS": '["udp"]',
+        "CALLBRIDGE_SIP__CODECS": '["PCMU"]',
+        "CALLBRIDGE_SIP__RTP_PORT": "30000",
+        "CALLBRIDGE_SIP__RTP_PORT_RANGE": str(max(1000, 4 * calls)),
+    }
+
+
 def start_bridge(run_dir: Path, env: dict[str, str], ports: BridgePorts, cpus: set[int] | None,
                  loop: str = "auto", source: Path = REPO_ROOT) -> Process:
     """``callbridge serve`` from the source tree ``source`` (another checkout, to compare versions);

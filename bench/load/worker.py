@@ -33,6 +33,7 @@ class WorkerJob:
     dialled: str
     seed: int
     uvloop: bool = False
+    sip_port: int = 0
 
 
 def make_caller(job: WorkerJob, index: int, utterances: Any, noise: list[bytes]) -> ScriptedCaller:
@@ -40,6 +41,10 @@ def make_caller(job: WorkerJob, index: int, utterances: Any, noise: list[bytes])
                                   seed=job.seed * 100_003 + index)
     if job.transport == "audiosocket":
         return AudioSocketCaller(job.agi_port, job.dialled, **common)
+    if job.transport == "sip":
+        from bench.load.sip_callers import SipCaller
+
+        return SipCaller(job.sip_port, job.dialled, **common)
     if job.transport == "webrtc":
         from bench.load.webrtc_callers import WebRtcCaller
 

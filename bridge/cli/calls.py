@@ -47,6 +47,8 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--until", help="started before (ISO 8601 or Unix seconds)")
     listing.add_argument("--outcome", help="normal, caller_hangup, transferred, model_error ...")
     listing.add_argument("--status", choices=("in_progress", "complete", "interrupted"))
+    listing.add_argument("--min-score", type=float, help="evaluated calls scoring at least this (0-100)")
+    listing.add_argument("--max-score", type=float, help="evaluated calls scoring at most this (0-100)")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--offset", type=int, default=0)
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -143,15 +145,16 @@ def _list(client: OpsClient, args: argparse.Namespace) -> int:
     page = client.get_json("/api/calls", {
         "tenant": args.tenant, "number": args.number, "since": args.since, "until": args.until,
         "outcome": args.outcome, "status": args.status, "limit": args.limit, "offset": args.offset,
+        "min_score": args.min_score, "max_score": args.max_score,
     })
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
-    rows = [("STARTED (UTC)", "TENANT", "DIALLED", "CALLER", "DURATION", "OUTCOME", "STATUS", "ID")]
+    rows = [("STARTED (UTC)", "TENANT", "DIALLED", "CALLER", "DURATION", "OUTCOME", "STATUS", "SCORE", "ID")]
     for c in page["calls"]:
         rows.append(((c["started_at"] or "")[:19].replace("T", " "), c["tenant"], c["dialled"],
                      c["caller_id"] or "-", _duration(c["duration"]), c["outcome"] or "-", c["status"],
-                     c["call_id"]))
+                     _score(c.get("evaluation")), c["call_id"]))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -161,11 +164,20 @@ def _list(client: OpsClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(evaluation: dict[str, Any] | None) -> str:
+    if not evaluation:
+        return "-"
+    if evaluation.get("status") == "complete":
+        return str(evaluation.get("overall_score"))
+    return str(evaluation.get("status"))
+
+
 def _show(client: OpsClient, args: argparse.Namespace) -> int:
     call = client.get_json(_call_path(args.call_id))
     transcript = client.get_json(_call_path(args.call_id) + "/transcript")
+    evaluation = client.get_json(_call_path(args.call_id) + "/evaluation") if call.get("evaluation") else None
     if args.json:
-        print(json.dumps({"call": call, "transcript": transcript["entries"]}, indent=2))
+        print(json.dumps({"call": call, "transcript": transcript["entries"], "evaluation": evaluation}, indent=2))
         return 0
     recording = call["recording"]
     fields = [
@@ -187,8 +199,32 @@ def _show(client: OpsClient, args: argparse.Namespace) -> int:
     if entries:
         print()
     for entry in entries:
-        print(f"[{_duration(entry.get('offset') or 0)}] {entry.get('role')}: {entry.get('text')}")
+        cut = " (cut off)" if entry.get("interrupted") else ""
+        print(f"[{_duration(entry.get('offset') or 0)}] {entry.get('role')}{cut}: {entry.get('text')}")
+    if evaluation is not None:
+        _print_evaluation(evaluation)
     return 0
+
+
+def _print_evaluation(evaluation: dict[str, Any]) -> None:
+    print()
+    status = evaluation.get("status")
+    if status == "pending":
+        print("evaluation  pending")
+        return
+    if status == "failed":
+        print(f"evaluation  failed: {evaluation.get('evaluation_error')}")
+        return
+    ended = "yes" if evaluation.get("agent_ended_call") else "no"
+    score, model = evaluation.get("overall_score"), evaluation.get("model")
+    print(f"evaluation  {score}/100 ({model}; agent ended the call: {ended})")
+    for c in evaluation.get("criteria") or []:
+        print(f"  {c.get('name')} (weight {c.get('weight')}): {c.get('score')}  {c.get('rationale')}")
+    for title in ("strengths", "weaknesses"):
+        for item in evaluation.get(title) or []:
+            print(f"  {title[:-1]}: {item}")
+    if evaluation.get("summary"):
+        print(f"  summary: {evaluation['summary']}")
 
 
 def _get(client: OpsClient, args: argparse.Namespace) -> int:

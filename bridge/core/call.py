@@ -72,6 +72,7 @@ from bridge.core.leg import CallerLeg, CallTap
 from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, open_session
 from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
+from bridge.settings import ModelProvider
 from media import g711
 from media.chain import InboundChain, OutboundChain
 from media.codec import MODEL_RATE_HZ, AudioFormat, Encoding
@@ -122,6 +123,9 @@ class Call:
         self.leg = leg
         self.tenant = info.tenant
         self.endpoint = endpoint.with_model(info.tenant.model)
+        if info.tenant.simulator is not None and self.endpoint.provider is ModelProvider.SIMULATOR:
+            # The simulator's cues for this tenant travel in the session URL (bridge.simulator.script).
+            self.endpoint = self.endpoint.with_query(script=info.tenant.simulator.to_query())
         self.metrics = metrics
         self.tap = tap
         self.clock = clock
@@ -151,6 +155,7 @@ class Call:
 
         self._inbound_queue: deque[bytes | bytearray] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
+        self._keypad_interrupts: list[Callable[[], Any]] = []
         # Set while the model sender waits for something to send; resolved to wake it.
         self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
@@ -167,6 +172,9 @@ class Call:
         self._action_deadline = 0.0
         self._announcement: str | None = None  # a transfer line waiting for the model to be free
         self._announcement_playing = False
+        self._response_requested = False  # a response.create of ours not yet answered by response.created
+        self._keypad_waiting = False  # a keypad digit to answer once the current response is done
+        self._agent_speaking = False  # as the caller hears it (live events)
         self._interrupts = info.tenant.turn_detection.interrupt_response
         self._config_pending = False  # session.update sent, session.updated not yet seen
         self._started = clock()
@@ -246,12 +254,34 @@ class Call:
             self._announce(target)
             self._request_action_after_playout()
             return
-        # The model has no DTMF input on a bridged session: tell it in words.
+        # The model has no DTMF input on a bridged session: tell it in words. Only one response
+        # may be in progress: while the agent speaks the digit joins the conversation at once and
+        # is answered when the response ends ("queue"), or the response is cut short first
+        # ("interrupt", as if the caller had spoken).
         text = f"[The caller pressed the telephone key {digit}]"
         self.history.add("user", text)
         if self._session is not None or not self._answered:
             self._send_soon(rt.user_text(text))  # between sessions the replayed history carries it
+        if not (self._responding or self._response_requested):
+            self._request_response()
+            return
+        self._keypad_waiting = True
+        if tenant.dtmf_during_response == "interrupt" and self._responding:
+            self._interrupt_for_keypad()
+
+    def _request_response(self) -> None:
+        self._response_requested = True
         self._send_soon(rt.response_create())
+
+    def _interrupt_for_keypad(self) -> None:
+        async def interrupt() -> None:
+            await self._barge_in()
+            if self._session is not None and self._responding:
+                await self._session.send(rt.response_cancel())
+
+        # Runs on the model sender's order: the truncation and cancel go out before any later event.
+        self._keypad_interrupts.append(interrupt)
+        self._wake_sender()
 
     def caller_hung_up(self) -> None:
         self._caller_gone = True
@@ -348,9 +378,12 @@ class Call:
                 if first:
                     if self.tenant.greeting:
                         await session.send(rt.greeting_response(self.tenant.greeting))
+                        self._response_requested = True
                         self._caller_waits()
                     self.info.answered_at = time.time()
                     self.metrics.calls_answered.labels(self.leg.transport).inc()
+                    if self.tap is not None:
+                        self.tap.event("answered")
                     self._answered = True
                 else:
                     await self._resume(session)
@@ -420,6 +453,7 @@ class Call:
         create = '"type":"response.create"'
         if self._waiting_since is not None and not any(create in e for e in self._control_queue):
             await session.send(rt.response_create())
+            self._response_requested = True
             self._caller_waits()
 
     def _session_lost(self) -> None:
@@ -429,10 +463,14 @@ class Call:
         self._partial_item = None
         self._partial_text = []
         self._partial_chars = 0
-        if self._responding:
-            self._waiting_since = self.clock()  # the answer was cut off: the new session gives it
+        if self._responding or self._response_requested or self._keypad_waiting:
+            # The answer was cut off or never came: the new session gives it.
+            if self._waiting_since is None:
+                self._waiting_since = self.clock()
         self._finish_audio()
         self._responding = False
+        self._response_requested = False
+        self._keypad_waiting = False
         self._announcement_playing = False
         self._current_item = None
         self._stall_timer = None
@@ -521,14 +559,16 @@ class Call:
         queue = self._inbound_queue
         control = self._control_queue
         while True:
-            if not control and not queue:
+            if not control and not queue and not self._keypad_interrupts:
                 waiter = self._sender_idle = loop.create_future()
                 try:
                     await waiter
                 finally:
                     self._sender_idle = None
-            while control or queue:
-                if control:
+            while control or queue or self._keypad_interrupts:
+                if self._keypad_interrupts:
+                    await self._keypad_interrupts.pop(0)()
+                elif control:
                     await session.send_raw(control.popleft())
                 elif len(queue) == 1:
                     await session.send_audio(queue.popleft())
@@ -579,6 +619,7 @@ class Call:
                 self._finish_audio()
             elif kind == rt.RESPONSE_CREATED:
                 self._responding = True
+                self._response_requested = False
             elif kind == rt.RESPONSE_DONE:
                 self._responding = False
                 self._caller_answered()
@@ -588,6 +629,11 @@ class Call:
                     self._send_announcement()
                 elif self._announcement_playing:
                     self._announcement_playing = False
+                elif self._keypad_waiting and self._pending_action is None:
+                    self._keypad_waiting = False
+                    self._request_response()
+                if self.playout.buffered_samples == 0:
+                    self._set_speaking(False)
             elif kind == rt.OUTPUT_ITEM_DONE:
                 await self._on_output_item_done(event)
             elif kind == rt.INPUT_TRANSCRIPT_DONE:
@@ -595,8 +641,6 @@ class Call:
                 self.history.add("user", transcript)
                 if self.tap is not None:
                     self.tap.transcript("caller", transcript, time.time())
-            elif kind == rt.OUTPUT_TRANSCRIPT_DELTA:
-                self._on_transcript_delta(event)
             elif kind == rt.OUTPUT_TRANSCRIPT_DONE:
                 self._partial_item = None
                 self._partial_text = []
@@ -608,8 +652,18 @@ class Call:
                     self.history.mark_interrupted(item_id)
                 if self.tap is not None:
                     self.tap.transcript("agent", transcript, time.time())
+            elif kind == rt.OUTPUT_TRANSCRIPT_DELTA or kind == rt.INPUT_TRANSCRIPT_DELTA:
+                if kind == rt.OUTPUT_TRANSCRIPT_DELTA:
+                    self._on_transcript_delta(event)
+                if self.tap is not None:
+                    self.tap.event("transcription", role="agent" if kind == rt.OUTPUT_TRANSCRIPT_DELTA
+                                   else "caller", text=str(event.get("delta", "")), final=False)
             elif kind == rt.ERROR:
                 err = event.get("error") or {}
+                self._response_requested = False
+                if err.get("code") == "conversation_already_has_active_response":
+                    # Ours crossed a response the server started itself: answer after it instead.
+                    self._keypad_waiting = True
                 self.log.warning("model error event: %s %s", err.get("code") or err.get("type"),
                                  err.get("message"))
                 self.metrics.model_errors.labels(self.endpoint.provider.value, "event").inc()
@@ -714,6 +768,7 @@ class Call:
         self.log.info("barge-in: truncating agent item at %d ms of %d ms", audio_end_ms, produced_ms)
         if self.tap is not None:
             self.tap.event("barge_in", played_ms=audio_end_ms)
+        self._set_speaking(False)
         if self._session is not None:
             await self._session.send(rt.truncate(item, audio_end_ms))
 
@@ -732,6 +787,8 @@ class Call:
         session = self._session
         if session is None:
             return
+        if self.tap is not None and name in ("end_call", "transfer_call"):
+            self.tap.event("tool_call", tool=name, arguments={k: str(v)[:200] for k, v in args.items()})
         if name == "end_call":
             self.log.info("agent ends the call: %s", str(args.get("reason", ""))[:200])
             await session.send(rt.function_output(call_id, {"ok": True}))
@@ -804,6 +861,14 @@ class Call:
                 await self._session.send(rt.user_text("[The transfer failed; tell the caller.]"))
                 await self._session.send(rt.response_create())
 
+    def _set_speaking(self, speaking: bool) -> None:
+        """Whether the caller is hearing the agent now; told to the tap when it changes."""
+        if speaking == self._agent_speaking:
+            return
+        self._agent_speaking = speaking
+        if self.tap is not None:
+            self.tap.event("agent_speaking" if speaking else "agent_listening")
+
     # ----------------------------------------------------------------- pacing
     def _kick_pacer(self) -> None:
         """Wake an idle pacer: there may be something to send or do now."""
@@ -842,12 +907,16 @@ class Call:
                 self.stats.agent_frames += 1
                 self._playing = True
                 in_segment = True
+                if not self._agent_speaking:
+                    self._set_speaking(True)
                 await leg.send_audio(payload)
                 if tap is not None:
                     tap.agent_audio(frame.samples, rate)
             else:
                 if in_segment:
                     in_segment = False
+                    if not self._responding:
+                        self._set_speaking(False)
                     if end_of_segment is not None:
                         await end_of_segment()
                 starved = self._responding and self._playing

@@ -130,6 +130,13 @@ class ModelEndpoint:
             return self.voicelive.realtime_url
         return self.websocket_base_url or self.base_url or "wss://api.openai.com/v1"
 
+    def with_query(self, **query: str) -> ModelEndpoint:
+        """The same endpoint with more query parameters on the session URL."""
+        return ModelEndpoint(
+            self.provider, self.model, self.api_key, self.websocket_base_url, self.base_url,
+            self.dialect, self.headers, {**self.query, **query}, self.connect_timeout, self._shared,
+        )
+
     async def ready_client(self) -> AsyncOpenAI:
         """The shared client, built once in a worker thread: building it loads the TLS trust store
         (100-200 ms of CPU), which on the loop would stall the pacers of every call in progress."""

@@ -7,6 +7,12 @@ Routes (all JSON unless said otherwise; every ``/api`` route but the signed-link
     GET /api/calls?tenant=&number=&since=&until=&outcome=&status=&limit=&offset=
                                              {"calls": [...], "total", "limit", "offset"}
     GET /api/calls/{id}                      one call's metadata
+    GET /api/calls?...&min_score=&max_score= evaluated calls by overall score
+    GET /api/calls/live                      live call events (bridge.ops.live): Server-Sent Events,
+                                             or a WebSocket (one JSON text frame per event);
+                                             admin may add ?tenant=
+    GET /api/calls/{id}/evaluation           the post-call evaluation ({"status": pending |
+                                             complete | failed, ...}); 404 if not evaluated
     GET /api/calls/{id}/transcript           {"call_id", "entries": [{"role", "text", "at", "offset"}]}
     GET /api/calls/{id}/waveform             min/max envelope of both channels
     GET /api/calls/{id}/recording            audio/wav with Range support (RFC 9110 section 14),
@@ -25,6 +31,7 @@ digits anywhere in the dialled or the caller number.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -37,6 +44,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from bridge.ops.live import LiveEvents, Subscription
 from bridge.ops.metrics import OUTCOMES
 from bridge.ops.tokens import BearerTokens, Principal
 from bridge.records.archive import CallArchive
@@ -57,8 +65,44 @@ WEB_ASSETS = {
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
             "img-src 'self' data:; media-src 'self' blob: http: https:; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'none'")
+LIVE_KEEPALIVE_SECONDS = 15.0
 _JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 MAX_OFFSET = 1_000_000_000  # rows skipped by one page request
+
+
+async def _pump_websocket(ws: web.WebSocketResponse, subscription: Subscription) -> None:
+    async def send() -> None:
+        while True:
+            event = await subscription.get()
+            await ws.send_str(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    async with asyncio.TaskGroup() as tg:
+        sender = tg.create_task(send())
+        async for _message in ws:  # nothing is expected from the client; this notices it leave
+            pass
+        sender.cancel()
+
+
+async def _pump_sse(request: web.Request, subscription: Subscription) -> web.StreamResponse:
+    # Server-Sent Events (WHATWG HTML, "server-sent events"): "data:" lines, a blank line per event;
+    # a comment line keeps idle connections open through proxies.
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                       "Cache-Control": "no-store", "X-Accel-Buffering": "no",
+                                       "X-Content-Type-Options": "nosniff"})
+    await resp.prepare(request)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(LIVE_KEEPALIVE_SECONDS):
+                    event = await subscription.get()
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            await resp.write(f"id: {event.get('seq', 0)}\ndata: {data}\n\n".encode())
+    except (ConnectionResetError, ConnectionError):
+        pass  # the subscriber went away
+    return resp
 
 
 def _error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
@@ -88,8 +132,9 @@ def parse_time(value: str, name: str) -> float:
 
 class OpsApi:
     def __init__(self, archive: CallArchive, settings: OpsSettings, *,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, live: LiveEvents | None = None) -> None:
         self.archive = archive
+        self.live = live
         self.settings = settings
         self.wall_clock = wall_clock
         # Keys of signed recording links: the configured ones (shared by every instance; the first
@@ -109,6 +154,8 @@ class OpsApi:
         r = app.router
         r.add_get("/api/whoami", self._whoami)
         r.add_get("/api/calls", self._list)
+        r.add_get("/api/calls/live", self._live)
+        r.add_get("/api/calls/{call_id}/evaluation", self._evaluation)
         r.add_get("/api/calls/{call_id}", self._show)
         r.add_get("/api/calls/{call_id}/transcript", self._transcript)
         r.add_get("/api/calls/{call_id}/waveform", self._waveform)
@@ -165,7 +212,16 @@ class OpsApi:
         if not 1 <= limit <= self.settings.max_page_size or not 0 <= offset <= MAX_OFFSET:
             raise _error(web.HTTPBadRequest,
                          f"limit must be 1..{self.settings.max_page_size}, offset 0..{MAX_OFFSET}")
+        scores: list[float | None] = []
+        for name in ("min_score", "max_score"):
+            raw = q.get(name)
+            try:
+                scores.append(float(raw) if raw else None)
+            except ValueError:
+                raise _error(web.HTTPBadRequest, f"{name} must be a number") from None
         return CallQuery(
+            min_score=scores[0],
+            max_score=scores[1],
             tenant=tenant,
             number=q.get("number") or None,
             since=parse_time(q["since"], "since") if q.get("since") else None,
@@ -199,12 +255,40 @@ class OpsApi:
                          "recording": f"{base}/recording" if record.recorded else None}
         return web.json_response(view, headers=_JSON_HEADERS)
 
+    async def _evaluation(self, request: web.Request) -> web.Response:
+        _, record = await self._call(request)
+        view = await self.archive.evaluation(record)
+        if view is None:
+            raise _error(web.HTTPNotFound, "this call is not evaluated")
+        return web.json_response({"call_id": record.call_id, **view}, headers=_JSON_HEADERS)
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        principal = self.authenticate(request)
+        tenant = request.query.get("tenant") or None
+        if principal.tenant is not None:
+            if tenant is not None and tenant != principal.tenant:
+                raise _error(web.HTTPForbidden, "this token sees only its own tenant's calls")
+            tenant = principal.tenant
+        if self.live is None:
+            raise _error(web.HTTPNotFound, "live events are not available")
+        subscription = self.live.subscribe(tenant)
+        try:
+            ws = web.WebSocketResponse(heartbeat=LIVE_KEEPALIVE_SECONDS)
+            if ws.can_prepare(request).ok:
+                await ws.prepare(request)
+                await _pump_websocket(ws, subscription)
+                return ws
+            return await _pump_sse(request, subscription)
+        finally:
+            subscription.close()
+
     async def _transcript(self, request: web.Request) -> web.Response:
         _, record = await self._call(request)
         entries = await self.archive.transcript(record)
         out = [{"role": e.get("role"), "text": e.get("text"),
                 "at": iso(e["at"]) if isinstance(e.get("at"), (int, float)) else e.get("at"),
-                "offset": e.get("offset")} for e in entries]
+                "offset": e.get("offset")} | ({"interrupted": True} if e.get("interrupted") else {})
+               for e in entries]
         return web.json_response({"call_id": record.call_id, "entries": out}, headers=_JSON_HEADERS)
 
     async def _waveform(self, request: web.Request) -> web.Response:

@@ -224,6 +224,14 @@ class Metrics:
             "Post-call webhook deliveries by result (delivered, failed, dropped)",
             ["result"], registry=r,
         )
+        self.evaluations = Counter(
+            "callbridge_evaluations_total",
+            "Post-call evaluations by result (ok, failed)", ["result"], registry=r,
+        )
+        self.live_events_dropped = Counter(
+            "callbridge_live_events_dropped_total",
+            "Live call events dropped because a subscriber read too slowly", registry=r,
+        )
         self.event_loop_lag = Histogram(
             "callbridge_event_loop_lag_seconds", "Delay of a periodic event-loop probe past its deadline",
             buckets=_FAST_BUCKETS, registry=r,

@@ -43,6 +43,7 @@ from bridge.records.callstore import (
     SqliteCallIndex,
     valid_call_id,
 )
+from bridge.records.evaluation import Evaluator
 from bridge.records.layout import (
     UNFINISHED_DIR,
     UPLOADS_DIR,
@@ -53,6 +54,7 @@ from bridge.records.layout import (
 )
 from bridge.records.objectstore import ObjectStoreError, S3Store, UploadSpool
 from bridge.records.recorder import CallRecorder
+from bridge.records.scoring import EvaluationRunner, evaluation_view, read_document
 from bridge.records.webhook import WebhookSender
 from bridge.records.writer import RecordingWriter
 from bridge.settings import (
@@ -67,8 +69,11 @@ from media.wav import WavError, WavFormat, repair
 if TYPE_CHECKING:
     from bridge.core.call import CallInfo
     from bridge.core.switchboard import RefusedCall
+    from bridge.ops.live import LiveEvents
     from bridge.ops.metrics import Metrics
+    from bridge.records.callstore import TranscriptEntry
     from tenants.config import TenantConfig
+    from tenants.evaluation import EvaluationConfig
 
 from bridge.records.views import cut_torn_line, iso, read_transcript_file, record_view
 from tenants.settings import TenantBackend
@@ -83,7 +88,9 @@ SHUTDOWN_TIMEOUT = 15.0
 WEBHOOK_GRACE_SECONDS = 5.0
 MAX_REFUSAL_WRITES = 100  # refused calls being indexed at once
 _CONTENT_TYPES = {".wav": "audio/wav", ".jsonl": "application/x-ndjson",
-                  ".peaks.json": "application/json", ".json": "application/json"}
+                  ".peaks.json": "application/json", ".json": "application/json",
+                  ".evaluation.json": "application/json"}
+_FILES = (".wav", ".jsonl", ".peaks.json", ".evaluation.json", ".json")
 
 
 def index_from_settings(settings: Settings) -> CallIndex:
@@ -118,6 +125,8 @@ class CallArchive:
         index: CallIndex | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        evaluator: Evaluator | None = None,
+        live: LiveEvents | None = None,
     ) -> None:
         rec = settings.recording
         self.settings = settings
@@ -143,6 +152,9 @@ class CallArchive:
         self.webhooks = WebhookSender(settings.webhooks, clock=time.monotonic, wall_clock=wall_clock,
                                       on_result=lambda r: metrics.webhooks.labels(r).inc())
         self.default_model = deployment_model(settings)
+        self.live = live
+        self.scoring = (EvaluationRunner(evaluator, self.layout, self._put, metrics=metrics, live=live)
+                        if evaluator is not None else None)
         self._recorders: dict[str, CallRecorder] = {}
         self._index_writes: dict[str, asyncio.Task[bool]] = {}
         self._post_calls: set[asyncio.Task[None]] = set()
@@ -186,6 +198,10 @@ class CallArchive:
                     await self._shutdown()
                     for task in background:
                         task.cancel()
+                    if self.scoring is not None:
+                        # Unfinished evaluations are recorded as failed; the upload they held
+                        # back goes at the next start (its marker is on disk).
+                        await self.scoring.abandon()
                     for post in list(self._post_calls):
                         post.cancel()
         finally:
@@ -256,6 +272,8 @@ class CallArchive:
         self._idle.clear()
         if tenant.webhook_url:
             self._webhook_targets[info.call_id] = (tenant.webhook_url, tenant.webhook_secret)
+        if self.scoring is not None and tenant.evaluation.enabled:
+            self.scoring.expect(info.call_id, tenant.evaluation)
         self.writer.attach(recorder)
         self._index_writes[info.call_id] = self._spawn(self._put(record))
         return recorder
@@ -320,27 +338,54 @@ class CallArchive:
                 # The in-progress row must not land after the final one.
                 with contextlib.suppress(Exception):
                     await opening
-            await self._archive(record)
+            config = self.scoring.wanted(record) if self.scoring is not None else None
+            await self._archive(record, upload_now=config is None)
             target = self._webhook_targets.pop(call_id, None)
-            if target is not None:
+            if config is not None:
+                await self._evaluate(config, record, recorder.entries, target)
+            elif target is not None:
                 self.webhooks.submit(target[0], target[1], self.webhook_payload(record, recorder.entries))
         finally:
             self._recorders.pop(call_id, None)
             if not self._recorders:
                 self._idle.set()
 
+    async def _evaluate(self, config: EvaluationConfig, record: CallRecord, entries: list[TranscriptEntry],
+                        target: tuple[str, str | None] | None) -> None:
+        """Start the call's evaluation; the webhook, if any, waits for it (``EvaluationRunner``)."""
+        assert self.scoring is not None
+        deliver = None
+        if target is not None:
+            url, secret = target
+
+            def deliver(final: CallRecord, document: dict[str, Any] | None, event: str) -> None:
+                payload = self.webhook_payload(final, entries, document)
+                payload["event"] = event
+                self.webhooks.submit(url, secret, payload, event=event)
+
+        release = self.uploads.submit if self.uploads is not None else None
+        await self.scoring.start(config, record, entries, spawn=self._spawn, deliver=deliver,
+                                 release_upload=release, webhook_wait=self.settings.evaluation.webhook_wait)
+
     async def wait_idle(self) -> None:
         """Until every call opened so far is finished, indexed and queued for upload/webhook."""
         await self._idle.wait()
 
-    async def _archive(self, record: CallRecord) -> None:
-        """Index the finished record, queue its upload, then drop the unfinished marker."""
+    async def wait_evaluations(self) -> None:
+        """Until every evaluation started so far has finished (tests, shutdown)."""
+        if self.scoring is not None and self.scoring.tasks:
+            await asyncio.wait(set(self.scoring.tasks))
+
+    async def _archive(self, record: CallRecord, *, upload_now: bool = True) -> None:
+        """Index the finished record, queue its upload (or only write its marker, when the upload
+        waits for the evaluation), then drop the unfinished marker."""
         indexed = await self._put(record)
         if self.uploads is not None:
             try:
                 await asyncio.to_thread(write_json_atomic, self.layout.upload_marker(record.call_id),
                                         {"path": record.path})
-                self.uploads.submit(record.call_id)
+                if upload_now:
+                    self.uploads.submit(record.call_id)
             except OSError as exc:
                 log.error("call %s: cannot queue the upload: %s", record.call_id, exc)
                 return
@@ -357,14 +402,20 @@ class CallArchive:
             log.error("call %s: index write failed: %s", record.call_id, exc)
             return False
 
-    def webhook_payload(self, record: CallRecord, transcript: Any) -> dict[str, Any]:
-        entries = [{"role": e.role, "text": e.text, "at": iso(e.at), "offset": e.offset} for e in transcript]
-        return {
+    def webhook_payload(self, record: CallRecord, transcript: Any,
+                        evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+        entries = [{"role": e.role, "text": e.text, "at": iso(e.at), "offset": e.offset}
+                   | ({"interrupted": True} if e.interrupted else {}) for e in transcript]
+        payload = {
             "event": "call.completed",
             "call": record_view(record),
             "transcript": entries,
             "recording_url": self.recording_url(record) if record.recorded else None,
         }
+        view = evaluation_view(evaluation, record)
+        if view is not None:
+            payload["evaluation"] = view
+        return payload
 
     def recording_url(self, record: CallRecord) -> str | None:
         base = self.settings.ops.public_url
@@ -467,7 +518,7 @@ class CallArchive:
             log.error("call %s: unreadable upload entry, dropped: %s", call_id, exc)
             return
         try:
-            for suffix in (".wav", ".jsonl", ".peaks.json"):
+            for suffix in _FILES[:-1]:
                 path = self.layout.path(stem, suffix)
                 if await asyncio.to_thread(path.exists):
                     await store.upload(path, store.key(stem, suffix), _CONTENT_TYPES[suffix])
@@ -512,6 +563,19 @@ class CallArchive:
             return [json.loads(line) for line in data.splitlines() if line.strip()]
         return []
 
+    async def evaluation(self, record: CallRecord) -> dict[str, Any] | None:
+        """The call's evaluation as the API shows it; None when it is not evaluated."""
+        if record.evaluation_status is None:
+            return None
+        raw: bytes | None = None
+        path = await self.local_file(record, ".evaluation.json")
+        if path is not None:
+            raw = await asyncio.to_thread(path.read_bytes)
+        elif self.store is not None and record.object_key:
+            with contextlib.suppress(ObjectStoreError):
+                raw = await self.store.get(self.store.key(record.path, ".evaluation.json"))
+        return evaluation_view(read_document(raw) if raw is not None else None, record)
+
     async def peaks(self, record: CallRecord) -> dict[str, Any] | None:
         path = await self.local_file(record, ".peaks.json")
         raw: bytes | None = None
@@ -555,14 +619,13 @@ class CallArchive:
                     continue
                 await asyncio.to_thread(self._delete_files, record)
                 if self.store is not None and record.object_key:
-                    await self.store.delete([self.store.key(record.path, s)
-                                             for s in (".wav", ".jsonl", ".peaks.json", ".json")])
+                    await self.store.delete([self.store.key(record.path, s) for s in _FILES])
                 await self.index.delete(record.call_id)
                 removed += 1
             if len(batch) < 100 or busy == len(batch):
                 return removed
 
     def _delete_files(self, record: CallRecord) -> None:
-        for suffix in (".wav", ".jsonl", ".peaks.json", ".json"):
+        for suffix in _FILES:
             with contextlib.suppress(FileNotFoundError, RecordingError):
                 self.layout.path(record.path, suffix).unlink()

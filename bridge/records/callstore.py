@@ -55,6 +55,7 @@ class TranscriptEntry:
     text: str
     at: float  # Unix seconds
     offset: float  # seconds since the call started
+    interrupted: bool = False  # an agent turn the caller cut off (barge-in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,11 @@ class CallRecord:
     transcript_entries: int = 0
     object_key: str | None = None  # object-store key of the WAV once uploaded
     expires_at: float | None = None  # retention: deleted after this (None: kept)
+    # Post-call evaluation: None (not evaluated), "pending", "complete" or "failed"; the whole
+    # evaluation is in <stem>.evaluation.json.
+    evaluation_status: str | None = None
+    overall_score: int | None = None
+    evaluation_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,6 +120,8 @@ class CallQuery:
     until: float | None = None  # started_at < until
     outcome: str | None = None
     status: CallStatus | None = None
+    min_score: float | None = None  # evaluated calls with overall_score >= min_score
+    max_score: float | None = None  # ... <= max_score
     limit: int = 50
     offset: int = 0
 
@@ -155,6 +163,7 @@ def _row_values(record: CallRecord) -> tuple[Any, ...]:
         digits(record.caller_id),
         record.expires_at,
         json.dumps(record.to_json(), separators=(",", ":")),
+        record.overall_score,
     )
 
 
@@ -183,6 +192,10 @@ def _where(query: CallQuery, placeholder: Callable[[int], str]) -> tuple[str, li
         clauses.append(f"outcome = {arg(query.outcome)}")
     if query.status is not None:
         clauses.append(f"status = {arg(query.status.value)}")
+    if query.min_score is not None:
+        clauses.append(f"score >= {arg(query.min_score)}")
+    if query.max_score is not None:
+        clauses.append(f"score <= {arg(query.max_score)}")
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
@@ -203,6 +216,8 @@ CREATE INDEX IF NOT EXISTS calls_started ON calls (started_at DESC);
 CREATE INDEX IF NOT EXISTS calls_tenant_started ON calls (tenant, started_at DESC);
 CREATE INDEX IF NOT EXISTS calls_expires ON calls (expires_at) WHERE expires_at IS NOT NULL;
 """
+# Added after the first release: indexes created before it get the column on open.
+_SQLITE_SCORE = "ALTER TABLE calls ADD COLUMN score REAL"
 
 
 class SqliteCallIndex:
@@ -241,6 +256,8 @@ class SqliteCallIndex:
             conn.create_function("strpos", 2, lambda hay, needle: (hay or "").find(needle) + 1,
                                  deterministic=True)
             conn.executescript(_SQLITE_SCHEMA)
+            if "score" not in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}:
+                conn.execute(_SQLITE_SCORE)
             return conn
 
         try:
@@ -254,11 +271,11 @@ class SqliteCallIndex:
         values = _row_values(record)
         await self._run(lambda c: c.execute(
             "INSERT INTO calls (call_id, tenant, started_at, outcome, status, dialled_digits,"
-            " caller_digits, expires_at, record) VALUES (?,?,?,?,?,?,?,?,?)"
+            " caller_digits, expires_at, record, score) VALUES (?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (call_id) DO UPDATE SET tenant=excluded.tenant,"
             " started_at=excluded.started_at, outcome=excluded.outcome, status=excluded.status,"
             " dialled_digits=excluded.dialled_digits, caller_digits=excluded.caller_digits,"
-            " expires_at=excluded.expires_at, record=excluded.record",
+            " expires_at=excluded.expires_at, record=excluded.record, score=excluded.score",
             values,
         ))
 
@@ -317,6 +334,7 @@ CREATE INDEX IF NOT EXISTS callbridge_calls_started ON callbridge_calls (started
 CREATE INDEX IF NOT EXISTS callbridge_calls_tenant_started ON callbridge_calls (tenant, started_at DESC);
 CREATE INDEX IF NOT EXISTS callbridge_calls_expires ON callbridge_calls (expires_at)
     WHERE expires_at IS NOT NULL;
+ALTER TABLE callbridge_calls ADD COLUMN IF NOT EXISTS score double precision;
 """
 
 
@@ -358,12 +376,12 @@ class PostgresCallIndex:
         try:
             await self._require().execute(
                 "INSERT INTO callbridge_calls (call_id, tenant, started_at, outcome, status,"
-                " dialled_digits, caller_digits, expires_at, record)"
-                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb)"
+                " dialled_digits, caller_digits, expires_at, record, score)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::jsonb,$10)"
                 " ON CONFLICT (call_id) DO UPDATE SET tenant=excluded.tenant,"
                 " started_at=excluded.started_at, outcome=excluded.outcome, status=excluded.status,"
                 " dialled_digits=excluded.dialled_digits, caller_digits=excluded.caller_digits,"
-                " expires_at=excluded.expires_at, record=excluded.record",
+                " expires_at=excluded.expires_at, record=excluded.record, score=excluded.score",
                 *_row_values(record),
             )
         except (OSError, asyncpg.PostgresError) as exc:

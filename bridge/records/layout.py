@@ -26,7 +26,7 @@ PEAK_POINTS = 1000
 UNFINISHED_DIR = ".unfinished"
 UPLOADS_DIR = ".uploads"
 _INT16 = np.dtype(np.int16)
-SUFFIXES = (".wav", ".jsonl", ".peaks.json", ".json")
+SUFFIXES = (".wav", ".jsonl", ".peaks.json", ".json", ".evaluation.json")
 
 
 

@@ -23,6 +23,7 @@ Files of one call, relative to the root (``stem`` = ``<tenant>/<yyyy>/<mm>/<dd>/
     <stem>.jsonl        {"role", "text", "at", "offset"} per finished utterance
     <stem>.json         the CallRecord
     <stem>.peaks.json   min/max envelope of both channels, for drawing
+    <stem>.evaluation.json  the post-call evaluation, when the tenant has one (written by the archive)
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class CallRecorder:
         self._chunks: deque[_Chunk] = deque()
         self._pending_transcript: deque[TranscriptEntry] = deque()
         self.entries: list[TranscriptEntry] = []
+        self._cut_pending = False
         self.rate_hz: int | None = None
         self.ended = False
         self.final: CallRecord | None = None  # the record as the call ended (loop side)
@@ -157,11 +159,18 @@ class CallRecorder:
         text = text.strip()
         if not text:
             return
-        entry = TranscriptEntry(role, text, at, round(max(0.0, at - self.record.started_at), 3))
+        interrupted = role == "agent" and self._cut_pending
+        if role == "agent":
+            self._cut_pending = False
+        entry = TranscriptEntry(role, text, at, round(max(0.0, at - self.record.started_at), 3), interrupted)
         self.entries.append(entry)
         self._pending_transcript.append(entry)
 
     def event(self, name: str, **fields: Any) -> None:
+        if name == "barge_in":
+            # The agent's turn in progress was cut off: its transcript line, next, says so.
+            self._cut_pending = True
+            return
         if name != "ended" or self.ended:
             return
         outcome = fields.get("outcome")
@@ -283,8 +292,10 @@ class CallRecorder:
             lines = []
             while self._pending_transcript:
                 e = self._pending_transcript.popleft()
-                lines.append(json.dumps({"role": e.role, "text": e.text, "at": e.at, "offset": e.offset},
-                                        ensure_ascii=False, separators=(",", ":")) + "\n")
+                line: dict[str, Any] = {"role": e.role, "text": e.text, "at": e.at, "offset": e.offset}
+                if e.interrupted:
+                    line["interrupted"] = True
+                lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
             # One write per batch of whole lines: a kill leaves at most a torn last line.
             self._jsonl.write("".join(lines).encode("utf-8"))
         return written

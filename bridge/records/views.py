@@ -41,6 +41,11 @@ def record_view(record: CallRecord) -> dict[str, Any]:
         "voice": record.voice,
         "transfer_target": record.transfer_target,
         "transcript_entries": record.transcript_entries,
+        "evaluation": None if record.evaluation_status is None else {
+            "status": record.evaluation_status,
+            "overall_score": record.overall_score,
+            "error": record.evaluation_error,
+        },
         "recording": {
             "available": record.recorded,
             "seconds": record.recording_seconds,

@@ -100,6 +100,16 @@ gets the short clip with transcript ``[tool <name> is not available]``; each hoo
 bridge that forwards DTMF digits as text lets a phone keypad trigger tools this way.
 ``conversation.item.create`` alone never starts a response.
 
+Tool cues (``bridge.simulator.script``): a session URL may carry ``?script=<json>`` naming tools to
+call after the caller's Nth turn, on a keypad digit or after seconds of silence; the response then
+says a short goodbye and calls the tool in one response. A keypad digit told as text ("... key 5")
+without a cue gets a short clip, transcript ``[you pressed 5]``.
+
+Text model (``bridge.simulator.textmodel``): ``POST /v1/chat/completions`` and ``/v1/responses``
+(and Azure's deployment paths) answer JSON-schema requests with a deterministic, schema-valid
+document derived from the conversation (post-call evaluations), with refusal, malformed, error and
+slow modes chosen by the model name.
+
 ``SimulatorServer.sessions`` keeps a ``SimulatedSession`` record per accepted connection with what the
 client sent (session updates, truncations, cancellations, response requests, speech timestamps on
 the server's clock), so tests can assert what a bridge did. Audio is never kept beyond the last

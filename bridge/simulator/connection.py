@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from bridge.simulator.audio import codec_for
 from bridge.simulator.conversation import Item, Response, SimulatedSession, random_tag
 from bridge.simulator.responses import ResponseStreaming
+from bridge.simulator.script import Script
 from media.codec import MODEL_RATE_HZ, SLIN_24K
 from media.vad import ECHO_CAP_MS, InputAudioBuffer, SpeechStarted, Turn, VadParams
 from sip.realtime_session import (
@@ -97,9 +98,11 @@ class SimulatedConnection(ResponseStreaming):
     """Protocol state and event loop of one client connection."""
 
     def __init__(self, server: SimulatorServer, ws: web.WebSocketResponse, record: SimulatedSession,
-                 *, voice_live: bool = False) -> None:
+                 script: Script | None = None, *, voice_live: bool = False) -> None:
         self.voice_live = voice_live
         self._server = server
+        self._script = script if script is not None else Script()
+        self._then_tool: Json | None = None
         self._ws = ws
         self.record = record
         self._clock = server.clock
@@ -410,10 +413,16 @@ class SimulatedConnection(ResponseStreaming):
 
     def _arm_idle_timer(self, playback_remaining: float) -> None:
         self._cancel_idle_timer()
-        td = self._session["audio"]["input"]["turn_detection"]
-        if td is None or td.get("idle_timeout_ms") is None or self._tg is None or self._peer_gone:
+        if self._tg is None or self._peer_gone or self._active is not None or self._input.speaking:
             return
-        if self._active is not None or self._input.speaking:
+        scripted = self._script.silence()
+        if scripted is not None and scripted.on_silence_seconds is not None:
+            # A scripted silence cue stands in for the service's idle timeout.
+            delay = playback_remaining + scripted.on_silence_seconds
+            self._idle_task = self._tg.create_task(self._idle_timeout(delay, "silence"))
+            return
+        td = self._session["audio"]["input"]["turn_detection"]
+        if td is None or td.get("idle_timeout_ms") is None:
             return
         delay = playback_remaining + td["idle_timeout_ms"] / 1000
         self._idle_task = self._tg.create_task(self._idle_timeout(delay))
@@ -423,7 +432,7 @@ class SimulatedConnection(ResponseStreaming):
             self._idle_task.cancel()
             self._idle_task = None
 
-    async def _idle_timeout(self, delay: float) -> None:
+    async def _idle_timeout(self, delay: float, kind: str = "idle") -> None:
         await asyncio.sleep(delay)
         self._idle_task = None
         if self._active is not None or self._input.speaking:
@@ -433,7 +442,7 @@ class SimulatedConnection(ResponseStreaming):
                           "audio_end_ms": turn.end_ms, "item_id": self._next_turn_item_id})
         await self._commit_turn(Turn(turn.start_ms, turn.end_ms, turn.start_ms,
                                       np.zeros(0, dtype=np.int16), turn.rate_hz))
-        await self._start_response(None, kind_override="idle")
+        await self._start_response(None, kind_override=kind)
 
     # -- conversation items --------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class SimulatedSession:
     closed_at: float | None = None
     close_code: int | None = None
     stalled_at: float | None = None  # when SimulatorServer.stall_all silenced it
+    script: Json | None = None  # the cues given in the session URL (bridge.simulator.script)
     # The handshake: query parameters, how the client authenticated ("api-key", "bearer",
     # "query"), the credential it presented and the names of its request headers (lowercase).
     query: dict[str, str] = field(default_factory=dict)
@@ -119,6 +120,10 @@ class Response:
     wake: asyncio.Future[None] | None = None
     task: asyncio.Task[None] | None = None
     status_reason: str | None = None
+    # A tool call that follows the spoken part in the same response (scripted cues), and the
+    # items it produced.
+    then_tool: Json | None = None
+    extra_items: list[Item] = field(default_factory=list)
 
 
 def resolve_future(fut: asyncio.Future[None]) -> None:

@@ -27,6 +27,7 @@ from bridge.simulator.audio import (
     voiced_span_ms,
 )
 from bridge.simulator.conversation import Item, Response, SimulatedSession, resolve_future
+from bridge.simulator.script import Action, Script, keypad_digit
 from media.pacing import Pacer
 from sip.realtime_session import (
     InvalidRequest,
@@ -67,6 +68,8 @@ class ResponseStreaming:
     _timing: TimingLog | None
     _tg: asyncio.TaskGroup | None
     _peer_gone: bool
+    _script: Script
+    _then_tool: Json | None
     record: SimulatedSession
 
     def _new_id(self, prefix: str) -> str:
@@ -131,6 +134,18 @@ class ResponseStreaming:
         entry["cancelled_response_id"] = active.id
         await self._finish(active, "cancelled", "client_cancelled")
 
+    def _declares(self, params: Json, name: str) -> bool:
+        tools = params.get("tools", self._session["tools"]) or []
+        choice = params.get("tool_choice", self._session["tool_choice"])
+        return choice != "none" and any(t.get("type") == "function" and t.get("name") == name for t in tools)
+
+    def _scripted(self, params: Json, action: Action | None) -> Json | None:
+        """The tool call of a scripted action whose cue has come, if the session declares the tool."""
+        if action is None or not self._declares(params, action.tool):
+            return None
+        action.fired = True
+        return {"name": action.tool, "arguments": action.arguments}
+
     def _language(self, params: Json) -> str:
         """The language of the recorded clips: see ``session_language``."""
         transcription = self._session["audio"]["input"].get("transcription") or {}
@@ -140,8 +155,17 @@ class ResponseStreaming:
     def _plan(
         self, params: Json, kind_override: str | None
     ) -> tuple[str, str, Samples | None, int, Json | None]:
-        """What the next response says: (kind, transcript, source audio, its rate, tool call)."""
+        """What the next response says: (kind, transcript, source audio, its rate, tool call).
+
+        Kind ``goodbye`` is a short clip followed, in the same response, by the tool call in
+        ``self._then_tool``."""
+        self._then_tool = None
         if kind_override == "idle":
+            return "idle", "[are you still there?]", None, 0, None
+        if kind_override == "silence":
+            self._then_tool = self._scripted(params, self._script.silence())
+            if self._then_tool is not None:
+                return "goodbye", "[goodbye]", None, 0, None
             return "idle", "[are you still there?]", None, 0, None
         last: Item | None = None
         for item in reversed(self._items):
@@ -150,14 +174,23 @@ class ResponseStreaming:
                 break
         if last is not None and last.type == "function_call_output":
             return "confirmation", "[tool result received]", None, 0, None
+        if last is not None and last.audio_ms > 0:
+            turns = sum(1 for it in self._items if it.type == "message" and it.role == "user" and it.audio_ms > 0)
+            self._then_tool = self._scripted(params, self._script.after_turn(turns))
+            if self._then_tool is not None:
+                return "goodbye", "[goodbye]", None, 0, None
+        digit = keypad_digit(last.text()) if last is not None and not last.hook_used else None
+        if digit is not None and last is not None and _TOOL_HOOK.search(last.text()) is None:
+            last.hook_used = True
+            self._then_tool = self._scripted(params, self._script.on_digit(digit))
+            if self._then_tool is not None:
+                return "goodbye", "[goodbye]", None, 0, None
+            return "keypad", f"[you pressed {digit}]", None, 0, None
         if last is not None and not last.hook_used:
             match = _TOOL_HOOK.search(last.text())
             if match is not None:
                 name, args = match.group(1), match.group(2).strip() or "{}"
-                tools = params.get("tools", self._session["tools"]) or []
-                choice = params.get("tool_choice", self._session["tool_choice"])
-                declared = any(t.get("type") == "function" and t.get("name") == name for t in tools)
-                if declared and choice != "none":
+                if self._declares(params, name):
                     last.hook_used = True
                     return "tool_call", "", None, 0, {"name": name, "arguments": args}
                 return "text_reply", f"[tool {name} is not available]", None, 0, None
@@ -194,6 +227,7 @@ class ResponseStreaming:
         voice = override.get("voice", out_cfg["voice"])
         resp = Response(response_id, kind, conversation, modality, codec, voice, item, transcript,
                          metadata=params.get("metadata"))
+        resp.then_tool = self._then_tool
         if tool is None and modality == "audio":
             if source is not None:
                 resp.audio = encode(source, source_rate, codec)
@@ -359,6 +393,8 @@ class ResponseStreaming:
             index = next((i for i, it in enumerate(self._items) if it is item), None)
             previous = self._items[index - 1].id if index else None
             events.append({"type": "conversation.item.done", "item": body, "previous_item_id": previous})
+        if status == "completed" and resp.then_tool is not None:
+            events += self._tool_item_events(resp, resp.then_tool)
         events.append({"type": "response.done", "response": self._response_json(resp)})
         summary = next((r for r in reversed(self.record.responses) if r["id"] == resp.id), None)
         if summary is not None:
@@ -372,6 +408,31 @@ class ResponseStreaming:
         if resp.first_audio_at is not None and status == "completed":
             playback_remaining = max(0.0, item.produced_ms / 1000 - (self._clock() - resp.first_audio_at))
         self._arm_idle_timer(playback_remaining)
+
+    def _tool_item_events(self, resp: Response, tool: Json) -> list[Json]:
+        """A function call as the second output item of a response that spoke first."""
+        call = Item(self._new_id("item"), "function_call", name=tool["name"], call_id=self._new_id("call"),
+                    arguments=tool["arguments"])
+        resp.extra_items.append(call)
+        previous = resp.item.id if resp.conversation else None
+        if resp.conversation:
+            self._insert(call, None)
+        body = call.to_json()
+        base = {"response_id": resp.id, "item_id": call.id, "output_index": 1, "call_id": call.call_id}
+        added = {**body, "status": "in_progress", "arguments": ""}
+        events: list[Json] = [{"type": "response.output_item.added", "response_id": resp.id, "output_index": 1,
+                               "item": added}]
+        if resp.conversation:
+            events.append({"type": "conversation.item.added", "item": added, "previous_item_id": previous})
+        events += [
+            {"type": "response.function_call_arguments.delta", **base, "delta": tool["arguments"]},
+            {"type": "response.function_call_arguments.done", **base, "name": call.name,
+             "arguments": tool["arguments"]},
+            {"type": "response.output_item.done", "response_id": resp.id, "output_index": 1, "item": body},
+        ]
+        if resp.conversation:
+            events.append({"type": "conversation.item.done", "item": body, "previous_item_id": previous})
+        return events
 
     def _response_json(self, resp: Response) -> Json:
         out: Json = {
@@ -393,7 +454,7 @@ class ResponseStreaming:
             out["status_details"] = {"type": "cancelled", "reason": resp.status_reason}
         else:
             out["status_details"] = {"type": resp.status}
-        out["output"] = [resp.item.to_json()]
+        out["output"] = [resp.item.to_json(), *(extra.to_json() for extra in resp.extra_items)]
         audio_tokens = resp.item.produced_ms // 50  # roughly 20 audio tokens per second
         text_tokens = max(1, len(resp.transcript_sent or resp.item.arguments or "") // 4)
         input_audio = sum(it.audio_ms for it in self._items if it.role == "user") // 100

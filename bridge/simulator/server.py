@@ -26,11 +26,15 @@ from bridge.simulator.connection import (
     SimulatedConnection,
 )
 from bridge.simulator.conversation import SimulatedSession, random_tag
+from bridge.simulator.script import Script
+from bridge.simulator.textmodel import TextModel
 from media.codec import FRAME_MS
+from sip.realtime_session import InvalidRequest
 from sip.voicelive import API_VERSIONS
 
 log = logging.getLogger(__name__)
 
+_MAX_TEXT_BODY_BYTES = 2 * 1024 * 1024
 Samples = npt.NDArray[np.int16]
 Json = dict[str, Any]
 
@@ -97,6 +101,8 @@ class SimulatorServer:
         self._closed = False
         self._events_log = events_log
         self.timing_log: TimingLog | None = None
+        # Chat Completions / Responses with JSON-schema output (post-call evaluations).
+        self.text_model = TextModel(self._auth_error)
 
     @property
     def url(self) -> str:
@@ -112,14 +118,20 @@ class SimulatorServer:
         scheme = "https" if self._ssl_context is not None else "http"
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def text_base_url(self) -> str:
+        """The ``openai`` SDK's ``base_url`` for the text endpoints, e.g. ``http://127.0.0.1:1234/v1``."""
+        return self.http_url + "/v1"
+
     async def start(self) -> None:
         for language in GREETINGS:  # fail at start-up, not on a call, if the package data is missing
             greeting_samples(language)
         if self._events_log is not None:
             self.timing_log = TimingLog(self._events_log)
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_TEXT_BODY_BYTES)
         for path in REALTIME_PATHS:
             app.router.add_get(path, self._handle)
+        self.text_model.install(app)
         app.router.add_get(VOICE_LIVE_PATH, self._handle_voice_live)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -254,6 +266,15 @@ class SimulatorServer:
                                           "error": error}))
             await ws.close(code=4000, message=b"beta_api_shape_disabled")
             return ws
+        try:
+            script = Script.parse(request.query.get("script"))
+        except InvalidRequest as exc:
+            await ws.send_str(json.dumps({"type": "error", "event_id": f"event_{random_tag()}", "error": {
+                "type": exc.error_type, "code": exc.code, "message": exc.message, "param": exc.param,
+                "event_id": None}}))
+            await ws.close(code=1008, message=b"invalid script")
+            self.rejections.append(("invalid_script", request.path))
+            return ws
         model = request.query.get("model") or request.query.get("deployment") or DEFAULT_MODEL
         record = SimulatedSession(id=f"sess_{random_tag(20)}", model=model, path=request.path,
                                   opened_at=self.clock())
@@ -266,7 +287,9 @@ class SimulatorServer:
         elif request.query.get("api-key"):
             record.auth, record.credential = "query", request.query["api-key"]
         self.sessions.append(record)
-        conn = SimulatedConnection(self, ws, record, voice_live=voice_live)
+        if script.actions:
+            record.script = json.loads(request.query["script"])
+        conn = SimulatedConnection(self, ws, record, script, voice_live=voice_live)
         self._live.add(conn)
         if self.timing_log is not None:
             self.timing_log.write("open", record.id, record.opened_at)

@@ -192,7 +192,11 @@ class SipLeg:
             log.warning("sip: no final NOTIFY for the transfer within %.0f s", TRANSFER_TIMEOUT)
             return False
         log.info("sip: transfer answered %d", status)
-        return 200 <= status < 300
+        if not 200 <= status < 300:
+            return False
+        # The transferee is connected to the target: leave its dialog (RFC 5589 section 6.1).
+        self.server.hang_up(self.handle, 200)
+        return True
 
 
 class SipTrunkServer:

@@ -1,10 +1,11 @@
 """The load benchmark's harness, run tiny: two calls of a few seconds over AudioSocket and over
-Twilio Media Streams, daemon and simulator as separate processes. It checks that the harness
+Twilio Media Streams and the SIP trunk, daemon and simulator as separate processes. It checks that the harness
 places calls, pairs them with their model sessions and computes every figure; it asserts no
 speed (speed is measured by ``python -m bench.load``, see bench/README.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -15,7 +16,11 @@ from bench.load.__main__ import RunConfig, run_once
 pytestmark = pytest.mark.realtime
 
 
-@pytest.mark.parametrize("transport", ["audiosocket", "twilio"])
+@pytest.mark.parametrize("transport", [
+    "audiosocket", "twilio",
+    pytest.param("sip", marks=pytest.mark.skipif(importlib.util.find_spec("pjsua2") is None,
+                                                 reason="pjsua2-python has wheels for Linux x86-64 only")),
+])
 def test_two_short_calls(tmp_path: Path, fixtures_dir: Path, transport: str) -> None:
     cfg = RunConfig(transport, calls=2, duration=12.0, loop="auto", pin=False, fixtures_dir=fixtures_dir,
                     keep=True, out_dir=tmp_path)

@@ -1,11 +1,14 @@
-// callbridge ops page: list calls, play a recording with its waveform, read the transcript.
+// callbridge ops page: list calls, play a recording with its waveform, read the transcript and
+// the evaluation; watch calls in progress live (GET /api/calls/live, Server-Sent Events read
+// through fetch so that the bearer token goes in a header).
 // Talks only to this daemon's /api with the bearer token typed in (kept for the tab's session).
 "use strict";
 
 const TOKEN_KEY = "callbridge.token";
 const PAGE = 50;
 const $ = (id) => document.getElementById(id);
-const state = { token: null, offset: 0, total: 0, peaks: null, duration: 0, selected: null, drawing: false };
+const state = { token: null, offset: 0, total: 0, peaks: null, duration: 0, selected: null, drawing: false,
+                live: null };
 
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -65,6 +68,7 @@ async function signIn(token) {
     tenant.disabled = me.role !== "admin";
     tenant.value = me.role === "admin" ? tenant.value : me.tenant;
     $("app").hidden = false;
+    startLive();
     await loadCalls(0);
     // A link to one call (/ops/#call=<id>, as the phone page gives after a call) opens it.
     const linked = /^#call=([A-Za-z0-9._-]+)$/.exec(location.hash);
@@ -75,6 +79,7 @@ async function signIn(token) {
 }
 
 function signOut() {
+  stopLive();
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   $("app").hidden = true;
@@ -93,6 +98,7 @@ function filters() {
     if (value) params.set(name, new Date(value).toISOString());
   }
   if ($("f-outcome").value) params.set("outcome", $("f-outcome").value);
+  if ($("f-min-score").value) params.set("min_score", $("f-min-score").value);
   return params;
 }
 
@@ -109,7 +115,7 @@ async function loadCalls(offset) {
     const row = el("tr");
     row.dataset.callId = call.call_id;
     for (const value of [fmtTime(call.started_at), call.tenant, call.dialled, call.caller_id,
-                         fmtDuration(call.duration), call.outcome || "", call.status]) {
+                         fmtDuration(call.duration), call.outcome || "", call.status, scoreText(call.evaluation)]) {
       row.append(el("td", value));
     }
     row.addEventListener("click", () => openCall(call.call_id).catch(handle));
@@ -152,6 +158,7 @@ async function openCall(callId) {
   player.hidden = !available;
   $("waveform").hidden = !available;
   const transcript = api(`/api/calls/${encodeURIComponent(callId)}/transcript`);
+  const evaluation = loadEvaluation(callId, call.evaluation);
   if (available) {
     const [link, peaks] = await Promise.all([
       api(`/api/calls/${encodeURIComponent(callId)}/recording/link`),
@@ -163,6 +170,156 @@ async function openCall(callId) {
     drawWaveform();
   }
   renderTranscript((await transcript).entries);
+  await evaluation;
+}
+
+function scoreText(evaluation) {
+  if (!evaluation) return "";
+  if (evaluation.status === "complete") return String(evaluation.overall_score);
+  return evaluation.status === "failed" ? "failed" : "…";
+}
+
+async function loadEvaluation(callId, summary) {
+  const box = $("evaluation");
+  box.hidden = !summary;
+  if (!summary) return;
+  const ev = await api(`/api/calls/${encodeURIComponent(callId)}/evaluation`);
+  box.dataset.status = ev.status;
+  $("e-score").textContent = ev.status === "complete" ? `${ev.overall_score} / 100` : "";
+  const status = $("e-status");
+  status.className = ev.status;
+  status.textContent = ev.status === "failed" ? `Evaluation failed: ${ev.evaluation_error}`
+    : ev.status === "pending" ? "Evaluation in progress." : `${ev.model} · agent ended the call: ${ev.agent_ended_call ? "yes" : "no"}`;
+  $("e-summary").textContent = ev.summary || "";
+  const body = $("e-criteria").querySelector("tbody");
+  body.replaceChildren();
+  for (const c of ev.criteria || []) {
+    const row = el("tr");
+    row.append(el("td", c.name), el("td", c.weight), el("td", c.score), el("td", c.rationale));
+    body.append(row);
+  }
+  for (const [id, items] of [["e-strengths", ev.strengths || []], ["e-weaknesses", ev.weaknesses || []]]) {
+    $(id).replaceChildren(...items.map((text) => el("li", text)));
+  }
+}
+
+// ------------------------------------------------------------------ live calls
+function stopLive() {
+  if (state.live) state.live.abort();
+  state.live = null;
+  $("live-calls").replaceChildren();
+  $("live-empty").hidden = false;
+  $("live-state").textContent = "not connected";
+}
+
+async function startLive() {
+  stopLive();
+  const controller = new AbortController();
+  state.live = controller;
+  while (state.live === controller) {
+    try {
+      const resp = await fetch("/api/calls/live", { headers: { Authorization: "Bearer " + state.token, Accept: "text/event-stream" },
+                                                    signal: controller.signal, cache: "no-store" });
+      if (!resp.ok) throw new ApiError(resp.status, resp.statusText);
+      $("live-state").textContent = "connected";
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+          if (data) liveEvent(JSON.parse(data));
+        }
+      }
+    } catch (err) {
+      if (state.live !== controller) return;
+      if (err instanceof ApiError && err.status === 401) { handle(err); return; }
+      if (err instanceof ApiError && err.status === 404) { $("live-state").textContent = "not available"; return; }
+    }
+    if (state.live !== controller) return;
+    $("live-state").textContent = "reconnecting";
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+function liveCard(call) {
+  let card = document.querySelector(`.live-call[data-call-id="${CSS.escape(call.call_id)}"]`);
+  if (card) return card;
+  card = el("div", null, "live-call");
+  card.dataset.callId = call.call_id;
+  const head = el("div");
+  head.append(el("strong", `${call.dialled || ""} ← ${call.caller_id || "unknown"}`), el("span", ` ${call.tenant} · ${call.transport || ""}`),
+              el("span", "listening", "state"));
+  card.append(head, el("ol"), el("div", null, "events"));
+  $("live-calls").append(card);
+  $("live-empty").hidden = true;
+  return card;
+}
+
+function liveLine(card, role, text, final) {
+  const list = card.querySelector("ol");
+  let partial = list.querySelector(`li.partial[data-role="${role}"]`);
+  if (!partial) {
+    partial = el("li", null, "partial " + role);
+    partial.dataset.role = role;
+    partial.append(el("span", role, "who"), el("span", "", "text"));
+    list.append(partial);
+  }
+  const span = partial.querySelector(".text");
+  if (final) {
+    span.textContent = text;
+    partial.className = role;
+    delete partial.dataset.role;
+  } else {
+    span.textContent += text;
+  }
+}
+
+function liveEvent(event) {
+  if (event.type === "snapshot") {
+    $("live-calls").replaceChildren();
+    for (const call of event.calls) {
+      const card = liveCard(call);
+      for (const line of call.transcript) liveLine(card, line.role, line.text, true);
+      setSpeaking(card, call.speaking);
+    }
+    $("live-empty").hidden = event.calls.length > 0;
+    return;
+  }
+  if (!event.call_id) return;
+  if (event.type === "evaluation" || event.type === "evaluation_error") {
+    if (state.selected === event.call_id) openCall(event.call_id).catch(handle);
+    loadCalls(state.offset).catch(handle);
+    return;
+  }
+  const card = liveCard(event);
+  const note = card.querySelector(".events");
+  switch (event.type) {
+    case "transcription": liveLine(card, event.role, event.text, event.final); break;
+    case "agent_speaking": setSpeaking(card, true); break;
+    case "agent_listening": setSpeaking(card, false); break;
+    case "barge_in": note.textContent = `caller cut in after ${event.played_ms} ms`; break;
+    case "dtmf": note.textContent = `key ${event.digit}`; break;
+    case "tool_call": note.textContent = `agent calls ${event.tool}`; break;
+    case "call.ended":
+      card.remove();
+      $("live-empty").hidden = $("live-calls").children.length > 0;
+      loadCalls(state.offset).catch(handle);
+      break;
+    default: break;
+  }
+}
+
+function setSpeaking(card, speaking) {
+  const badge = card.querySelector(".state");
+  badge.textContent = speaking ? "speaking" : "listening";
+  badge.classList.toggle("speaking", speaking);
+  card.dataset.speaking = speaking ? "true" : "false";
 }
 
 function renderTranscript(entries) {
@@ -172,6 +329,7 @@ function renderTranscript(entries) {
     const item = el("li", null, entry.role === "agent" ? "agent" : "caller");
     const offset = Number(entry.offset) || 0;
     item.append(el("span", fmtDuration(offset), "at"), el("span", entry.role, "who"), el("span", entry.text, "text"));
+    if (entry.interrupted) item.append(el("span", " (cut off)", "at"));
     item.addEventListener("click", () => { const p = $("player"); if (p.src) { p.currentTime = offset; p.play().catch(() => {}); } });
     list.append(item);
   }

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge.ops.api import OpsApi, parse_time
+from bridge.ops.live import LiveEvents
 from bridge.ops.metrics import Metrics
 from bridge.records.archive import CallArchive
 from tests.peers.tap_call import RATE, FakeClock, call_info, make_settings, play_call, voice
@@ -38,7 +39,7 @@ async def ops_server(tmp_path, **ops):
 async def serve_ops(archive, ops_settings):
     """One instance of the ops API over ``archive``, on a loopback port of its own."""
     app = web.Application()
-    OpsApi(archive, ops_settings).install(app)
+    OpsApi(archive, ops_settings, live=LiveEvents()).install(app)
     async with serve_app(app) as port, aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
         yield http
 

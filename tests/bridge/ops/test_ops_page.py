@@ -148,7 +148,7 @@ async def test_nothing_clipped_at_1280_px_and_the_favicon_loads(tmp_path, browse
         detail = await page.locator("#detail").bounding_box()
         assert detail is not None
         cells = page.locator("#calls thead th, #calls tbody tr:first-child td")
-        assert await cells.count() == 14
+        assert await cells.count() == 16  # seven columns and the score
         for i in range(await cells.count()):
             box = await cells.nth(i).bounding_box()
             assert box is not None and box["width"] > 0
