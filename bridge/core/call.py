@@ -98,6 +98,15 @@ __all__ = [
     "mask_number",
 ]
 
+def tenant_endpoint(endpoint: ModelEndpoint, tenant: TenantConfig) -> ModelEndpoint:
+    """The endpoint a call of ``tenant`` connects to: its model, and for the simulator its cues."""
+    out = endpoint.with_model(tenant.model)
+    if tenant.simulator is not None and out.provider is ModelProvider.SIMULATOR:
+        # The simulator's cues for this tenant travel in the session URL (bridge.simulator.script).
+        out = out.with_query(script=tenant.simulator.to_query())
+    return out
+
+
 def leg_problem(tenant: TenantConfig, fmt: AudioFormat) -> str | None:
     """Why a call of ``tenant`` cannot run on a leg of format ``fmt``, or None."""
     if tenant.audio_mode is AudioMode.PASSTHROUGH and fmt.rate_hz != 8000:
@@ -122,10 +131,7 @@ class Call:
         self.info = info
         self.leg = leg
         self.tenant = info.tenant
-        self.endpoint = endpoint.with_model(info.tenant.model)
-        if info.tenant.simulator is not None and self.endpoint.provider is ModelProvider.SIMULATOR:
-            # The simulator's cues for this tenant travel in the session URL (bridge.simulator.script).
-            self.endpoint = self.endpoint.with_query(script=info.tenant.simulator.to_query())
+        self.endpoint = tenant_endpoint(endpoint, info.tenant)
         self.metrics = metrics
         self.tap = tap
         self.clock = clock

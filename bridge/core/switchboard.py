@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome
+from bridge.core.call import Call, CallerLeg, CallInfo, CallTap, Outcome, tenant_endpoint
 from bridge.core.continuity import ModelPolicy
 from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, endpoint_from_settings, open_session
 from bridge.ops import logs
@@ -203,7 +203,7 @@ class Switchboard:
         """A model session for a call not yet answered: a transport that can still refuse the
         call opens it first, so that a model it cannot reach sends the caller elsewhere
         (``Refusal.MODEL_UNAVAILABLE``) instead of into dead air. Raises ModelError."""
-        endpoint = self.endpoint_for(tenant).with_model(tenant.model)
+        endpoint = tenant_endpoint(self.endpoint_for(tenant), tenant)
         started = self.clock()
         try:
             session = await open_session(endpoint)
