@@ -168,6 +168,14 @@ class AmiSettings(BaseModel):
 
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
+    # A client must send its whole request head within this many seconds, and any body without
+    # pausing longer than ``body_timeout``; an idle keep-alive connection is closed after
+    # ``keepalive_timeout``. ``max_connections`` bounds the open connections (WebSocket media
+    # included): past it, new connections are closed at once, logged and counted.
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    keepalive_timeout: float = Field(15.0, gt=0)
+    max_connections: int = Field(2000, ge=1)
 
 
 class RecordingStorage(enum.StrEnum):
@@ -206,6 +214,9 @@ class RecordingSettings(BaseModel):
     # Days a call (recording, transcript, index row) is kept when its tenant sets none; 0 keeps
     # calls until deleted by hand.
     retention_days: int = Field(90, ge=0)
+    # Days a refused call's index row is kept (nothing was said, so it is only a trace); capped at
+    # the tenant's own retention. 0 keeps them as long as calls.
+    refusal_retention_days: int = Field(7, ge=0)
     storage: RecordingStorage = RecordingStorage.LOCAL
     s3: S3Settings | None = None
     index: CallIndexBackend = CallIndexBackend.AUTO

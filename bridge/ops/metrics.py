@@ -209,6 +209,26 @@ class Metrics:
             "Duration of each cyclic garbage collection by generation (the event loop waits it out)",
             ["generation"], buckets=_FAST_BUCKETS, registry=r,
         )
+        self.connections_refused = Counter(
+            "callbridge_connections_refused_total",
+            "Connections closed at once by a listener: over its connection limit, or no file "
+            "descriptor left to accept them", ["listener", "reason"], registry=r,
+        )
+        self.peers_closed = Counter(
+            "callbridge_peers_closed_total",
+            "Connections closed because the peer broke a bound (oversize message or buffer, "
+            "too slow, too many events)", ["listener", "reason"], registry=r,
+        )
+        self.control_events_dropped = Counter(
+            "callbridge_control_events_dropped_total",
+            "DTMF and other control events from a caller leg ignored over the per-call rate limit",
+            ["transport"], registry=r,
+        )
+        self.refusals_not_indexed = Counter(
+            "callbridge_refusals_not_indexed_total",
+            "Refused calls counted but not written to the call index (too many being written at once)",
+            registry=r,
+        )
         self.inbound_chain_latency = Gauge(
             "callbridge_inbound_chain_latency_seconds",
             "Algorithmic latency of the caller-to-model audio chain of the last call set up",

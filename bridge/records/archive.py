@@ -260,11 +260,15 @@ class CallArchive:
         self._index_writes[info.call_id] = self._spawn(self._put(record))
         return recorder
 
-    def _expires_at(self, tenant: TenantConfig | None, started_at: float) -> float | None:
+    def _expires_at(self, tenant: TenantConfig | None, started_at: float, *,
+                    refused: bool = False) -> float | None:
         """When a call's files and index entry are due for deletion (None: kept for good)."""
         days = self.settings.recording.retention_days
         if tenant is not None and tenant.retention_days is not None:
             days = tenant.retention_days
+        short = self.settings.recording.refusal_retention_days
+        if refused and short > 0:
+            days = min(days, short) if days > 0 else short
         return started_at + days * 86400.0 if days > 0 else None
 
     def record_refusal(self, refused: RefusedCall) -> None:
@@ -272,7 +276,9 @@ class CallArchive:
         if self._tg is None:
             return
         if self._refusal_writes >= MAX_REFUSAL_WRITES:
-            return  # a flood of refused calls must not queue without bound
+            # A flood of refused calls must not queue without bound: counted, not indexed.
+            self.metrics.refusals_not_indexed.inc()
+            return
         tenant = refused.tenant
         record = CallRecord(
             call_id=str(uuid.uuid4()),
@@ -285,7 +291,7 @@ class CallArchive:
             status=CallStatus.COMPLETE,
             ended_at=refused.at,
             outcome="refused",
-            expires_at=self._expires_at(tenant, refused.at),
+            expires_at=self._expires_at(tenant, refused.at, refused=True),
             extra={"refusal": refused.reason.value},
         )
         self._refusal_writes += 1

@@ -21,7 +21,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 # Label names allowed on callbridge families: each takes values from a small fixed set (the tenant
 # slug only while metrics.tenant_labels bounds it; version/python are the build's).
 ALLOWED_LABELS = {"transport", "outcome", "direction", "reason", "provider", "kind", "result", "tenant",
-                  "version", "python", "generation"}
+                  "version", "python", "generation", "listener"}
 PER_CALL_HINTS = ("call", "uuid", "caller", "dialled", "dialed", "number", "phone", "channel", "session",
                   "ani", "dnis", "did")
 
