@@ -24,6 +24,7 @@ from bridge.core import heap
 from bridge.core.call import CallInfo, CallTap, Outcome
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
+from bridge.ops.accept import AcceptFailureWatch
 from bridge.ops.http import HttpServer
 from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider, Settings
@@ -128,6 +129,9 @@ class Application:
             # realtime modules imported now (in a thread), then start-up's heap is frozen.
             await endpoint.warm_up()
             heap.settle()
+            accept_failures = AcceptFailureWatch(self.metrics, self._listener_ports)
+            accept_failures.install(asyncio.get_running_loop())
+            stack.callback(accept_failures.uninstall)
             pauses = heap.PauseWatch(self.metrics.gc_pause)
             pauses.install()
             stack.callback(pauses.uninstall)
@@ -149,6 +153,17 @@ class Application:
                 for task in background:
                     task.cancel()
         log.info("callbridge stopped")
+
+    def _listener_ports(self) -> dict[int, str]:
+        ports: dict[int, str] = {}
+        for name, server in (("http", self.http), ("audiosocket", self.audiosocket), ("fastagi", self.agi)):
+            if server is None:
+                continue
+            try:
+                ports[server.port] = name
+            except (AssertionError, IndexError):  # not listening (any more)
+                continue
+        return ports
 
     async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
         """The ARI client and Stasis application (run in the background task group), and AMI."""

@@ -168,13 +168,12 @@ class AmiSettings(BaseModel):
 
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
-    # A client must send its whole request head within this many seconds, and any body without
-    # pausing longer than ``body_timeout``; an idle keep-alive connection is closed after
-    # ``keepalive_timeout``. ``max_connections`` bounds the open connections (WebSocket media
-    # included): past it, new connections are closed at once, logged and counted.
-    header_timeout: float = Field(10.0, gt=0)
+    # A client must send a whole request head within ``idle_timeout`` seconds of connecting and of
+    # its previous response (an idle keep-alive connection is closed then too), and a request body
+    # within ``body_timeout``. ``max_connections`` bounds the open connections (WebSocket media
+    # included): past it, new connections get a 503 at once, logged and counted.
+    idle_timeout: float = Field(15.0, gt=0)
     body_timeout: float = Field(30.0, gt=0)
-    keepalive_timeout: float = Field(15.0, gt=0)
     max_connections: int = Field(2000, ge=1)
 
 

@@ -9,6 +9,11 @@ Each connection is an ``asyncio.Protocol``: bytes go straight from ``data_receiv
 sans-I/O parser into the call, with no reader task to wake 50 times a second per call. The call
 itself runs in a task of its own (held by the server), and ends when Asterisk hangs up, closes or
 resets the connection, or sends something that is not AudioSocket.
+
+Caller audio passes through a :class:`bridge.core.intake.CallerIntake`, as on the WebSocket legs: a
+peer sending faster than real time has the excess held in a one-second backlog, then dropped
+(oldest first) and counted, instead of reaching the model and taking the event loop from other
+calls.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import socket
 from typing import Any, cast
 
 from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import PendingCall, Refusal, Switchboard
 from bridge.settings import AudioSocketSettings
 from media.codec import SLIN_8K, AudioFormat, Encoding
@@ -112,6 +118,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self._parser = aso.AudioSocketProtocol(aso.Side.SERVER)
         self.transport: asyncio.Transport | None = None
         self._call: Call | None = None
+        self._intake: CallerIntake | None = None
         self._media_over = False
         self._expected_rate = 0
         self._nominal = False
@@ -180,7 +187,8 @@ class AudioSocketConnection(asyncio.Protocol):
                     call.protocol_error(f"audio kind {event.kind:#04x} does not match the call's "
                                         f"{self._expected_rate} Hz format")
                     return
-                call.receive_audio(event.payload)
+                assert self._intake is not None
+                self._intake.feed(event.payload)
             elif isinstance(event, aso.Dtmf):
                 call.receive_dtmf(event.digit)
             elif isinstance(event, (aso.Closed, aso.Hangup)):
@@ -242,13 +250,17 @@ class AudioSocketConnection(asyncio.Protocol):
             self._refuse(pending)
             return
         self._call = call
+        self._intake = intake = CallerIntake(call, switchboard.metrics, switchboard.clock)
         self._expected_rate = call.caller_format.rate_hz
         self._nominal = call.caller_format.encoding is not Encoding.SLIN
-        server.run_in_background(self._run(call, pending))
+        server.run_in_background(self._run(call, intake, pending))
 
-    async def _run(self, call: Call, pending: PendingCall) -> None:
+    async def _run(self, call: Call, intake: CallerIntake, pending: PendingCall) -> None:
         try:
-            await self._server.switchboard.run_call(call)
+            async with asyncio.TaskGroup() as tg:
+                intake_task = tg.create_task(intake.run())
+                await self._server.switchboard.run_call(call)
+                intake_task.cancel()
         except Exception:
             # The call boundary: a bug in one call never takes the listener down.
             log.error("AudioSocket connection failed", exc_info=True)

@@ -43,11 +43,11 @@ import logging
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
 from bridge.wsmedia.leg import (
     HANDSHAKE_TIMEOUT,
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,

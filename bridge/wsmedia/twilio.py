@@ -35,12 +35,12 @@ from collections.abc import Mapping
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
 from bridge.wsmedia.leg import (
     HANDSHAKE_TIMEOUT,
     TEXT_FRAME,
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,

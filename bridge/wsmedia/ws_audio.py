@@ -12,9 +12,9 @@ import logging
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.intake import CallerIntake
 from bridge.ops.metrics import Metrics
 from bridge.wsmedia.leg import (
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,
