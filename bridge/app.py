@@ -94,7 +94,7 @@ class Application:
                 # Entered before the listeners, left after them: recordings of calls still
                 # finishing are closed and indexed before the stack unwinds further.
                 self.archive = await stack.enter_async_context(
-                    CallArchive(settings, self.metrics, clock=self.clock).running()
+                    CallArchive(settings, self.metrics, clock=self.clock, tenants=directory).running()
                 )
                 tap_factory = self.archive.open_tap
             switchboard = self.switchboard = Switchboard(

@@ -10,7 +10,10 @@ Life of a call's files
    the record back to the event loop, which puts it in the index, queues the upload (S3) and the
    webhook, and only then removes the marker.
 3. ``recover`` (at start) takes every marker left by a daemon that died: repairs the WAV header,
-   cuts a torn last transcript line, marks the call ``interrupted`` and resumes step 2.
+   cuts a torn last transcript line, marks the call ``interrupted`` and resumes step 2, the
+   tenant's ``call.completed`` webhook included. The call ends where its audio ends (start plus
+   the repaired recording's length, or the last transcript line without audio), not when the
+   daemon came back.
 4. S3: the upload spool uploads WAV, transcript, peaks and metadata, records the object key, and
    drops the local WAV unless ``keep_local``; while the store is down the call waits on disk.
 5. Retention: calls past their ``expires_at`` lose their files, objects and index row.
@@ -29,6 +32,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
     from bridge.core.switchboard import RefusedCall
     from bridge.ops.metrics import Metrics
     from tenants.config import TenantConfig
+    from tenants.directory import TenantDirectory
 
 from bridge.records.views import cut_torn_line, iso, read_transcript_file, record_view
 from tenants.settings import TenantBackend
@@ -109,6 +114,16 @@ def deployment_model(settings: Settings) -> str:
     return settings.model.model
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A transcript line read back from disk, shaped as the webhook payload reads it."""
+
+    role: str
+    text: str
+    at: float
+    offset: Any
+
+
 class CallArchive:
     def __init__(
         self,
@@ -118,8 +133,11 @@ class CallArchive:
         index: CallIndex | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        tenants: TenantDirectory | None = None,
     ) -> None:
         rec = settings.recording
+        # Where recovery finds a tenant's webhook (the live calls carry theirs in CallInfo).
+        self.tenants = tenants
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
@@ -399,10 +417,32 @@ class CallArchive:
                 continue
             await self._archive(record)
             recovered.append(record)
+            if record.status is CallStatus.INTERRUPTED:
+                await self._recovered_webhook(record)
         if recovered:
             log.info("recovered %d unfinished call(s)", len(recovered))
         self.recovered.extend(recovered)
         return recovered
+
+    async def _recovered_webhook(self, record: CallRecord) -> None:
+        """The tenant's ``call.completed`` for a call the daemon died during (status interrupted)."""
+        if self.tenants is None or not record.tenant:
+            return
+        try:
+            tenant = await self.tenants.tenant_by_slug(record.tenant)
+        except Exception as exc:  # the tenant store may be down at start: the call is still recovered
+            log.warning("call %s: no webhook after recovery (tenant lookup failed: %s)", record.call_id, exc)
+            return
+        if tenant is None or not tenant.webhook_url:
+            return
+        transcript: list[_Entry] = []
+        with contextlib.suppress(OSError, RecordingError):
+            path = self.layout.path(record.path, ".jsonl")
+            if await asyncio.to_thread(path.is_file):
+                transcript = [_Entry(str(e.get("role", "")), str(e.get("text", "")), float(e.get("at", 0.0)),
+                                     e.get("offset"))
+                              for e in await asyncio.to_thread(read_transcript_file, path)]
+        self.webhooks.submit(tenant.webhook_url, tenant.webhook_secret, self.webhook_payload(record, transcript))
 
     def _recover_files(self, call_id: str) -> CallRecord | None:
         """Repair of one unfinished call (blocking; runs in a thread); None while the call's
@@ -428,7 +468,9 @@ class CallArchive:
             return record  # finished before the crash; only the index or upload step was lost
         wav = self.layout.path(record.path, ".wav")
         transcript = self.layout.path(record.path, ".jsonl")
-        last_write = record.started_at
+        # The call ended where its audio or its last words end. File times say when the daemon
+        # came back (repair rewrites the header), not when the call ended.
+        ended = record.started_at
         if wav.exists():
             fallback = WavFormat(record.sample_rate or 8000, 2)
             try:
@@ -441,16 +483,19 @@ class CallArchive:
                 record = record.evolve(recorded=True, sample_rate=result.info.format.rate_hz,
                                        recording_bytes=wav.stat().st_size,
                                        recording_seconds=round(result.info.duration_seconds, 3))
-                last_write = max(last_write, wav.stat().st_mtime,
-                                 record.started_at + result.info.duration_seconds)
+                ended = max(ended, record.started_at + result.info.duration_seconds)
                 self.metrics.recordings.labels("repaired").inc()
                 log.info("call %s: repaired recording, %.1f s", call_id, result.info.duration_seconds)
         entries = 0
         if transcript.exists():
-            entries = len(read_transcript_file(transcript))
+            lines = read_transcript_file(transcript)
+            entries = len(lines)
             cut_torn_line(transcript)
-            last_write = max(last_write, transcript.stat().st_mtime)
-        record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=last_write, transcript_entries=entries)
+            for line in lines:
+                at = line.get("at")
+                if isinstance(at, int | float) and record.started_at <= at <= record.started_at + 86400.0:
+                    ended = max(ended, float(at))
+        record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=ended, transcript_entries=entries)
         write_json_atomic(meta, record.to_json())
         return record
 

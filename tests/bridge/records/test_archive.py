@@ -286,3 +286,51 @@ async def test_a_call_recorded_by_another_live_process_is_left_alone(tmp_path):
     again = CallArchive(settings, Metrics(CollectorRegistry()))
     async with again.running():
         assert [r.call_id for r in again.recovered] == [call_id]
+
+
+async def test_recovered_call_ends_with_its_audio_and_sends_its_webhook(tmp_path):
+    """A call the daemon died during: its duration is its audio's, not the time until the restart,
+    and its tenant hears of it (``call.completed``, status ``interrupted``)."""
+    from tenants.file import FileDirectory
+
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    tenants_file = tmp_path / "tenants.yaml"
+    tenants_file.write_text(
+        "tenants:\n  - slug: acme\n    tenant_id: t-acme\n    numbers: ['+5511999990001']\n"
+        f"    webhook_url: http://127.0.0.1:{port}/hook\n    webhook_secret: s3cret\n")
+    settings = make_settings(tmp_path)
+    call_id = "dead0000-0000-4000-8000-00000000cafe"
+    fed = await _killed_call(settings.recording.directory, call_id, 100)
+    await asyncio.sleep(1.0)  # the restart comes a while after the crash
+    directory = await FileDirectory.open(tenants_file)
+    try:
+        archive = CallArchive(settings, Metrics(CollectorRegistry()), tenants=directory)
+        async with archive.running():
+            record = await archive.get(call_id)
+            assert record is not None and record.status is CallStatus.INTERRUPTED
+            assert record.duration == pytest.approx(record.recording_seconds, abs=0.05)
+            assert abs(record.duration - fed * 0.02) < 1.0
+            for _ in range(250):
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.cleanup()
+    assert len(received) == 1
+    payload = json.loads(received[0])
+    assert payload["event"] == "call.completed"
+    assert payload["call"]["call_id"] == call_id and payload["call"]["status"] == "interrupted"
+    assert payload["call"]["duration"] == pytest.approx(record.duration, abs=0.01)
+    assert [e["text"] for e in payload["transcript"]] == ["hello"]
