@@ -224,6 +224,11 @@ class Metrics:
             "DTMF and other control events from a caller leg ignored over the per-call rate limit",
             ["transport"], registry=r,
         )
+        self.archive_write_errors = Counter(
+            "callbridge_archive_write_errors_total",
+            "Failed writes of a finished call's metadata file or index row (retried until they land)",
+            ["kind"], registry=r,
+        )
         self.refusals_not_indexed = Counter(
             "callbridge_refusals_not_indexed_total",
             "Refused calls counted but not written to the call index (too many being written at once)",

@@ -18,6 +18,14 @@ Life of a call's files
    drops the local WAV unless ``keep_local``; while the store is down the call waits on disk.
 5. Retention: calls past their ``expires_at`` lose their files, objects and index row.
 
+A full disk (or an index that cannot be written) never leaves a finished call ``in_progress``
+until a restart: the final record stays in memory (up to ``MAX_UNINDEXED`` calls) and its
+metadata file and index row are written again every ``retry_interval`` seconds until they land;
+only then does its unfinished marker go. Each failed write is logged and counted
+(``callbridge_archive_write_errors_total{kind="index"|"metadata"}``). At start, a call whose
+marker survived but whose index row is already final keeps that row's outcome instead of being
+marked interrupted.
+
 Metadata is the source of truth; the index is derived from it and re-fed on recovery.
 """
 
@@ -87,6 +95,8 @@ RETENTION_FIRST_RUN_SECONDS = 60.0
 SHUTDOWN_TIMEOUT = 15.0
 WEBHOOK_GRACE_SECONDS = 5.0
 MAX_REFUSAL_WRITES = 100  # refused calls being indexed at once
+ARCHIVE_RETRY_SECONDS = 30.0
+MAX_UNINDEXED = 10_000  # finished calls held for another index write; past that, left to recovery
 _CONTENT_TYPES = {".wav": "audio/wav", ".jsonl": "application/x-ndjson",
                   ".peaks.json": "application/json", ".json": "application/json"}
 
@@ -171,6 +181,8 @@ class CallArchive:
         self._idle.set()
         self.recovered: list[CallRecord] = []
         self._refusal_writes = 0
+        self.retry_interval = ARCHIVE_RETRY_SECONDS
+        self._unindexed: dict[str, CallRecord] = {}  # finished calls whose index write failed
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
@@ -189,7 +201,8 @@ class CallArchive:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 background = [tg.create_task(self.webhooks.run()),
-                              tg.create_task(self._retention_loop())]
+                              tg.create_task(self._retention_loop()),
+                              tg.create_task(self._retry_loop())]
                 if self.uploads is not None:
                     assert self.store is not None
                     await self.store.open()
@@ -360,6 +373,11 @@ class CallArchive:
     async def _archive(self, record: CallRecord) -> None:
         """Index the finished record, queue its upload, then drop the unfinished marker."""
         indexed = await self._put(record)
+        if not indexed and record.status is not CallStatus.IN_PROGRESS:
+            if len(self._unindexed) < MAX_UNINDEXED or record.call_id in self._unindexed:
+                self._unindexed[record.call_id] = record
+        elif indexed:
+            self._unindexed.pop(record.call_id, None)
         if self.uploads is not None:
             try:
                 await asyncio.to_thread(write_json_atomic, self.layout.upload_marker(record.call_id),
@@ -377,9 +395,35 @@ class CallArchive:
             await self.index.put(record)
             return True
         except CallStoreError as exc:
-            # The marker stays: the next start puts the record in the index.
-            log.error("call %s: index write failed: %s", record.call_id, exc)
+            # The marker stays; the record is written again by the retry loop, or at the next start.
+            self.metrics.archive_write_errors.labels("index").inc()
+            if record.call_id not in self._unindexed:
+                log.error("call %s: index write failed: %s", record.call_id, exc)
             return False
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            await self.retry_unindexed()
+
+    async def retry_unindexed(self) -> int:
+        """Write the metadata and index row of finished calls again; the number still missing."""
+        for call_id, record in list(self._unindexed.items()):
+            try:
+                await asyncio.to_thread(write_json_atomic, self.layout.path(record.path, ".json"),
+                                        record.to_json())
+            except (OSError, RecordingError):
+                self.metrics.archive_write_errors.labels("metadata").inc()
+                continue  # no point in indexing a call whose metadata would say otherwise at restart
+            if await self._put(record):
+                self._unindexed.pop(call_id, None)
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(os.unlink, self.layout.unfinished_marker(call_id))
+                log.info("call %s: indexed after an earlier failure", call_id)
+        if self._unindexed:
+            log.warning("archive: %d finished call(s) still not indexed (disk full or index down?); "
+                        "retrying in %.0f s", len(self._unindexed), self.retry_interval)
+        return len(self._unindexed)
 
     def webhook_payload(self, record: CallRecord, transcript: Any) -> dict[str, Any]:
         entries = [{"role": e.role, "text": e.text, "at": iso(e.at), "offset": e.offset} for e in transcript]
@@ -407,6 +451,15 @@ class CallArchive:
         for call_id in names:
             if call_id in self._recorders:
                 continue
+            final = await self._final_in_index(call_id)
+            if final is not None:
+                # Finished and indexed, but the metadata file or the marker's removal was lost
+                # (a full disk): the index knows how the call ended.
+                with contextlib.suppress(OSError, RecordingError):
+                    await asyncio.to_thread(write_json_atomic, self.layout.path(final.path, ".json"),
+                                            final.to_json())
+                    await asyncio.to_thread(os.unlink, self.layout.unfinished_marker(call_id))
+                continue
             try:
                 record = await asyncio.to_thread(self._recover_files, call_id)
             except (OSError, ValueError, TypeError, RecordingError) as exc:
@@ -423,6 +476,15 @@ class CallArchive:
             log.info("recovered %d unfinished call(s)", len(recovered))
         self.recovered.extend(recovered)
         return recovered
+
+    async def _final_in_index(self, call_id: str) -> CallRecord | None:
+        try:
+            record = await self.index.get(call_id)
+        except CallStoreError:
+            return None
+        if record is None or record.status in (CallStatus.IN_PROGRESS, CallStatus.INTERRUPTED):
+            return None
+        return record
 
     async def _recovered_webhook(self, record: CallRecord) -> None:
         """The tenant's ``call.completed`` for a call the daemon died during (status interrupted)."""
