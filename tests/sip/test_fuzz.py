@@ -24,7 +24,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sip import agi, ari, audiosocket, chan_websocket, freeswitch, realtime, rtp, twilio, ws_audio
@@ -32,6 +32,7 @@ from tenants.file import parse_tenants_yaml
 from tenants.numbers import NumberError, covering_patterns, normalize_number
 
 STALL_SECONDS = 0.005  # per message: a few milliseconds at most
+RETAINED_BYTES = 192 * 1024  # what a stream protocol may keep between reads, whatever it was fed
 MAX_WS_MESSAGE = 256 * 1024
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.data_too_large])
@@ -194,6 +195,8 @@ agi_lines = st.lists(
 
 @FUZZ
 @given(agi_lines, st.sampled_from([1, 50, 400]))
+@example([b"520-" + b"u" * 500 + b"\n"] * 10, 400)  # a usage block that never ends: 2 MB
+@example([b"HANGUP\n"] * 12, 400)  # replies nobody collects
 def test_fastagi_retains_bounded_memory(lines: list[bytes], rounds: int) -> None:
     protocol = agi.AgiProtocol()
     protocol.receive_data(b"agi_network: yes\n\n")
@@ -204,7 +207,7 @@ def test_fastagi_retains_bounded_memory(lines: list[bytes], rounds: int) -> None
             assert isinstance(event, agi.Event.__args__)  # type: ignore[attr-defined]
 
     retained = _retained_after(feed, [b"".join(lines)], rounds)
-    assert retained < agi.MAX_USAGE_BYTES + agi.MAX_LINE_BYTES + 64 * 1024, retained
+    assert retained < RETAINED_BYTES, retained
 
 
 audiosocket_frames = st.lists(
@@ -224,7 +227,7 @@ def test_audiosocket_retains_bounded_memory(frames: list[bytes], rounds: int) ->
         protocol.events_received()
 
     retained = _retained_after(feed, [b"".join(frames)], rounds)
-    assert retained < audiosocket.MAX_PAYLOAD_BYTES + 64 * 1024, retained
+    assert retained < RETAINED_BYTES, retained
 
 
 # -- the dialled number, from every transport -----------------------------------------------------
