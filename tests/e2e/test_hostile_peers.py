@@ -247,3 +247,50 @@ async def test_audiosocket_flood_is_held_to_real_time(tmp_path):
         assert heard_ms <= (elapsed + 0.5 + 0.1) * 1000, (heard_ms, elapsed)
         assert sample(app, "callbridge_frames_dropped_total", direction="inbound",
                       reason="faster_than_real_time") > 300
+
+
+@pytest.mark.parametrize("digits", [21, 40_000])
+async def test_overlong_dialled_numbers_are_unknown_on_every_entry(tmp_path, digits):
+    """A Twilio ``to``, a ``/ws/audio`` path and a FastAGI argument of any length: the unknown-number
+    outcome, at once, with the event loop never held up."""
+    from tests.peers.media_ws import TwilioPeer, WsPeer
+
+    number = "9" * digits
+    async with running(tmp_path) as app:
+        assert app.http is not None and app.agi is not None and app.switchboard is not None
+        lags: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def probe() -> None:
+            while True:
+                due = loop.time() + 0.005
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - due)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0.05)
+        try:
+            twilio = TwilioPeer()
+            await twilio.start(f"ws://127.0.0.1:{app.http.port}/ws/twilio", {"to": number})
+            assert await twilio.close_code_within(5) == 4004
+            await twilio.close()
+            if digits < 4000:  # longer paths are refused by the HTTP parser itself
+                ws = WsPeer()
+                await ws.connect(f"ws://127.0.0.1:{app.http.port}/ws/audio/{number}")
+                assert await ws.close_code_within(5) == 4004
+                await ws.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.agi.port)
+            writer.write(ENV.format(number=number[:8000]).encode())
+            commands = []
+            while not commands or not commands[-1].startswith(b"HANGUP"):
+                line = await asyncio.wait_for(reader.readline(), 5)
+                assert line
+                commands.append(line)
+                writer.write(b"200 result=1\n")
+            assert b'"CALLBRIDGE_STATUS" "UNKNOWN_NUMBER"' in b"".join(commands)
+            writer.close()
+            await asyncio.sleep(0.05)
+        finally:
+            prober.cancel()
+        assert lags and max(lags) < 0.25, lags
+        assert sample(app, "callbridge_calls_refused_total", transport="twilio", reason="unknown_number") == 1
