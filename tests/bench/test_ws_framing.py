@@ -10,6 +10,7 @@ from websockets.streams import StreamReader
 
 from bench.load.ws_callers import _FIN_BINARY, _FIN_TEXT, client_frame, split_server_frames
 from bridge.core.realtime import MaskingKeys
+from tests.servers import serve_app
 
 
 def read_back_as_server(data: bytes) -> list[Frame]:
@@ -127,11 +128,7 @@ async def test_a_connection_frames_its_steady_traffic_and_leaves_the_close_to_th
 
     app = web.Application()
     app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    try:
+    async with serve_app(app) as port:
         listener = Listener()
         loop = asyncio.get_running_loop()
         _, media = await loop.create_connection(
@@ -152,8 +149,6 @@ async def test_a_connection_frames_its_steady_traffic_and_leaves_the_close_to_th
         await asyncio.wait_for(media.closed, 5)
         assert not media._direct
         assert media.ws.close_rcvd is not None and media.ws.close_rcvd.code == 1000
-    finally:
-        await runner.cleanup()
     assert listener.texts == [b"HELLO", b"Z" * 70000]
     assert listener.binaries == [bytes(reversed(b"\x01\x02\x03" * 200))]
     assert [(t, d) for t, d in received] == [

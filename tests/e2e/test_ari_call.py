@@ -15,6 +15,7 @@ from bridge.settings import load_settings
 from sip import rtp
 from tests.conftest import load_wav
 from tests.peers.ari_server import AriServer
+from tests.servers import start_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -52,10 +53,7 @@ class Harness:
 async def _start(tmp_path, server_kwargs=None, **ari) -> Harness:
     server = AriServer(**(server_kwargs or {}))
     await server.start()
-    app = Application(_settings(tmp_path, server, **ari))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(_settings(tmp_path, server, **ari))
     await asyncio.wait_for(server.app_registered.wait(), 5)
     return Harness(app, server, stop, task)
 

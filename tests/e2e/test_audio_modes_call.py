@@ -9,9 +9,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.settings import load_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -43,10 +43,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
         agi={"host": "127.0.0.1", "port": 0}, tenants={"file": str(tenants)},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
     )
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     try:
         for number, (suppression, model_nr, fmt) in EXPECTED.items():
             sessions_before = len(app.simulator.sessions)

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.simulator import greeting_samples
 from media.resample import StreamResampler
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon, stop_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -25,16 +25,8 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(tmp_path, **extra):
-    app = Application(_settings(tmp_path, **extra))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(_settings(tmp_path, **extra))
     return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
 
 
 def _speech(fixtures_dir):
@@ -108,7 +100,7 @@ async def test_call_greeting_barge_in_and_truncate(tmp_path, fixtures_dir, host_
         reported = session.truncates[0]["audio_end_ms"]
         assert abs(reported - heard_ms) <= 40, (reported, heard_ms)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unknown_number_never_reaches_model(tmp_path):
@@ -122,7 +114,7 @@ async def test_unknown_number_never_reaches_model(tmp_path):
         assert not caller.audiosocket_requested.is_set()
         assert app.simulator.sessions == []
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unregistered_uuid_is_refused(tmp_path):
@@ -143,7 +135,7 @@ async def test_unregistered_uuid_is_refused(tmp_path):
         assert await asyncio.wait_for(reader.read(100), 5) == b""
         writer.close()
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_malformed_frame_ends_only_that_call(tmp_path, fixtures_dir):
@@ -169,7 +161,7 @@ async def test_malformed_frame_ends_only_that_call(tmp_path, fixtures_dir):
         resp = await _get(app.http.port, "/health")
         assert resp["status"] == "ok"
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def _get(port, path):

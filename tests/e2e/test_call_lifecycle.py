@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from tests.conftest import loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -22,10 +22,7 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(settings):
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     return app, stop, task
 
 
@@ -34,12 +31,6 @@ async def _call(app):
     await caller.dial()
     await caller.connect_media()
     return caller
-
-
-async def _until(predicate, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _outcomes(app):
@@ -59,8 +50,8 @@ async def test_caller_hangup_closes_model_session(tmp_path):
         await caller.play(np.zeros(8000, dtype=np.int16))
         await caller.hang_up()
         await asyncio.wait_for(caller.agi_done.wait(), 5)
-        await _until(lambda: app.simulator.sessions and app.simulator.sessions[-1].closed_at is not None)
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.simulator.sessions and app.simulator.sessions[-1].closed_at is not None)
+        await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app).get("caller_hangup") == 1
         assert caller.agi.variables["CALLBRIDGE_STATUS"] == "DONE"
     finally:
@@ -73,13 +64,13 @@ async def test_model_disconnect_hangs_up_caller(tmp_path):
     try:
         caller = await _call(app)
         playing = asyncio.create_task(caller.play(np.zeros(8000 * 5, dtype=np.int16)))
-        await _until(lambda: bool(app.simulator.sessions))
+        await until(lambda: bool(app.simulator.sessions))
         await asyncio.sleep(0.5)
         await app.simulator.drop_all(1011)
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received, "the caller was not sent an AudioSocket HANGUP"
         await playing
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         assert _outcomes(app).get("model_error") == 1
     finally:
         stop.set()
@@ -96,7 +87,7 @@ async def test_model_unreachable_hangs_up_caller(tmp_path):
         caller = await _call(app)
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received
-        await _until(lambda: _outcomes(app).get("model_error") == 1)
+        await until(lambda: _outcomes(app).get("model_error") == 1)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -106,7 +97,7 @@ async def test_shutdown_ends_calls_after_drain_timeout(tmp_path):
     app, stop, task = await _start(_settings(tmp_path, limits={"drain_timeout": 0.5}))
     caller = await _call(app)
     playing = asyncio.create_task(caller.play(np.zeros(8000 * 10, dtype=np.int16)))
-    await _until(lambda: app.switchboard.active_calls == 1)
+    await until(lambda: app.switchboard.active_calls == 1)
     stop.set()
     await asyncio.wait_for(task, 10)
     await asyncio.wait_for(caller.media_closed.wait(), 5)
@@ -128,7 +119,7 @@ async def test_max_call_duration(tmp_path):
         await caller.play(np.zeros(8000 * 2, dtype=np.int16))
         await asyncio.wait_for(caller.media_closed.wait(), 5)
         assert caller.hangup_received
-        await _until(lambda: _outcomes(app).get("timeout") == 1)
+        await until(lambda: _outcomes(app).get("timeout") == 1)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

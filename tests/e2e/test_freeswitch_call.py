@@ -9,11 +9,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from media.resample import StreamResampler
 from sip import freeswitch as fs
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.media_ws import FreeSwitchPeer, rms
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -26,23 +26,8 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(tmp_path, **extra):
-    app = Application(_settings(tmp_path, **extra))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(_settings(tmp_path, **extra))
     return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
-async def _until(predicate, within=5.0):
-    # Daemon state (metrics, call registry) has no event to wait on: poll it.
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _url(app, query=""):
@@ -77,7 +62,7 @@ async def test_audio_fork_bidirectional_kill_audio_and_marks(tmp_path, fixtures_
         assert peer.ws.subprotocol == fs.JAMBONZ_SUBPROTOCOL
         await peer.play_l16(_caller_audio(fixtures_dir, 16000), 16000)
         await peer.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
 
         session = app.simulator.sessions[-1]
         assert session.speech_started_at, "the simulator never heard the caller"
@@ -107,7 +92,7 @@ async def test_audio_fork_bidirectional_kill_audio_and_marks(tmp_path, fixtures_
         assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_audio_stream_json_down_at_8k(tmp_path, fixtures_dir):
@@ -119,7 +104,7 @@ async def test_audio_stream_json_down_at_8k(tmp_path, fixtures_dir):
         assert peer.ws.subprotocol is None
         await peer.play_l16(_caller_audio(fixtures_dir, 8000), 8000)
         await peer.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
 
         session = app.simulator.sessions[-1]
         barge_at = session.speech_started_at[0]
@@ -135,7 +120,7 @@ async def test_audio_stream_json_down_at_8k(tmp_path, fixtures_dir):
         assert len([at for at, _ in stream if at > barge_at + 0.5]) > 50
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_query_parameters_stand_in_for_metadata(tmp_path):
@@ -148,7 +133,7 @@ async def test_query_parameters_stand_in_for_metadata(tmp_path):
         assert {len(c.audio) for _, c in peer.commands if isinstance(c, fs.StreamAudio)} == {640}
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unknown_number_gets_4004(tmp_path):
@@ -160,7 +145,7 @@ async def test_unknown_number_gets_4004(tmp_path):
         await peer.close()
         assert app.simulator.sessions == []
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unreachable_model_gets_1011(tmp_path):
@@ -175,7 +160,7 @@ async def test_unreachable_model_gets_1011(tmp_path):
         await playing
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 @pytest.mark.parametrize(
@@ -200,4 +185,4 @@ async def test_malformed_stream_gets_1008(tmp_path, metadata, audio, code):
         assert await peer.close_code_within(5) == code
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)

@@ -14,11 +14,11 @@ import uuid
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.core.switchboard import Refusal, RefusedCall
 from sip import audiosocket as aso
 from tests.conftest import loopback_settings
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import running_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -29,20 +29,11 @@ ENV = (
 )
 
 
-@contextlib.asynccontextmanager
-async def running(tmp_path, **sections):
-    app = Application(loopback_settings(tmp_path, **sections))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
-    try:
-        yield app
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+def running(tmp_path, **sections):
+    return running_daemon(loopback_settings(tmp_path, **sections))
 
 
-def sample(app: Application, name: str, **labels: str) -> float:
+def sample(app, name: str, **labels: str) -> float:
     value = app.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
@@ -178,7 +169,6 @@ async def test_accept_failures_are_logged_and_counted(tmp_path, caplog):
         for c in clients:
             c.setblocking(False)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        loop = asyncio.get_running_loop()
         try:
             with caplog.at_level(logging.ERROR, logger="bridge.ops.accept"):
                 # No descriptor left for accept(): connect() needs none (the sockets exist).
@@ -188,10 +178,9 @@ async def test_accept_failures_are_logged_and_counted(tmp_path, caplog):
                 for c in clients:
                     with contextlib.suppress(BlockingIOError):
                         c.connect(("127.0.0.1", port))
-                deadline = loop.time() + 5
-                while loop.time() < deadline and not sample(
-                        app, "callbridge_connections_refused_total", listener="fastagi", reason="descriptors"):
-                    await asyncio.sleep(0.02)
+                with contextlib.suppress(TimeoutError):
+                    await until(lambda: sample(app, "callbridge_connections_refused_total",
+                                               listener="fastagi", reason="descriptors") > 0)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             for c in clients:
@@ -227,7 +216,7 @@ async def test_audiosocket_flood_is_held_to_real_time(tmp_path):
         assert caller.audiosocket_target is not None
         uid, addr = caller.audiosocket_target
         host, _, port = addr.rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _reader, writer = await asyncio.open_connection(host, int(port))
         media = aso.AudioSocketProtocol(aso.Side.CLIENT)
         media.send_uuid(uuid.UUID(uid))
         frame = (np.sin(np.arange(160) * 0.3) * 3000).astype("<i2").tobytes()

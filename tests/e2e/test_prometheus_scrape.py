@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from bridge.app import Application
 from bridge.settings import load_settings
 from tests.conftest import load_wav
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon
 
 pytestmark = [
     pytest.mark.realtime,
@@ -135,10 +135,7 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
         metrics={"tenant_labels": True, "max_tenant_labels": 10},
     )
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     assert app.http is not None and app.agi is not None
     config = _prometheus_config(tmp_path, f"127.0.0.1:{app.http.port}")
     prometheus = PrometheusServer(config, tmp_path / "tsdb")

@@ -12,9 +12,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller, ReceivedFrame
+from tests.servers import start_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -96,10 +96,7 @@ def stereo(data: bytes) -> tuple[np.ndarray, int]:
 
 
 async def test_recorded_call_through_the_ops_api(tmp_path, fixtures_dir):
-    app = Application(settings_for(tmp_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings_for(tmp_path))
     try:
         speech, rate = load_wav(fixtures_dir / "speech" / "real_cmu_8k.wav")
         assert rate == 8000
@@ -190,10 +187,7 @@ async def test_recorded_call_through_the_ops_api(tmp_path, fixtures_dir):
 
 
 async def test_refused_calls_are_findable(tmp_path):
-    app = Application(settings_for(tmp_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings_for(tmp_path))
     try:
         caller = AsteriskCaller(app.agi.port, "+15550001234", caller_id="5511977776666")
         await caller.dial()

@@ -23,6 +23,7 @@ from bridge.app import Application
 from bridge.settings import load_settings
 from tests.peers.asterisk import AsteriskCaller
 from tests.peers.dialplan import Channel, Dialplan
+from tests.servers import start_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -40,10 +41,7 @@ async def _start(tmp_path: Path, name: str) -> tuple[Application, asyncio.Event,
         recording={"enabled": False, "directory": str(tmp_path / name)},
         limits={"drain_timeout": 30},
     )
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     return app, stop, task
 
 

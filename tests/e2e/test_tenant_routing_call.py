@@ -8,10 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.settings import load_settings
 from tenants.file import FileDirectory  # noqa: F401  (the embedded default backend)
 from tests.peers.asterisk import AsteriskCaller
+from tests.servers import start_daemon
 
 pytestmark = pytest.mark.realtime
 
@@ -36,10 +36,7 @@ async def test_two_numbers_two_agents(tmp_path):
         http={"host": "127.0.0.1", "port": 0}, audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0}, recording={"enabled": False, "directory": str(tmp_path)},
     )
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     try:
         demo = await _session_for(app, "sip:+5511999990001@pbx.example.com;user=phone")
         pizza = await _session_for(app, "(11) 99999-0002")

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from media import g711
 from sip import twilio as tw
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.media_ws import TwilioPeer, rms
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -28,23 +28,8 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(tmp_path, **extra):
-    app = Application(_settings(tmp_path, **extra))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(_settings(tmp_path, **extra))
     return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
-async def _until(predicate, within=5.0):
-    # Daemon state (metrics, call registry) has no event to wait on: poll it.
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _url(app):
@@ -107,13 +92,13 @@ async def test_call_marks_clear_and_truncate_at_what_was_heard(tmp_path, fixture
         assert len([at for at, _ in peer.media if at > clear_at + 0.5]) > 50
         texts = [json.dumps(item) for item in session.items_created]
         assert any("telephone key 5" in t for t in texts), texts
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         outcome = {"transport": "twilio", "outcome": "caller_hangup"}
         assert _sample(app, "callbridge_calls_total", outcome) == 1
         assert _sample(app, "callbridge_barge_ins_total", {"transport": "twilio"}) == 1
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unknown_number_gets_4004(tmp_path):
@@ -126,7 +111,7 @@ async def test_unknown_number_gets_4004(tmp_path):
             await peer.close()
         assert app.simulator.sessions == []
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_model_failure_gets_1011(tmp_path):
@@ -135,15 +120,15 @@ async def test_model_failure_gets_1011(tmp_path):
     try:
         await peer.start(_url(app), PARAMS)
         playing = asyncio.create_task(peer.play_ulaw(_ulaw(np.zeros(8000 * 5, dtype=np.int16))))
-        await _until(lambda: len(peer.media) > 10)
+        await until(lambda: len(peer.media) > 10)
         await app.simulator.drop_all(1011)
         assert await peer.close_code_within(5) == 1011
         await playing
-        await _until(lambda: _sample(app, "callbridge_calls_total",
+        await until(lambda: _sample(app, "callbridge_calls_total",
                                      {"transport": "twilio", "outcome": "model_error"}) == 1)
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 @pytest.mark.parametrize(
@@ -159,8 +144,8 @@ async def test_malformed_message_gets_1008(tmp_path, message):
         await peer.play_ulaw(_ulaw(np.zeros(8000, dtype=np.int16)))
         await peer.send(message)
         assert await peer.close_code_within(5) == 1008
-        await _until(lambda: _sample(app, "callbridge_calls_total",
+        await until(lambda: _sample(app, "callbridge_calls_total",
                                      {"transport": "twilio", "outcome": "protocol_error"}) == 1)
     finally:
         await peer.close()
-        await _stop(stop, task)
+        await stop_daemon(stop, task)

@@ -15,6 +15,7 @@ from bridge.app import Application
 from tests.conftest import load_wav, loopback_settings
 from tests.peers.asterisk import AsteriskCaller
 from tests.peers.media_ws import WsPeer
+from tests.servers import start_daemon
 
 pytestmark = [
     pytest.mark.realtime,
@@ -34,10 +35,7 @@ def event_loop_policy() -> object:
 
 async def _start(tmp_path: Path) -> tuple[Application, asyncio.Event, asyncio.Task[None]]:
     settings = loopback_settings(tmp_path, record=True)
-    app = Application(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(settings)
     return app, stop, task
 
 

@@ -12,12 +12,12 @@ import aiohttp
 import numpy as np
 import pytest
 
-from bridge.app import Application
 from bridge.simulator import greeting_samples
 from media import g711
 from media.resample import StreamResampler
 from tests.conftest import REPO_ROOT, load_wav, loopback_settings
 from tests.peers.media_ws import WsPeer, frames
+from tests.servers import start_daemon, stop_daemon, until
 
 pytestmark = pytest.mark.realtime
 
@@ -30,16 +30,8 @@ def _settings(tmp_path, **extra):
 
 
 async def _start(tmp_path, **extra):
-    app = Application(_settings(tmp_path, **extra))
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop.wait()))
-    await asyncio.wait_for(app.wait_started(), 20)
+    app, stop, task = await start_daemon(_settings(tmp_path, **extra))
     return app, stop, task
-
-
-async def _stop(stop, task):
-    stop.set()
-    await asyncio.wait_for(task, 30)
 
 
 def _url(app, number=DEMO_NUMBER, query=""):
@@ -48,13 +40,6 @@ def _url(app, number=DEMO_NUMBER, query=""):
 
 def _sample(app, name, labels):
     return app.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def _until(predicate, within=5.0):
-    # Daemon state (metrics, call registry) has no event to wait on: poll it.
-    async with asyncio.timeout(within):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 def _speech_24k(fixtures_dir, seconds):
@@ -96,11 +81,11 @@ async def test_readme_client_runs_verbatim(tmp_path):
         assert 2.0 < len(audio) / 24000 < 3.2, len(audio) / 24000
         greeting = greeting_samples()[: len(audio)]
         assert np.corrcoef(audio.astype(np.float64), greeting.astype(np.float64))[0, 1] > 0.99
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         outcome = {"transport": "ws_audio", "outcome": "caller_hangup"}
         assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 # ----------------------------------------------------------------------------- a whole call
@@ -118,7 +103,7 @@ async def test_text_call_pace_barge_in_and_truncate(tmp_path, fixtures_dir, host
         messages = [base64.b64encode(f).decode() for f in frames(pcm, 1920)]
         await client.send_paced(messages, 0.040)
         await client.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
 
         session = app.simulator.sessions[-1]
         assert session.session_config["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
@@ -149,7 +134,7 @@ async def test_text_call_pace_barge_in_and_truncate(tmp_path, fixtures_dir, host
             "callbridge_response_latency_seconds_count", {"transport": "ws_audio"})
         assert latency and latency >= 1
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +177,7 @@ async def test_formats_and_frame_kinds(tmp_path, query, kind, frame_bytes):
         n = min(len(samples), len(reference))
         assert np.corrcoef(samples[:n].astype(np.float64), reference[:n].astype(np.float64))[0, 1] > 0.9
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 # ----------------------------------------------------------------------------- refusals and failures
@@ -218,7 +203,7 @@ async def test_unknown_and_inactive_numbers_get_4004(tmp_path):
         assert _sample(app, "callbridge_calls_refused_total",
                        {"transport": "ws_audio", "reason": "unknown_number"}) == 2
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unreachable_model_gets_1011(tmp_path):
@@ -231,10 +216,10 @@ async def test_unreachable_model_gets_1011(tmp_path):
         sending = asyncio.create_task(client.send_paced([base64.b64encode(bytes(1920)).decode()] * 50, 0.04))
         assert await client.close_code_within(8) == 1011
         await sending
-        await _until(lambda: _sample(app, "callbridge_calls_total",
+        await until(lambda: _sample(app, "callbridge_calls_total",
                                      {"transport": "ws_audio", "outcome": "model_error"}) == 1)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_model_failure_mid_call_gets_1011(tmp_path):
@@ -243,12 +228,12 @@ async def test_model_failure_mid_call_gets_1011(tmp_path):
         client = WsPeer()
         await client.connect(_url(app))
         sending = asyncio.create_task(client.send_paced([base64.b64encode(bytes(1920)).decode()] * 100, 0.04))
-        await _until(lambda: len(client.received) > 10)
+        await until(lambda: len(client.received) > 10)
         await app.simulator.drop_all(1011)
         assert await client.close_code_within(5) == 1011
         await sending
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_normal_end_gets_1000(tmp_path):
@@ -257,15 +242,15 @@ async def test_normal_end_gets_1000(tmp_path):
         client = WsPeer()
         await client.connect(_url(app))
         sending = asyncio.create_task(client.send_paced([base64.b64encode(bytes(1920)).decode()] * 100, 0.04))
-        await _until(lambda: len(client.received) > 10)
+        await until(lambda: len(client.received) > 10)
         # The model ends its session normally: nothing more can be said, the call ends normally.
         await app.simulator.drop_all(1000)
         assert await client.close_code_within(5) == 1000
         await sending
-        await _until(lambda: _sample(app, "callbridge_calls_total",
+        await until(lambda: _sample(app, "callbridge_calls_total",
                                      {"transport": "ws_audio", "outcome": "normal"}) == 1)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 @pytest.mark.parametrize(
@@ -295,11 +280,11 @@ async def test_malformed_frame_closes_only_that_socket(tmp_path, message, code):
         await good.close()
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{app.http.port}/health") as r:
             assert (await r.json())["status"] == "ok"
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         outcome = {"transport": "ws_audio", "outcome": "protocol_error"}
         assert _sample(app, "callbridge_calls_total", outcome) == 1
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_unsupported_format_query_is_refused(tmp_path):
@@ -311,7 +296,7 @@ async def test_unsupported_format_query_is_refused(tmp_path):
         assert "unsupported format" in client.close_reason
         assert app.simulator.sessions == []
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_fast_sender_is_bounded_not_cut_off(tmp_path):
@@ -319,7 +304,7 @@ async def test_fast_sender_is_bounded_not_cut_off(tmp_path):
     try:
         client = WsPeer()
         await client.connect(_url(app))
-        await _until(lambda: app.switchboard.active_calls == 1)
+        await until(lambda: app.switchboard.active_calls == 1)
         # 60 s of audio (1500 frames of 40 ms) in about one second.
         frame = base64.b64encode(bytes(1920)).decode()
         started = time.monotonic()
@@ -339,11 +324,11 @@ async def test_fast_sender_is_bounded_not_cut_off(tmp_path):
         # The model never got more than real time allows.
         session = app.simulator.sessions[-1]
         await client.close()
-        await _until(lambda: app.switchboard.active_calls == 0)
+        await until(lambda: app.switchboard.active_calls == 0)
         elapsed = time.monotonic() - started
         assert session.input_audio_ms / 1000 < elapsed + 2.5, (session.input_audio_ms, elapsed)
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)
 
 
 async def test_shutdown_refuses_new_calls_and_ends_active_ones_with_1001(tmp_path):
@@ -352,9 +337,9 @@ async def test_shutdown_refuses_new_calls_and_ends_active_ones_with_1001(tmp_pat
     await active.connect(_url(app))
     frame = base64.b64encode(bytes(1920)).decode()
     talking = asyncio.create_task(active.send_paced([frame] * 150, 0.04))
-    await _until(lambda: app.switchboard.active_calls == 1)
+    await until(lambda: app.switchboard.active_calls == 1)
     stop.set()
-    await _until(lambda: app.switchboard.draining)
+    await until(lambda: app.switchboard.draining)
     # While draining, the endpoint is up but takes no new call.
     late = WsPeer()
     await late.connect(_url(app))
@@ -395,4 +380,4 @@ async def test_passthrough_tenant_needs_a_mu_law_stream(tmp_path):
         assert await pcm.close_code_within(5) == 1011
         assert len(app.simulator.sessions) == sessions
     finally:
-        await _stop(stop, task)
+        await stop_daemon(stop, task)

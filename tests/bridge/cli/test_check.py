@@ -31,6 +31,7 @@ from bridge.cli.check import (
 )
 from bridge.simulator import SimulatorServer
 from tests.conftest import loopback_settings
+from tests.servers import serve_app
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -206,18 +207,11 @@ async def test_ari_info():
 
     app = web.Application()
     app.router.add_get("/ari/asterisk/info", info)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serve_app(app) as port:
         assert "Asterisk 22.6.0" in await check_ari(f"http://127.0.0.1:{port}", "callbridge", "pw", 5)
         assert "Asterisk 22.6.0" in await check_ari(f"http://127.0.0.1:{port}/ari", "callbridge", "pw", 5)
         with pytest.raises(CheckFailed, match="HTTP 401"):
             await check_ari(f"http://127.0.0.1:{port}", "callbridge", "nope", 5)
-    finally:
-        await runner.cleanup()
 
 
 def test_port_in_use(tmp_path):

@@ -17,6 +17,7 @@ from bridge.ops.api import OpsApi, parse_time
 from bridge.ops.metrics import Metrics
 from bridge.records.archive import CallArchive
 from tests.peers.tap_call import RATE, FakeClock, call_info, make_settings, play_call, voice
+from tests.servers import serve_app
 
 ADMIN = "admin-token-0123456789"
 ACME = "acme-token-abcdef"
@@ -32,16 +33,8 @@ async def ops_server(tmp_path, **ops):
     async with archive.running():
         app = web.Application()
         OpsApi(archive, settings.ops).install(app)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
-                yield archive, clock, http
-        finally:
-            await runner.cleanup()
+        async with serve_app(app) as port, aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+            yield archive, clock, http
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ from bridge.records.callstore import CallQuery, CallStatus
 from bridge.records.webhook import verify
 from tests.peers.killed_recorder import ramp
 from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
+from tests.servers import serve_app, until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -157,12 +158,7 @@ async def test_webhook_is_signed_and_retried(tmp_path):
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with serve_app(app) as port:
         settings = make_settings(tmp_path, ops={"public_url": "https://ops.example.net"})
         clock = FakeClock()
         metrics = Metrics(CollectorRegistry())
@@ -176,8 +172,6 @@ async def test_webhook_is_signed_and_retried(tmp_path):
                 if archive.webhooks.delivered:
                     break
                 await asyncio.sleep(0.02)
-    finally:
-        await runner.cleanup()
     assert len(received) == 2  # 503, then the retry
     assert archive.webhooks.delivered == 1
     headers, body = received[1]
@@ -301,33 +295,23 @@ async def test_recovered_call_ends_with_its_audio_and_sends_its_webhook(tmp_path
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    tenants_file = tmp_path / "tenants.yaml"
-    tenants_file.write_text(
-        "tenants:\n  - slug: acme\n    tenant_id: t-acme\n    numbers: ['+5511999990001']\n"
-        f"    webhook_url: http://127.0.0.1:{port}/hook\n    webhook_secret: s3cret\n")
-    settings = make_settings(tmp_path)
-    call_id = "dead0000-0000-4000-8000-00000000cafe"
-    fed = await _killed_call(settings.recording.directory, call_id, 100)
-    await asyncio.sleep(1.0)  # the restart comes a while after the crash
-    directory = await FileDirectory.open(tenants_file)
-    try:
+    async with serve_app(app) as port:
+        tenants_file = tmp_path / "tenants.yaml"
+        tenants_file.write_text(
+            "tenants:\n  - slug: acme\n    tenant_id: t-acme\n    numbers: ['+5511999990001']\n"
+            f"    webhook_url: http://127.0.0.1:{port}/hook\n    webhook_secret: s3cret\n")
+        settings = make_settings(tmp_path)
+        call_id = "dead0000-0000-4000-8000-00000000cafe"
+        fed = await _killed_call(settings.recording.directory, call_id, 100)
+        await asyncio.sleep(1.0)  # the restart comes a while after the crash
+        directory = await FileDirectory.open(tenants_file)
         archive = CallArchive(settings, Metrics(CollectorRegistry()), tenants=directory)
         async with archive.running():
             record = await archive.get(call_id)
             assert record is not None and record.status is CallStatus.INTERRUPTED
             assert record.duration == pytest.approx(record.recording_seconds, abs=0.05)
             assert abs(record.duration - fed * 0.02) < 1.0
-            for _ in range(250):
-                if received:
-                    break
-                await asyncio.sleep(0.02)
-    finally:
-        await runner.cleanup()
+            await until(lambda: bool(received))
     assert len(received) == 1
     payload = json.loads(received[0])
     assert payload["event"] == "call.completed"

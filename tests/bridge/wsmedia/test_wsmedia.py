@@ -25,6 +25,7 @@ from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
 from tenants.config import TenantConfig
 from tests.peers.media_ws import TwilioPeer, read_frame
+from tests.servers import serve_app
 
 TENANT = TenantConfig(tenant_id="t1", slug="test", noise_suppression="off")
 ENDPOINT = ModelEndpoint(ModelProvider.SIMULATOR, "gpt-realtime", "x", websocket_base_url="ws://127.0.0.1:9/v1")
@@ -121,14 +122,8 @@ async def _serve(route: Callable[[web.Request], Awaitable[web.StreamResponse]]) 
     """An aiohttp server on loopback whose one route is ``/ws/twilio``; yields its URL."""
     app = web.Application()
     app.router.add_get("/ws/twilio", route)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws/twilio"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as port:
+        yield f"ws://127.0.0.1:{port}/ws/twilio"
 
 
 @pytest.fixture
