@@ -174,7 +174,6 @@ class FastAgiServer:
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         if resolution is None:
-            log.info("no tenant for dialled number; refusing the call")
             switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNKNOWN_NUMBER")
             if self.tenants.refuse_announcement:

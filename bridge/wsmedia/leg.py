@@ -138,12 +138,10 @@ async def route_call(
         switchboard.refused(transport, Refusal.LOOKUP_FAILED, dialled=dialled)
         return CloseCode.INTERNAL_ERROR, "tenant lookup failed"
     if resolution is None:
-        log.info("%s: no active tenant for the dialled number; refusing the call", transport)
         switchboard.refused(transport, Refusal.UNKNOWN_NUMBER, dialled=dialled)
         return CloseCode.UNKNOWN_NUMBER, "unknown number"
     refusal = switchboard.admit(resolution.tenant)
     if refusal is not None:
-        log.warning("%s: call refused: %s", transport, refusal.value)
         switchboard.refused(transport, refusal, dialled=dialled, tenant=resolution.tenant)
         return CloseCode.TRY_AGAIN_LATER, refusal.value
     return resolution
