@@ -318,3 +318,24 @@ async def test_recovered_call_ends_with_its_audio_and_sends_its_webhook(tmp_path
     assert payload["call"]["call_id"] == call_id and payload["call"]["status"] == "interrupted"
     assert payload["call"]["duration"] == pytest.approx(record.duration, abs=0.01)
     assert [e["text"] for e in payload["transcript"]] == ["hello"]
+
+
+async def test_refused_calls_are_kept_briefly_and_a_flood_is_counted(tmp_path):
+    from bridge.core.switchboard import Refusal, RefusedCall
+    from bridge.records.archive import MAX_REFUSAL_WRITES
+
+    settings = make_settings(tmp_path, recording={"retention_days": 90})
+    metrics = Metrics(CollectorRegistry())
+    archive = CallArchive(settings, metrics)
+    async with archive.running():
+        at = 1_750_000_000.0
+        archive.record_refusal(RefusedCall("twilio", Refusal.UNKNOWN_NUMBER, "+5511999990001", "", None, at))
+        await until(lambda: archive._refusal_writes == 0)
+        page = await archive.search(CallQuery())
+        assert page.total == 1
+        assert page.calls[0].expires_at == pytest.approx(at + 7 * 86400)
+        # More refusals at once than the index takes: the rest are counted, not queued.
+        for _ in range(MAX_REFUSAL_WRITES + 50):
+            archive.record_refusal(RefusedCall("twilio", Refusal.CAPACITY, "+5511999990001", "", None, at))
+        await until(lambda: archive._refusal_writes == 0)
+    assert metrics.registry.get_sample_value("callbridge_refusals_not_indexed_total") == 50
