@@ -7,7 +7,8 @@ metrics and recording are handled the same way whatever the transport.
 Every refusal is counted; it is also logged with its reason and tenant, at most once per
 ``REFUSAL_LOG_INTERVAL`` seconds for each reason and tenant (the next line says how many were not
 logged in between), so that a flood of refused calls cannot flood the log. What a refusal keeps
-for the call index is cut to ``MAX_STORED_NUMBER_CHARS``. A call announced by signalling and
+for the call index is cut to ``MAX_STORED_NUMBER_CHARS``, the caller ID an admitted call keeps to
+``MAX_CALLER_ID_CHARS``. A call announced by signalling and
 never claimed by its media connection leaves the registry on a timer of its own, so that it stops
 counting against capacity ``agi.claim_timeout`` seconds after it was announced.
 """
@@ -38,6 +39,7 @@ TapFactory = Callable[[CallInfo], CallTap | None]
 
 REFUSAL_LOG_INTERVAL = 10.0
 MAX_STORED_NUMBER_CHARS = 32  # E.164 is 16 with the "+"; a SIP user part of an extension fits
+MAX_CALLER_ID_CHARS = 64  # what a call keeps of the caller ID its peer sent (records, webhook)
 _REFUSAL_LOG_KEYS = 256  # (reason, tenant) pairs remembered before the oldest are forgotten
 
 
@@ -236,6 +238,7 @@ class Switchboard:
     def open_call(self, info: CallInfo, leg: CallerLeg) -> Call:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it."""
         self.metrics.calls_offered.labels(info.transport).inc()
+        info.caller_id = info.caller_id[:MAX_CALLER_ID_CHARS]  # peer-supplied, of any length
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration)

@@ -191,10 +191,12 @@ async def test_accept_failures_are_logged_and_counted(tmp_path, caplog):
 
 async def test_dtmf_flood_is_rate_limited(tmp_path):
     async with running(tmp_path) as app:
-        assert app.agi is not None and app.simulator is not None
-        caller = AsteriskCaller(app.agi.port, DEMO_NUMBER)
+        assert app.agi is not None and app.simulator is not None and app.switchboard is not None
+        caller = AsteriskCaller(app.agi.port, DEMO_NUMBER, caller_id="5" * 5000)
         await caller.dial()
         await caller.connect_media()
+        await until(lambda: bool(app.switchboard.calls()))
+        assert len(app.switchboard.calls()[0].info.caller_id) == 64  # what the call keeps of it
         await asyncio.sleep(0.3)
         for _ in range(500):
             await caller.send_dtmf("5")
