@@ -59,6 +59,7 @@ class Application:
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
         self.wsmedia: WebSocketMediaServer | None = None
+        self.webrtc: Any = None  # bridge.webrtc.server.WebRtcServer when browser calls are enabled
         self.simulator: Any = None
         self.stasis: Any = None  # bridge.asterisk.stasis.StasisApplication when ARI is enabled
         self.ami: Any = None  # bridge.asterisk.ami.AmiConnection when AMI is enabled
@@ -109,6 +110,13 @@ class Application:
                     from bridge.ops.api import OpsApi
 
                     self.http.install(OpsApi(self.archive, settings.ops).install)
+                if settings.webrtc.enabled:
+                    from bridge.ops.tokens import BearerTokens
+                    from bridge.webrtc.server import WebRtcServer
+
+                    self.webrtc = WebRtcServer(switchboard, settings.webrtc, BearerTokens(settings.ops))
+                    self.http.install(self.webrtc.install)
+                    stack.push_async_callback(self.webrtc.close)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
                 self.wsmedia = WebSocketMediaServer(switchboard)
                 self.http.install(self.wsmedia.install)

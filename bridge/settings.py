@@ -247,6 +247,46 @@ class OpsSettings(BaseModel):
     max_page_size: int = Field(500, ge=1)
 
 
+class IceServer(BaseModel):
+    """A STUN or TURN server offered to WebRTC peers (RTCIceServer)."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: SecretStr | None = None
+
+
+class WebRtcSettings(BaseModel):
+    """Browser calls (/phone/ and POST /api/webrtc/offer), on the HTTP port; media over ICE/DTLS-SRTP."""
+
+    enabled: bool = True
+    # STUN/TURN servers for deployments behind NAT; none: host candidates only.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    # The addresses offered as host candidates; empty: every non-loopback interface address.
+    host_addresses: list[str] = Field(default_factory=list)
+    # Remote candidates outside these networks are ignored; empty: any address.
+    peer_networks: list[str] = Field(default_factory=list)
+    # How long ICE and DTLS may take before the call is given up.
+    connect_timeout: float = Field(10.0, gt=0, le=60)
+
+    @field_validator("peer_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+    @field_validator("host_addresses")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_address(value)
+        return values
+
+
 class WebhookSettings(BaseModel):
     """Delivery of the post-call webhook (the URL and secret are per tenant)."""
 
@@ -297,6 +337,7 @@ class Settings(BaseSettings):
     tenants: TenantSettings = Field(default_factory=TenantSettings)
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
+    webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -585,6 +585,65 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(block_levels_doc,
+"block_levels(samples, block, /)\n--\n\n"
+"The level of each ``block`` samples of 1-D native int16 ``samples``: log10(mean square + 1),\n"
+"in bels re one LSB squared, as a list of floats. The length must be a multiple of ``block``.");
+
+static PyObject *
+native_block_levels(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "block_levels() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t block = PyLong_AsSsize_t(args[1]);
+    if (block == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (block <= 0) {
+        PyErr_Format(PyExc_ValueError, "block must be positive, got %zd", block);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (view.ndim != 1 || !is_native_format(view.format, 'h') || view.itemsize != (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_TypeError, "block_levels() expects 1-D native int16 samples");
+        goto done;
+    }
+    Py_ssize_t n = view.shape[0];
+    if (n % block != 0) {
+        PyErr_Format(PyExc_ValueError, "%zd samples are not a whole number of %zd-sample blocks", n, block);
+        goto done;
+    }
+    result = PyList_New(n / block);
+    if (result == NULL) {
+        goto done;
+    }
+    const char *in = view.buf;
+    Py_ssize_t step = view.strides[0];
+    for (Py_ssize_t b = 0; b < n / block; b++) {
+        double energy = 0.0;
+        for (Py_ssize_t i = b * block; i < (b + 1) * block; i++) {
+            int16_t sample;
+            memcpy(&sample, in + i * step, sizeof(sample));
+            energy += (double)sample * (double)sample;
+        }
+        PyObject *level = PyFloat_FromDouble(log10(energy / (double)block + 1.0));
+        if (level == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, b, level);
+    }
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ---- base64 audio in a JSON envelope as one WebSocket frame ---------------------------------
  *
  * Fifty times a second per call the bridge appends caller audio to the model: a TEXT message
@@ -869,6 +928,7 @@ done:
 
 static PyMethodDef native_methods[] = {
     {"run_blocks", (PyCFunction)(void (*)(void))native_run_blocks, METH_FASTCALL, run_blocks_doc},
+    {"block_levels", (PyCFunction)(void (*)(void))native_block_levels, METH_FASTCALL, block_levels_doc},
     {"masked_text_frame", (PyCFunction)(void (*)(void))native_masked_text_frame, METH_FASTCALL,
      masked_text_frame_doc},
     {"text_frame", (PyCFunction)(void (*)(void))native_text_frame, METH_FASTCALL, text_frame_doc},
@@ -900,7 +960,8 @@ static PyModuleDef_Slot native_slots[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "media._native",
-    .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner (media.noise), "
+    .m_doc = "Compiled streaming polyphase resampler (see media.resample), block runner and block levels "
+             "(media.noise), "
              "WebSocket frames of base64 audio (bridge.realtime, bridge.wsmedia) and G.711 table lookups "
              "(media.g711).",
     .m_size = 0,

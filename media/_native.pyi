@@ -1,5 +1,6 @@
-"""Compiled streaming polyphase resampler (media.resample), block runner (media.noise), WebSocket
-frames of base64 audio (bridge.core.realtime, bridge.wsmedia.leg) and G.711 table lookups (media.g711);
+"""Compiled streaming polyphase resampler (media.resample), block runner and levels (media.noise),
+WebSocket frames of base64 audio (bridge.core.realtime, bridge.wsmedia.leg) and G.711 table lookups
+(media.g711);
 media/_native.c."""
 
 import numpy as np
@@ -33,6 +34,9 @@ class Polyphase:
 def run_blocks(function: int, state: int, samples: _Int16Buffer, block: int, /) -> bytearray:
     """Copy ``samples`` and call ``int function(void *state, int16_t *x)`` on each ``block`` of the
     copy in place (both given as addresses); return the copy."""
+
+def block_levels(samples: _Int16Buffer, block: int, /) -> list[float]:
+    """log10(mean square + 1) of each ``block`` samples (bels re one LSB squared)."""
 
 def masked_text_frame(head: Buffer, data: Buffer, tail: Buffer, key: Buffer, /) -> bytes:
     """One final, masked WebSocket TEXT frame whose payload is ``head + base64(data) + tail``,

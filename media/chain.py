@@ -1,12 +1,13 @@
 """The per-call audio chains between the caller's rate and the model's rate.
 
 Inbound (caller -> model): noise suppression, then rate conversion. Speex on the system's
-libspeexdsp runs at the caller's rate, so the chain is suppress then 8 -> 24 kHz (11.875 ms in all).
-The suppressor wheels run only at 16 kHz: with a caller at 8 kHz and a model at 24 kHz the chain
-then zero-stuffs 8 -> 16 kHz (no delay), suppresses, and converts 16 -> 24 kHz with a filter that
-also removes the zero-stuffing image (stopband from 4.6 kHz, gain 2; see ``media.noise``), instead
-of letting the suppressor go back down to 8 kHz and the chain up again: one conversion, 11.875 ms
-in all with Speex.
+libspeexdsp runs at the caller's rate, so the chain is suppress then 8 -> 24 kHz (13.625 ms in all:
+10 ms of Speex, 3.625 ms of a filter that stops at 4 kHz, so nothing the 8 kHz line carried comes
+out as an image above it). The suppressor wheels run only at 16 kHz: with a caller at 8 kHz and a
+model at 24 kHz the chain then zero-stuffs 8 -> 16 kHz (no delay), suppresses, and converts
+16 -> 24 kHz with a filter that also removes the zero-stuffing image (stopband from 4 kHz, gain 2;
+see ``media.noise``), instead of letting the suppressor go back down to 8 kHz and the chain up
+again: one conversion, 13.625 ms in all with Speex.
 
 Outbound (model -> caller): rate conversion only.
 
@@ -29,6 +30,7 @@ from media.noise import (
     IMAGE_STOPBAND_HZ,
     TELEPHONY_PASSBAND_HZ,
     ZERO_STUFF_GAIN,
+    AdaptiveSuppressor,
     NoiseSuppressor,
     PassthroughSuppressor,
     SpeexDspSuppressor,
@@ -93,8 +95,13 @@ class InboundChain:
                 if caller_rate_hz != rate:
                     self._before = StreamResampler(caller_rate_hz, rate)
                 self._after = StreamResampler(rate, model_rate_hz)
-        # Speex straight into the resampler, as PCM16 bytes, when nothing converts before it.
-        self._pcm_stages = isinstance(self.suppressor, SpeexDspSuppressor) and self._before is None and not self._stuff
+        # Speex (adaptive or not) straight into the resampler, as PCM16 bytes, when nothing
+        # converts before it.
+        self._pcm_stages = (
+            isinstance(self.suppressor, (SpeexDspSuppressor, AdaptiveSuppressor))
+            and self._before is None
+            and not self._stuff
+        )
         # A suppressor takes whole 10 ms blocks; any partial block waits here for the next chunk.
         self._block = 0 if self.suppressor is None else self.suppressor.rate_hz // 100
         self._carry = _EMPTY
@@ -139,7 +146,7 @@ class InboundChain:
         as bytes (the per-frame case); anything else goes through ``process``."""
         if (self._pcm_stages and not len(self._carry) and type(samples) is np.ndarray
                 and samples.dtype is _INT16 and samples.ndim == 1 and len(samples) % self._block == 0):
-            assert isinstance(self.suppressor, SpeexDspSuppressor)
+            assert isinstance(self.suppressor, (SpeexDspSuppressor, AdaptiveSuppressor))
             return self._after.process_pcm(self.suppressor.process_pcm(samples))
         return self.process(samples).tobytes()
 

@@ -29,10 +29,12 @@ delay is exactly ``(N - 1) / 2`` samples at the common rate, which is the ``late
 object reports.
 
 Band edges. On the narrow side's Nyquist frequency ``fN`` the passband ends at ``0.85 * fN``
-(3.4 kHz for 8 kHz telephony, ITU-T G.712's channel edge). Going *down*, everything above ``fN`` is
-aliased into the band, so the stopband starts at ``fN``. Going *up*, the first image of the passband
-edge lies at ``2*fN - 0.85*fN`` (4.6 kHz for 8 kHz), so the stopband starts there; this halves the
-filter and its delay while keeping every image of in-band audio at least ``_STOPBAND_DB`` down.
+(3.4 kHz for 8 kHz telephony, ITU-T G.712's channel edge) and the stopband starts at ``fN`` both
+ways. Going *down*, everything above ``fN`` is aliased into the band. Going *up*, the images of
+whatever the input carries between the passband edge and ``fN`` (a G.711 line's quantisation noise
+and any noise the channel filter left there reach 4 kHz) lie just above ``fN``; a stopband that
+started only at the image of the passband edge (``2*fN - 0.85*fN``, 4.6 kHz) would let them
+through some 55 dB down, so the output would carry energy above 4 kHz that no 8 kHz line has.
 
 Pairs whose reduced ratio is not small (44.1 kHz against telephony rates) are delegated to soxr in its
 variable-rate mode, whose output is made steady by a small queue primed with the amount soxr is seen
@@ -163,7 +165,7 @@ def _design(
     nyquist = min(in_rate_hz, out_rate_hz) / 2.0
     passband = passband_hz if passband_hz is not None else _PASSBAND_FRACTION * nyquist
     if stopband_hz is None:
-        stopband_hz = nyquist if out_rate_hz < in_rate_hz else 2.0 * nyquist - passband
+        stopband_hz = nyquist
     common_rate = float(in_rate_hz * up)
     # A delay of whole input and output samples (a multiple of L*M at the common rate) keeps
     # chains of stages aligned to the sample grid, which lets callers compensate it exactly.
@@ -458,7 +460,7 @@ def zero_stuff(samples: Samples) -> Samples:
     The result holds the original spectrum at half amplitude plus its mirror image above the old
     Nyquist frequency. That is all a 16 kHz block processor fed from an 8 kHz leg needs when the
     stage after it removes the image band anyway: a ``StreamResampler`` from 16 kHz with
-    ``stopband_hz`` at the first image of the passband edge (4.6 kHz) and ``gain=2``.
+    ``stopband_hz`` at the old Nyquist frequency (4 kHz) and ``gain=2``.
     """
     x = _check_input(samples)
     if _LITTLE_ENDIAN:

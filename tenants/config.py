@@ -20,8 +20,9 @@ class TenantError(ValueError):
 
 
 class NoiseSuppression(enum.StrEnum):
+    ADAPTIVE = "adaptive"  # Speex where the line has steady noise; clean lines and babble untouched
     OFF = "off"
-    SPEEX = "speex"  # Speex preprocessor at 8 kHz
+    SPEEX = "speex"  # Speex preprocessor at 8 kHz, always
     WEBRTC = "webrtc"  # WebRTC noise suppression at 16 kHz
     MODEL = "model"  # no local stage; ask the model for its own noise reduction
 
@@ -85,7 +86,7 @@ class TenantConfig(_Frozen):
     turn_detection: TurnDetection = Field(default_factory=ServerVad)
     transcription: bool = True
     transcription_model: str = "gpt-4o-mini-transcribe"
-    noise_suppression: NoiseSuppression = NoiseSuppression.SPEEX
+    noise_suppression: NoiseSuppression = NoiseSuppression.ADAPTIVE
     noise_suppression_level_db: int = Field(-25, ge=-60, le=0)
     model_noise_reduction: Literal["near_field", "far_field"] = "near_field"
     audio_mode: AudioMode = AudioMode.PCM

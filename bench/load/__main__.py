@@ -56,7 +56,7 @@ MAX_WORKERS = 6
 SAMPLE_PERIOD = 0.5
 # The simulator and the load generator run on uvloop when it is installed: less CPU on their core.
 HARNESS_UVLOOP = importlib.util.find_spec("uvloop") is not None
-WS_TRANSPORTS = ("twilio", "ws_audio", "freeswitch")
+WS_TRANSPORTS = ("twilio", "ws_audio", "freeswitch", "webrtc")
 
 # The targets at 100 calls.
 TARGET_CPU_PER_CALL_MINUTE = 0.5

@@ -185,6 +185,10 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
         "CALLBRIDGE_RECORDING__ENABLED": "true",
         "CALLBRIDGE_RECORDING__DIRECTORY": str(run_dir / "recordings"),
         "CALLBRIDGE_LIMITS__MAX_CALLS": str(max_calls),
+        # Browser calls (webrtc transport): ICE on loopback, the load generators' token.
+        "CALLBRIDGE_WEBRTC__HOST_ADDRESSES": '["127.0.0.1"]',
+        "CALLBRIDGE_WEBRTC__PEER_NETWORKS": '["127.0.0.0/8"]',
+        "CALLBRIDGE_OPS__ADMIN_TOKEN": "bench-webrtc-token",
     }
 
 

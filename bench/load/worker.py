@@ -40,6 +40,10 @@ def make_caller(job: WorkerJob, index: int, utterances: Any, noise: list[bytes])
                                   seed=job.seed * 100_003 + index)
     if job.transport == "audiosocket":
         return AudioSocketCaller(job.agi_port, job.dialled, **common)
+    if job.transport == "webrtc":
+        from bench.load.webrtc_callers import WebRtcCaller
+
+        return WebRtcCaller(job.http_port, job.dialled, **common)
     from bench.load.ws_callers import make_ws_caller
 
     return make_ws_caller(job.transport, job.http_port, job.dialled, **common)
@@ -53,6 +57,11 @@ async def _probe_lag(samples: list[float], stop: asyncio.Event) -> None:
 
 
 async def _run(job: WorkerJob, utterances: list[Utterance], noise: list[bytes]) -> dict[str, Any]:
+    if job.transport == "webrtc":
+        # ICE on loopback only, as the daemon is configured for the benchmark.
+        from bridge.webrtc.ice import HostAddresses
+
+        HostAddresses(["127.0.0.1"]).install()
     lag: list[float] = []
     stop = asyncio.Event()
     probe = asyncio.create_task(_probe_lag(lag, stop))

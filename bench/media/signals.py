@@ -17,8 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The speech and noise recordings the test suite uses (tests/data/README.md lists their sources).
 FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 SPEECH_CLIPS = ("real_libri1_8k.wav", "real_cmu_8k.wav")
-NOISE_TYPES = ("white", "pink", "hum")
-STATIONARY_NOISES = NOISE_TYPES
+# Every voice in the fixtures; babble behind a target clip is the sum of all the others.
+VOICES = (*SPEECH_CLIPS, "ptbr_f_8k.wav", "ptbr_m_8k.wav", "en_f_8k.wav")
+STATIONARY_NOISES = ("white", "pink", "hum")
+NOISE_TYPES = (*STATIONARY_NOISES, "babble")
 SNRS_DB = (0, 5, 10, 20)
 
 Floats = npt.NDArray[np.float64]
@@ -56,14 +58,36 @@ def hum(n: int, mains_hz: float, rng: np.random.Generator) -> Floats:
     return out
 
 
+def babble(n: int, target: str, rng: np.random.Generator, talkers: int | None = None) -> Floats:
+    """Multi-talker babble: every voice of the fixtures but the target's (or ``talkers`` of them
+    drawn at random), each at the same active level, started at a random point and looped to
+    ``n`` samples, summed.
+
+    Four talkers (one recorded, three synthetic, two languages): a café or call-centre background
+    in which single words still surface now and then, the hardest case for a suppressor, whose
+    noise estimate follows a speech-like level and spectrum.
+    """
+    out = np.zeros(n)
+    voices = [voice for voice in VOICES if voice != target]
+    if talkers is not None:
+        voices = [str(v) for v in rng.choice(voices, talkers, replace=False)]
+    for voice in voices:
+        x = speech(voice)
+        x = np.roll(x, int(rng.integers(0, len(x)))) / active_level(x)
+        out += np.resize(x, n)  # np.resize repeats the clip as often as needed
+    return out
+
+
 def noise(kind: str, n: int, clip_index: int) -> Floats:
-    """``n`` samples of noise; white and pink come from the fixtures, hum is generated.
+    """``n`` samples of noise; white and pink come from the fixtures, hum and babble are generated.
 
     Hum alternates 50 Hz and 60 Hz mains from clip to clip so both are represented.
     """
     rng = np.random.default_rng(1000 + clip_index)
     if kind == "hum":
         return hum(n, 50.0 if clip_index % 2 == 0 else 60.0, rng)
+    if kind == "babble":
+        return babble(n, SPEECH_CLIPS[clip_index], rng)
     samples, _ = read_wav(FIXTURES_DIR / "noise" / f"{kind}_8k.wav")
     if len(samples) < n:
         raise ValueError(f"{kind} noise fixture is shorter than the speech clip")

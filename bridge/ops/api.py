@@ -34,11 +34,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from bridge.ops.metrics import OUTCOMES
+from bridge.ops.tokens import BearerTokens, Principal
 from bridge.records.archive import CallArchive
 from bridge.records.callstore import CallQuery, CallRecord, CallStatus, CallStoreError, valid_call_id
 from bridge.records.objectstore import ObjectStoreError
@@ -57,15 +57,6 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
             "img-src 'self' data:; media-src 'self' blob: http: https:; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'none'")
 _JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    tenant: str | None  # None: admin
-
-    @property
-    def admin(self) -> bool:
-        return self.tenant is None
 
 
 def _error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
@@ -101,12 +92,8 @@ class OpsApi:
         self.wall_clock = wall_clock
         # Signed recording links live minutes; a per-process key is enough and never leaves it.
         self._link_key = secrets.token_bytes(32)
-        self._tokens: list[tuple[bytes, str | None]] = []
-        if settings.admin_token is not None:
-            self._tokens.append((settings.admin_token.get_secret_value().encode(), None))
-        for slug, token in settings.tenant_tokens.items():
-            self._tokens.append((token.get_secret_value().encode(), slug))
-        if not self._tokens:
+        self.tokens = BearerTokens(settings)
+        if not self.tokens:
             log.warning("ops API has no tokens configured: every request will be refused")
         self._assets: dict[str, bytes] = {}
 
@@ -129,21 +116,7 @@ class OpsApi:
 
     # ------------------------------------------------------------------ auth
     def authenticate(self, request: web.Request) -> Principal:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        challenge = 'Bearer realm="callbridge"'
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _error(web.HTTPUnauthorized, "bearer token required", **{"WWW-Authenticate": challenge})
-        given = token.encode()
-        found: Principal | None = None
-        for secret, tenant in self._tokens:
-            # Every token is compared, in constant time, whatever matched first.
-            if hmac.compare_digest(given, secret) and found is None:
-                found = Principal(tenant)
-        if found is None:
-            raise _error(web.HTTPUnauthorized, "invalid token",
-                         **{"WWW-Authenticate": challenge + ', error="invalid_token"'})
-        return found
+        return self.tokens.authenticate(request)
 
     async def _call(self, request: web.Request) -> tuple[Principal, CallRecord]:
         principal = self.authenticate(request)

@@ -23,6 +23,8 @@ tenants:
   - {slug: webrtc-mode, numbers: ["+5511999991003"], noise_suppression: webrtc}
   - {slug: model-mode, numbers: ["+5511999991004"], noise_suppression: model, model_noise_reduction: near_field}
   - {slug: pcmu-mode, numbers: ["+5511999991005"], audio_mode: passthrough, noise_suppression: "off"}
+  - {slug: adaptive-mode, numbers: ["+5511999991006"], noise_suppression: adaptive}
+  - {slug: default-mode, numbers: ["+5511999991007"]}
 """
 
 EXPECTED = {
@@ -31,6 +33,8 @@ EXPECTED = {
     "+5511999991003": ("webrtc", None, "audio/pcm"),
     "+5511999991004": ("model", {"type": "near_field"}, "audio/pcm"),
     "+5511999991005": (None, None, "audio/pcmu"),
+    "+5511999991006": ("adaptive", None, "audio/pcm"),
+    "+5511999991007": ("adaptive", None, "audio/pcm"),
 }
 
 
@@ -59,7 +63,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
                 assert call.passthrough and call.inbound is None
             else:
                 assert call.inbound is not None and call.inbound.suppression == suppression
-                if suppression in ("speex", "webrtc"):
+                if suppression in ("adaptive", "speex", "webrtc"):
                     assert call.inbound.suppressor is not None
                 else:
                     assert call.inbound.suppressor is None

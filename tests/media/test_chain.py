@@ -42,7 +42,7 @@ def lag(reference: np.ndarray, processed: np.ndarray, max_lag: int = 1200) -> in
     return int(np.argmax([np.dot(reference[:n], processed[d : d + n]) for d in range(max_lag)]))
 
 
-@pytest.mark.parametrize("suppression", ["speex", "webrtc", "off", "model"])
+@pytest.mark.parametrize("suppression", ["adaptive", "speex", "webrtc", "off", "model"])
 @pytest.mark.parametrize("caller_rate", [8000, 16000])
 def test_inbound_is_steady_and_delayed_by_its_reported_latency(
     fixtures_dir, suppression: str, caller_rate: int, speex_engine: str
@@ -63,20 +63,32 @@ def test_inbound_is_steady_and_delayed_by_its_reported_latency(
 
 def test_default_inbound_chain_meets_the_latency_budget(speex_engine: str) -> None:
     chain = InboundChain(8000)
-    assert chain.suppression == "speex"
+    assert chain.suppression == "adaptive"
+    assert isinstance(chain.suppressor, media.noise.AdaptiveSuppressor)
     wheel = speex_engine == "wheel" or not media.noise.speexdsp_available()
-    assert isinstance(chain.suppressor, media.noise.SpeexSuppressor) == wheel
+    assert isinstance(chain.suppressor._inner, media.noise.SpeexSuppressor) == wheel
     assert chain.latency_seconds <= 0.015
     assert OutboundChain(24000, 8000).latency_seconds <= 0.005
 
 
-def test_inbound_output_has_no_images_above_the_phone_band(speech8k, speex_engine: str) -> None:
-    out = stream(InboundChain(8000, 24000, "speex").process, speech8k, 160).astype(np.float64)
-    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out)))) ** 2
-    freqs = np.fft.rfftfreq(len(out), 1 / 24000)
-    band = spectrum[freqs < 3400].sum()
-    images = spectrum[freqs > 4600].sum()
-    assert 10 * np.log10(images / band) < -60
+@pytest.mark.parametrize("suppression", ["adaptive", "off"])
+def test_inbound_output_has_no_images_above_the_phone_band(
+    fixtures_dir, speech8k, suppression: str, speex_engine: str
+) -> None:
+    """Nothing the 8 kHz line carried comes out above 4 kHz at 24 kHz, 60 dB down at least: neither
+    speech nor speech in broadband noise, whose images lie just above 4 kHz. (Noise alone, pushed
+    down 25 dB by the suppressor, would measure the output's int16 rounding instead.)"""
+    white, _ = load_wav(fixtures_dir / "noise" / "white_8k.wav")
+    noise = white[: len(speech8k)].astype(np.float64)
+    noise *= np.sqrt(np.mean(speech8k.astype(np.float64) ** 2) / np.mean(noise**2)) / np.sqrt(10)
+    noisy = g711.ulaw_decode(g711.ulaw_encode(np.clip(speech8k + noise, -32768, 32767).astype(np.int16)))
+    for x in (speech8k, noisy):
+        out = stream(InboundChain(8000, 24000, suppression).process, x, 160).astype(np.float64)
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out)))) ** 2
+        freqs = np.fft.rfftfreq(len(out), 1 / 24000)
+        band = spectrum[freqs < 4000].sum()
+        images = spectrum[freqs >= 4000].sum()
+        assert 10 * np.log10(images / band) < -60
 
 
 def test_inbound_then_outbound_keeps_noisy_speech_improved(fixtures_dir, speech8k, speex_engine: str) -> None:
@@ -145,7 +157,7 @@ def test_model_mode_asks_the_model_and_suppresses_nothing_locally() -> None:
     chain = InboundChain(8000, 24000, "model")
     assert chain.model_noise_reduction
     assert chain.suppressor is None
-    assert chain.latency_seconds < 0.002
+    assert chain.latency_seconds < 0.004  # the 8 -> 24 kHz filter alone
     assert not InboundChain(8000, 24000, "speex").model_noise_reduction
 
 
@@ -165,7 +177,7 @@ def test_bad_samples_are_refused_and_the_chain_stays_usable(speech8k) -> None:
     assert len(chain.process(speech8k[:160])) == 480
 
 
-@pytest.mark.parametrize("suppression", ["speex", "webrtc", "off"])
+@pytest.mark.parametrize("suppression", ["adaptive", "speex", "webrtc", "off"])
 @pytest.mark.parametrize("caller_rate", [8000, 16000])
 def test_pcm_output_is_the_arrays_bytes(speech8k, suppression: str, caller_rate: int, speex_engine: str) -> None:
     """process_pcm (what the model is sent) gives exactly process's samples, whichever stages run,

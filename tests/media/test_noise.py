@@ -90,7 +90,7 @@ def test_suppressor_does_not_harm_clean_speech(clean, mode: str, min_pesq: float
     assert stoi(clean, out, RATE) >= 0.975
 
 
-@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
+@pytest.mark.parametrize("mode", ["adaptive", "speex", WHEEL, "webrtc"])
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_reported_latency_is_the_real_delay(fixtures_dir, mode: str, rate: int) -> None:
     speech, got_rate = load_wav(fixtures_dir / "speech" / f"real_libri1_{rate // 1000}k.wav")
@@ -115,7 +115,7 @@ def test_steady_noise_is_pushed_down_by_the_configured_depth(white) -> None:
     assert residual[-30] < min(-18, residual[-15] - 5)
 
 
-@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
+@pytest.mark.parametrize("mode", ["adaptive", "speex", WHEEL, "webrtc"])
 def test_frame_size_does_not_change_the_output(clean, mode: str) -> None:
     x = phone_line(clean[: RATE * 2])
     outs = [suppress(build(mode, RATE), x, frame_ms) for frame_ms in (10, 20, 60)]
@@ -123,7 +123,7 @@ def test_frame_size_does_not_change_the_output(clean, mode: str) -> None:
     assert np.array_equal(outs[0], outs[2])
 
 
-@pytest.mark.parametrize("mode", ["speex", WHEEL, "webrtc"])
+@pytest.mark.parametrize("mode", ["adaptive", "speex", WHEEL, "webrtc"])
 def test_reset_starts_over(clean, mode: str) -> None:
     x = phone_line(clean[:RATE])
     s = build(mode, RATE)
@@ -145,7 +145,7 @@ def test_off_and_model_leave_audio_alone() -> None:
 
 
 def test_all_modes_satisfy_the_protocol() -> None:
-    for mode in ("off", "speex", "webrtc", "model"):
+    for mode in ("adaptive", "off", "speex", "webrtc", "model"):
         for rate in (8000, 16000):
             s = make_suppressor(mode, rate)
             assert isinstance(s, NoiseSuppressor)
@@ -160,6 +160,12 @@ def test_bad_configuration_and_frames_are_refused() -> None:
         make_suppressor("speex", 24000)
     with pytest.raises(SuppressorError):
         make_suppressor("speex", RATE, level_db=5)
+    with pytest.raises(SuppressorError):
+        make_suppressor("adaptive", RATE, level_db=0)
+    adaptive = make_suppressor("adaptive", RATE)
+    with pytest.raises(SuppressorError, match="multiple of 10 ms"):
+        adaptive.process(np.zeros(100, np.int16))
+    assert len(adaptive.process(np.zeros(160, np.int16))) == 160
     s = make_suppressor("speex", RATE)
     with pytest.raises(SuppressorError, match="multiple of 10 ms"):
         s.process(np.zeros(100, np.int16))

@@ -66,6 +66,9 @@ async function signIn(token) {
     tenant.value = me.role === "admin" ? tenant.value : me.tenant;
     $("app").hidden = false;
     await loadCalls(0);
+    // A link to one call (/ops/#call=<id>, as the phone page gives after a call) opens it.
+    const linked = /^#call=([A-Za-z0-9._-]+)$/.exec(location.hash);
+    if (linked) await openCall(decodeURIComponent(linked[1]));
   } catch (err) {
     handle(err);
   }

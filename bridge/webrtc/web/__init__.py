@@ -1,0 +1,1 @@
+"""Static files of the browser phone page (served by bridge.webrtc.server)."""
