@@ -5,7 +5,7 @@ one message costs no more than ``STALL_SECONDS`` of this thread's CPU time (the 
 wait that long), and the memory it allocates while parsing is bounded by a small multiple of the
 message itself. Stream protocols are also fed far more than any real peer sends, and what they keep
 between reads must stay under a fixed bound. The dialled number, which every transport takes from
-its peer (Twilio ``to`` and custom parameters, FreeSWITCH metadata, the ``/ws/audio/{number}``
+its peer (Twilio ``to`` and custom parameters, FreeSWITCH metadata, a WebRTC offer, the ``/ws/audio/{number}``
 path, FastAGI arguments, ARI channel fields), is fuzzed through normalisation and tenant matching:
 its cost must not grow with its length at all.
 
@@ -27,7 +27,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sip import agi, ari, audiosocket, chan_websocket, freeswitch, realtime, rtp, twilio, ws_audio
+from sip import agi, ari, audiosocket, chan_websocket, freeswitch, realtime, rtp, twilio, webrtc, ws_audio
 from tenants.file import parse_tenants_yaml
 from tenants.numbers import NumberError, covering_patterns, normalize_number
 
@@ -171,6 +171,27 @@ def test_rtp_datagrams(datagram: bytes) -> None:
 @given(st.text(max_size=200) | huge_strings)
 def test_realtime_event_types(kind: str) -> None:
     assert isinstance(parse_once(realtime.normalize_event_type, kind), str)
+
+
+sdp_lines = st.lists(
+    st.sampled_from(["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=candidate:1 1 udp 2122260223 10.0.0.5 5000 typ host",
+                     "a=candidate:2 1 udp 1 abc.local 5001 typ host", "a=candidate:3 1 udp 1 ::1 5 typ host",
+                     "a=candidate:x"]) | st.text(max_size=80), max_size=40)
+
+
+@FUZZ
+@given(messages(["offer", "dtmf", "hangup", "x"], kind_key="type")
+       | st.builds(lambda lines, number: json.dumps({"type": "offer", "sdp": "\r\n".join(["v=0", *lines]),
+                                                     "number": number}),
+                   sdp_lines, st.text(max_size=40) | huge_strings),
+       st.sampled_from([(), ("127.0.0.0/8",), ("10.0.0.0/8", "::1/128")]))
+def test_webrtc_offers_and_page_messages(text: str, networks: tuple[str, ...]) -> None:
+    offer = parse_once(webrtc.parse_offer, text.encode())
+    assert isinstance(offer, webrtc.Offer | webrtc.InvalidMessage)
+    if isinstance(offer, webrtc.Offer):
+        assert len(offer.number) <= webrtc.MAX_NUMBER_CHARS
+        parse_once(webrtc.filter_candidates, offer.sdp, webrtc.parse_networks(networks))
+    assert isinstance(parse_once(webrtc.parse_client_message, text), webrtc.ClientMessage.__args__)  # type: ignore[attr-defined]
 
 
 # -- stream protocols: what they keep between reads -----------------------------------------------
