@@ -8,9 +8,9 @@ Every refusal is counted; it is also logged with its reason and tenant, at most 
 ``REFUSAL_LOG_INTERVAL`` seconds for each reason and tenant (the next line says how many were not
 logged in between), so that a flood of refused calls cannot flood the log. What a refusal keeps
 for the call index is cut to ``MAX_STORED_NUMBER_CHARS``, the caller ID an admitted call keeps to
-``MAX_CALLER_ID_CHARS``. A call announced by signalling and
-never claimed by its media connection leaves the registry on a timer of its own, so that it stops
-counting against capacity ``agi.claim_timeout`` seconds after it was announced.
+``MAX_CALLER_ID_CHARS``. A call announced by signalling and never claimed by its media connection
+leaves the registry on a timer of its own, so that it stops counting against capacity
+``agi.claim_timeout`` seconds after it was announced.
 """
 
 from __future__ import annotations
