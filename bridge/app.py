@@ -22,12 +22,13 @@ from bridge.asterisk.agi import FastAgiServer
 from bridge.asterisk.audiosocket import AudioSocketServer
 from bridge.core import heap
 from bridge.core.call import CallInfo, CallTap, Outcome
+from bridge.core.providers import fit_tenants
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
 from bridge.ops.accept import AcceptFailureWatch
 from bridge.ops.http import HttpServer
 from bridge.ops.metrics import Metrics
-from bridge.settings import ModelProvider, Settings
+from bridge.settings import AppEnv, ConfigError, ModelProvider, Settings
 from bridge.wsmedia.server import WebSocketMediaServer
 from tenants.directory import TenantDirectory
 from tenants.factory import open_directory
@@ -59,6 +60,7 @@ class Application:
         self.agi: FastAgiServer | None = None
         self.http: HttpServer | None = None
         self.wsmedia: WebSocketMediaServer | None = None
+        self.sip: Any = None  # bridge.siptrunk.server.SipTrunkServer when the SIP trunk is enabled
         self.webrtc: Any = None  # bridge.webrtc.server.WebRtcServer when browser calls are enabled
         self.simulator: Any = None
         self.stasis: Any = None  # bridge.asterisk.stasis.StasisApplication when ARI is enabled
@@ -77,7 +79,12 @@ class Application:
                 opened = open_directory(settings.tenants, observer=self.metrics.tenant_cache)
                 directory = await opened if inspect.isawaitable(opened) else opened
                 stack.push_async_callback(directory.close)
+            await self._report_tenants(directory)
             simulator_url = None
+            if settings.resolved_provider is ModelProvider.SIMULATOR and settings.app_env is AppEnv.PRODUCTION:
+                raise ConfigError("app_env is production but no model is configured (the built-in "
+                                  "simulator is for development): set AZURE_VOICELIVE_ENDPOINT, "
+                                  "OPENAI_API_KEY or an Azure OpenAI endpoint")
             if settings.resolved_provider is ModelProvider.SIMULATOR:
                 from bridge.simulator import SimulatorServer
 
@@ -118,7 +125,7 @@ class Application:
                     self.http.install(self.webrtc.install)
                     stack.push_async_callback(self.webrtc.close)
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
-                self.wsmedia = WebSocketMediaServer(switchboard)
+                self.wsmedia = WebSocketMediaServer(switchboard, self.http.gate)
                 self.http.install(self.wsmedia.install)
                 await self.http.start()
                 stack.push_async_callback(self.http.close)
@@ -132,6 +139,8 @@ class Application:
                                              settings.tenants, self.audiosocket.port)
                     await self.agi.start()
                     stack.push_async_callback(self.agi.close)
+            if settings.sip.enabled:
+                await self._start_sip(stack, switchboard)
             stasis = await self._start_ari(stack, switchboard)
             # The first call must not pay for start-up: the model SDK's client is built and its
             # realtime modules imported now (in a thread), then start-up's heap is frozen.
@@ -164,7 +173,7 @@ class Application:
 
     def _listener_ports(self) -> dict[int, str]:
         ports: dict[int, str] = {}
-        for name, server in (("http", self.http), ("audiosocket", self.audiosocket), ("fastagi", self.agi)):
+        for name, server in (("http", self.http), ("audiosocket", self.audiosocket), ("agi", self.agi)):
             if server is None:
                 continue
             try:
@@ -172,6 +181,38 @@ class Application:
             except (AssertionError, IndexError):  # not listening (any more)
                 continue
         return ports
+
+    async def _start_sip(self, stack: AsyncExitStack, switchboard: Switchboard) -> None:
+        try:
+            from bridge.siptrunk.server import SipTrunkServer
+        except ImportError as exc:
+            raise ConfigError(f"sip.enabled needs pjsua2 (pip install 'callbridge[sip]'): {exc}") from None
+        self.sip = SipTrunkServer(switchboard, self.settings.sip)
+        await self.sip.start()
+        stack.push_async_callback(self.sip.close)
+        if self.http is not None:
+            self.http.ready_details["sip"] = self.sip.status
+
+    async def _report_tenants(self, directory: TenantDirectory) -> None:
+        """Log which tenant store serves how many numbers, and every tenant setting the model
+        provider cannot take (before any call meets it)."""
+        settings = self.settings
+        try:
+            async with asyncio.timeout(max(5.0, settings.tenants.lookup_timeout * 5)):
+                tenants = await directory.list_tenants()
+        except Exception as exc:  # the store may be down at start-up: calls will retry it
+            log.warning("tenant store %s: cannot list tenants at start-up: %s", settings.tenants.backend, exc)
+            return
+        active = [t for t in tenants if t.active]
+        # At WARNING so that it shows at production's default level: after a migration it is the
+        # line that says the daemon serves the deployment's own tenants.
+        log.warning("tenant store %s: %d active tenant(s), %d number(s) and pattern(s); model provider %s",
+                    settings.tenants.backend, len(active), sum(len(t.numbers) for t in active),
+                    settings.resolved_provider.value)
+        for fit in fit_tenants(settings, active):
+            level = logging.ERROR if fit.refused else logging.WARNING
+            for line in fit.lines():
+                log.log(level, "%s", line)
 
     async def _start_ari(self, stack: AsyncExitStack, switchboard: Switchboard) -> Any:
         """The ARI client and Stasis application (run in the background task group), and AMI."""

@@ -16,8 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -27,6 +36,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from bridge.security.networks import network, parse_networks, private_networks
 from tenants.settings import TenantSettings
 
 
@@ -65,12 +75,19 @@ class ModelSettings(BaseModel):
     azure_endpoint: str | None = None  # https://<resource>.openai.azure.com
     azure_api_key: SecretStr | None = None
     azure_deployment: str | None = None
+    # https://<resource>.services.ai.azure.com (or .cognitiveservices.azure.com,
+    # <region>.api.cognitive.microsoft.com, <resource>.openai.azure.com: sip/voicelive.py).
     voicelive_endpoint: str | None = None
+    # Unset: Microsoft Entra ID through DefaultAzureCredential (managed identity, workload
+    # identity, AZURE_CLIENT_ID/SECRET, az login ...).
     voicelive_api_key: SecretStr | None = None
     voicelive_model: str = "gpt-realtime"
     voicelive_api_version: str = "2025-10-01"
     connect_timeout: float = Field(10.0, gt=0)
-    # Built-in simulator (started in-process when the provider resolves to it).
+    # Built-in simulator (started in-process when the provider resolves to it). Its dialect:
+    # "openai" (the GA protocol, through the openai SDK) or "voicelive" (its Voice Live endpoint,
+    # through azure-ai-voicelive, as a Voice Live deployment would be reached).
+    simulator_dialect: Literal["openai", "voicelive"] = "openai"
     simulator_host: str = "127.0.0.1"
     simulator_port: int = Field(0, ge=0, le=65535)
 
@@ -79,6 +96,18 @@ class ListenerSettings(BaseModel):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(..., ge=0, le=65535)
+    # Source networks that may connect; any other peer is refused before any work, counted and
+    # logged (rate-limited). Default: loopback and the private ranges, where a PBX sits.
+    allow_from: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=private_networks)
+    # With APP_ENV=production, a listener open beyond the private ranges without authentication
+    # refuses to start unless this says it is meant.
+    allow_public: bool = False
+
+    @field_validator("allow_from", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        value = parse_networks(value)
+        return [network(item) for item in value] if isinstance(value, list) else value
 
 
 class AudioSocketSettings(ListenerSettings):
@@ -244,6 +273,10 @@ class OpsSettings(BaseModel):
     # Base URL the daemon is reached at by ops staff and webhook receivers (recording links).
     public_url: str | None = None
     link_seconds: int = Field(300, ge=1, le=24 * 3600)  # lifetime of signed recording links
+    # Keys of signed recording links, shared by every instance: the first signs, all verify. To
+    # rotate, put the new key first and keep the old one for link_seconds. None: a key per process
+    # (links break on restart and across instances behind a balancer).
+    link_secrets: list[SecretStr] = Field(default_factory=list)
     max_page_size: int = Field(500, ge=1)
 
 
@@ -287,6 +320,55 @@ class WebRtcSettings(BaseModel):
         return values
 
 
+class SipRegistration(BaseModel):
+    """Register with a carrier so that its DIDs ring this trunk (RFC 3261 section 10)."""
+
+    registrar: str  # sip:sip.carrier.example
+    username: str
+    password: SecretStr
+    domain: str | None = None  # for the address of record; default: the registrar's host
+    realm: str = "*"
+    expires: int = Field(300, ge=60, le=86400)
+    retry_interval: int = Field(30, ge=5, le=3600)  # seconds before re-registering after a failure
+
+
+class SipSettings(BaseModel):
+    """The SIP trunk (PJSIP through pjsua2): a PBX or carrier sends calls to callbridge directly."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(5060, ge=0, le=65535)
+    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])  # type: ignore[arg-type]
+    # The address put in Contact, Via and SDP when the host sits behind NAT.
+    public_address: str | None = None
+    rtp_port: int = Field(10000, ge=1024, le=65535)
+    rtp_port_range: int = Field(1000, ge=0, le=20000)
+    # Codecs in order of preference; G722 first keeps a wideband caller wideband end to end.
+    codecs: list[Literal["G722", "PCMU", "PCMA"]] = Field(
+        default_factory=lambda: ["G722", "PCMU", "PCMA"])  # type: ignore[arg-type]
+    # Headers consulted for the dialled number before the Request-URI (then To).
+    called_headers: list[Literal["p_called_party_id", "diversion"]] = Field(default_factory=list)
+    # Source networks allowed to send INVITEs; everything else gets 403.
+    allowed_sources: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                 "fc00::/7"])
+    srtp: Literal["disabled", "optional", "mandatory"] = "disabled"
+    session_timers: Literal["inactive", "optional", "required"] = "optional"
+    retry_after: int = Field(5, ge=0, le=3600)  # seconds, on 503 (busy, draining)
+    # Ring this long (180 Ringing) before answering; 0 answers at once.
+    answer_delay: float = Field(0.0, ge=0.0, le=30.0)
+    registrations: list[SipRegistration] = Field(default_factory=list)
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+
 class WebhookSettings(BaseModel):
     """Delivery of the post-call webhook (the URL and secret are per tenant)."""
 
@@ -301,6 +383,47 @@ class CallLimits(BaseModel):
     max_calls: int = Field(200, ge=1)
     drain_timeout: float = Field(60.0, ge=0)
     max_call_duration: float = Field(3600.0, gt=0)
+    # Deadline of each set-up stage before a call is bridged: a media stream's first message
+    # (Twilio "start", FreeSWITCH metadata), AudioSocket's UUID, the FastAGI environment.
+    setup_timeout: float = Field(10.0, gt=0)
+    # A caller leg (WebSocket, AudioSocket) sending no audio is ended (outcome "idle"): seconds
+    # after set-up for its first audio, then seconds without audio during the call. 0: never.
+    first_audio_timeout: float = Field(5.0, ge=0)
+    audio_idle_timeout: float = Field(30.0, ge=0)
+    # Call set-ups per second from one source address on one listener (token bucket), and the
+    # burst above that rate; past it set-ups are refused at once, so one source cannot starve others.
+    setup_rate: float = Field(20.0, gt=0)
+    setup_burst: int = Field(50, ge=1)
+
+
+class MediaTokenPolicy(enum.StrEnum):
+    """When ``/ws/audio`` and FreeSWITCH streams must present the tenant's media token."""
+
+    AUTO = "auto"  # tenants with a token; every tenant in production when HTTP is open to the world
+    REQUIRED = "required"  # every tenant (one without a token takes no such call)
+    OPTIONAL = "optional"  # tenants with a token only
+
+
+class SecuritySettings(BaseModel):
+    """Authentication of the WebSocket media endpoints (the listeners' allow-lists are theirs)."""
+
+    media_tokens: MediaTokenPolicy = MediaTokenPolicy.AUTO
+    # Origins (scheme://host[:port]) browsers may open the WebSocket endpoints from. A request
+    # with any other Origin is refused; one without Origin (not a browser) is not.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Twilio account auth tokens: X-Twilio-Signature of /ws/twilio is checked with each (the
+    # current one first; keep the previous one while rotating). Empty: no signature check.
+    twilio_auth_tokens: list[SecretStr] = Field(default_factory=list)
+    # The stream URL's scheme and host as given to Twilio (wss://bridge.example.com) when a proxy
+    # in front changes them; default: wss:// and the Host header.
+    twilio_public_url: str | None = None
+    # At most one log line per listener and reason this often about refused peers (all counted).
+    refusal_log_interval: float = Field(10.0, gt=0)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [origin.strip().rstrip("/").lower() for origin in value if origin.strip()]
 
 
 class MetricsSettings(BaseModel):
@@ -338,9 +461,21 @@ class Settings(BaseSettings):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     ops: OpsSettings = Field(default_factory=OpsSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: CallLimits = Field(default_factory=CallLimits)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @model_validator(mode="after")
+    def _not_open_in_production(self) -> Settings:
+        from bridge.security.exposure import production_problems
+
+        problems = production_problems(self)
+        if problems:
+            # A custom error type: the message is shown as written, without "Value error, ".
+            raise PydanticCustomError("open_listener", "; ".join(problems))
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -392,11 +527,42 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _app_env_defaults(self) -> Settings:
+        # APP_ENV as the Voice Live deployments use it: production logs WARNING and above as JSON
+        # lines, staging INFO as JSON lines, development INFO as text; LOG_LEVEL / log_json win.
+        if self.app_env is not AppEnv.DEVELOPMENT and "log_json" not in self.model_fields_set:
+            self.log_json = True
+        if self.app_env is AppEnv.PRODUCTION and "log_level" not in self.model_fields_set:
+            self.log_level = "WARNING"
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret configured (each ``SecretStr`` anywhere in the settings), for the log redactor."""
+        found: list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+
+        walk(self)
+        return found
+
     @property
     def resolved_provider(self) -> ModelProvider:
         if self.model.provider is not ModelProvider.AUTO:
             return self.model.provider
-        if self.model.voicelive_endpoint and self.model.voicelive_api_key:
+        if self.model.voicelive_endpoint:
+            # With no key: Microsoft Entra ID (DefaultAzureCredential).
             return ModelProvider.AZURE_VOICELIVE
         if self.model.azure_endpoint and self.model.azure_api_key:
             return ModelProvider.AZURE_OPENAI
@@ -416,10 +582,18 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "AZURE_VOICELIVE_ENDPOINT": ("model", "voicelive_endpoint"),
     "AZURE_VOICELIVE_API_KEY": ("model", "voicelive_api_key"),
     "AZURE_VOICELIVE_MODEL": ("model", "voicelive_model"),
+    "AZURE_VOICELIVE_API_VERSION": ("model", "voicelive_api_version"),
     "SUPABASE_URL": ("tenants", "supabase_url"),
     "SUPABASE_SERVICE_ROLE_KEY": ("tenants", "supabase_key"),
     "DATABASE_URL": ("tenants", "database_url"),
     "APP_ENV": ("app_env",),
+    # Call recordings of the roleplay deployments: an S3 bucket and its credentials.
+    "RECORDING_ENABLED": ("recording", "enabled"),
+    "AWS_BUCKET_NAME": ("recording", "s3", "bucket"),
+    "AWS_REGION": ("recording", "s3", "region"),
+    "RECORDING_PATH_PREFIX": ("recording", "s3", "prefix"),
+    "AWS_ACCESS_KEY_ID": ("recording", "s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("recording", "s3", "secret_access_key"),
     "PORT": ("http", "port"),
     "LOG_LEVEL": ("log_level",),
 }
@@ -448,6 +622,13 @@ class _LegacyEnvSource(PydanticBaseSettingsSource):
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = value
+        s3 = result.get("recording", {}).get("s3")
+        if s3 is not None:
+            if "bucket" in s3:
+                # A bucket named the legacy way is where recordings go.
+                result["recording"].setdefault("storage", "s3")
+            else:
+                del result["recording"]["s3"]  # credentials alone do not configure a store
         return result
 
 

@@ -21,6 +21,30 @@ wire:
 are refused (mod_audio_stream) or silently mislabelled as 16 kHz (mod_audio_fork), so the builders
 here refuse them.
 
+How agent audio reaches the caller depends on the module build (:class:`Playback`):
+
+============================ ============ ===================================================
+build                        playback     what the daemon sends back
+============================ ============ ===================================================
+jambonz mod_audio_fork,      ``stream``   BINARY L16; ``killAudio`` empties the fork's buffer,
+started with its three                    ``mark`` echoes say what has played
+bidirectional arguments
+drachtio mod_audio_fork,     ``files``    ``playAudio`` chunks; the module writes each to a
+jambonz without them                      file and raises ``mod_audio_fork::play_audio``; the
+                                          dialplan script plays the files and echoes the
+                                          chunk's ``mark`` field as a mark; ``killAudio``
+amigniter mod_audio_stream   ``files``    ``streamAudio`` chunks, the same way
+                                          (``mod_audio_stream::play``); ``killAudio`` reaches
+                                          the script as ``mod_audio_stream::json``
+streaming mod_audio_stream   ``stream``   ``streamAudio`` in 20 ms messages, played as a stream
+forks (voxcom-us)
+============================ ============ ===================================================
+
+The drachtio build logs and discards every BINARY frame (``lws_glue.cpp`` "received binary frame,
+discarding"), and amigniter's community build plays nothing itself: whatever is sent, a build
+that does not play it gives a silent call. :class:`PlaybackCheck` holds the rule that tells: a
+far end that plays the audio echoes the first mark placed after it within a few seconds.
+
 Parsing never raises for peer input: malformed frames give :class:`InvalidMessage`, unknown message
 types give :class:`Unknown`.
 """
@@ -28,6 +52,7 @@ types give :class:`Unknown`.
 from __future__ import annotations
 
 import binascii
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +74,22 @@ CALLER_KEYS = ("from", "caller_id_number", "caller", "ani")
 CALL_ID_KEYS = ("callSid", "callId", "callid", "call_id", "uuid")
 SAMPLE_RATE_KEYS = ("sampleRate", "sample_rate")
 MIX_TYPE_KEYS = ("mixType", "mix_type")
+PLAYBACK_KEY = "playback"  # written by deploy/freeswitch/scripts/callbridge.lua
+
+
+class Playback(enum.StrEnum):
+    """How the far end plays agent audio (the metadata's ``playback`` key)."""
+
+    STREAM = "stream"  # played as it arrives: BINARY (mod_audio_fork) or 20 ms streamAudio
+    FILES = "files"  # written to files the dialplan script plays, each chunk's mark echoed
+
+
+class Unplayed(enum.StrEnum):
+    """Why a call's agent audio was not (or could not be shown to be) played: a metric label."""
+
+    BINARY_DISCARDED = "binary_discarded"  # no mark came back after BINARY audio
+    FILES_NOT_PLAYED = "files_not_played"  # no mark came back after audio sent as files
+    UNCONFIRMED = "unconfirmed"  # streamAudio as a stream: the far end cannot confirm playback
 
 
 class _Invalid(ValueError):
@@ -104,6 +145,7 @@ class StreamMetadata:
     sample_rate_hz: int | None
     mix_type: str | None
     fields: dict[str, Any]  # the whole object, extras included
+    playback: Playback | None = None  # None: not said (or not understood)
 
 
 def _first_text(fields: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -143,6 +185,7 @@ def parse_metadata(text: str | bytes) -> StreamMetadata | InvalidMessage:
         if key in fields:
             sample_rate = _rate(fields[key])
             break
+    playback = fields.get(PLAYBACK_KEY)
     return StreamMetadata(
         dialled=_first_text(fields, DIALLED_KEYS),
         caller=_first_text(fields, CALLER_KEYS),
@@ -150,6 +193,7 @@ def parse_metadata(text: str | bytes) -> StreamMetadata | InvalidMessage:
         sample_rate_hz=sample_rate,
         mix_type=_first_text(fields, MIX_TYPE_KEYS),
         fields=fields,
+        playback=Playback(playback) if playback in tuple(Playback) else None,
     )
 
 
@@ -199,6 +243,37 @@ def parse_event(text: str | bytes) -> Event:
         return InvalidMessage(str(exc))
 
 
+def parse_events(text: str | bytes) -> list[Event]:
+    """Every message in one TEXT frame. Never raises.
+
+    drachtio's mod_audio_fork queues outgoing text by appending it to one string
+    (``audio_pipe.cpp`` ``bufferForSending``), so messages sent close together (a dialplan's
+    ``send_text`` bursts) arrive as one frame holding JSON objects back to back. A frame that
+    does not split into whole JSON objects gives one :class:`InvalidMessage`.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return [InvalidMessage("not valid UTF-8")]
+    decoder = json.JSONDecoder()
+    events: list[Event] = []
+    end = len(text)
+    i = 0
+    while True:
+        while i < end and text[i] in " \t\r\n":
+            i += 1
+        if i >= end:
+            break
+        try:
+            _, stop = decoder.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            return [InvalidMessage("not valid JSON")]
+        events.append(parse_event(text[i:stop]))
+        i = stop
+    return events or [InvalidMessage("not valid JSON")]
+
+
 def _parse_dtmf(message: dict[str, Any]) -> Dtmf:
     data = message.get("data")
     source = data if isinstance(data, dict) else message
@@ -231,10 +306,26 @@ def _check_raw_rate(sample_rate_hz: int) -> None:
         raise ValueError(f"raw audio must be one of {sorted(RAW_RATES_HZ)} Hz, not {sample_rate_hz}")
 
 
+def _check_mark_name(name: str) -> None:
+    # Echoed back without JSON escaping (jambonz ``send_mark_event``), and read by the dialplan
+    # script with a string pattern: plain names only.
+    if not name or any(c in '"\\' or ord(c) < 0x20 for c in name):
+        raise ValueError("mark names must be non-empty without quotes, backslashes or control characters")
+
+
 def play_audio_message(
-    audio: bytes, sample_rate_hz: int, *, content_type: str = "raw", text_content: str | None = None
+    audio: bytes,
+    sample_rate_hz: int,
+    *,
+    content_type: str = "raw",
+    text_content: str | None = None,
+    mark: str | None = None,
 ) -> str:
-    """mod_audio_fork ``playAudio``: raw L16 little-endian (or a WAV file) to play to the caller."""
+    """mod_audio_fork ``playAudio``: raw L16 little-endian (or a WAV file) to play to the caller.
+
+    ``mark`` rides in the ``data`` object, which the module passes on in its ``play_audio``
+    event (less the audio, plus the file's path); the dialplan script echoes it once played.
+    """
     if content_type not in PLAY_AUDIO_CONTENT_TYPES:
         raise ValueError(f"audioContentType must be one of {sorted(PLAY_AUDIO_CONTENT_TYPES)}")
     data: dict[str, Any] = {"audioContentType": content_type}
@@ -244,6 +335,9 @@ def play_audio_message(
     data["audioContent"] = _b64encode(audio)
     if text_content is not None:
         data["textContent"] = text_content
+    if mark is not None:
+        _check_mark_name(mark)
+        data["mark"] = mark
     return _dump({"type": "playAudio", "data": data})
 
 
@@ -258,8 +352,7 @@ def mark_message(name: str) -> str:
     The fork echoes the name back without JSON escaping (``lws_glue.cpp`` ``send_mark_event``), so
     names with quotes, backslashes or control characters would come back as broken JSON: refused.
     """
-    if not name or any(c in '"\\' or ord(c) < 0x20 for c in name):
-        raise ValueError("mark names must be non-empty without quotes, backslashes or control characters")
+    _check_mark_name(name)
     return _dump({"type": "mark", "data": {"name": name}})
 
 
@@ -273,22 +366,64 @@ def disconnect_message() -> str:
     return '{"type":"disconnect"}'
 
 
-def stream_audio_message(audio: bytes, sample_rate_hz: int, *, data_type: str = "raw") -> str:
-    """mod_audio_stream ``streamAudio``."""
+def stream_audio_message(
+    audio: bytes, sample_rate_hz: int, *, data_type: str = "raw", mark: str | None = None
+) -> str:
+    """mod_audio_stream ``streamAudio``; ``mark`` as in :func:`play_audio_message` (the
+    ``mod_audio_stream::play`` event carries the data object less the audio)."""
     if data_type not in STREAM_AUDIO_DATA_TYPES:
         raise ValueError(f"audioDataType must be one of {sorted(STREAM_AUDIO_DATA_TYPES)}")
     if data_type == "raw":
         _check_raw_rate(sample_rate_hz)
-    return _dump(
-        {
-            "type": "streamAudio",
-            "data": {
-                "audioDataType": data_type,
-                "sampleRate": sample_rate_hz,
-                "audioData": _b64encode(audio),
-            },
-        }
-    )
+    data: dict[str, Any] = {"audioDataType": data_type, "sampleRate": sample_rate_hz}
+    if mark is not None:
+        _check_mark_name(mark)
+        data["mark"] = mark
+    data["audioData"] = _b64encode(audio)
+    return _dump({"type": "streamAudio", "data": data})
+
+
+# --- does the far end play what it is sent? ------------------------------------------------------------
+
+
+class PlaybackCheck:
+    """The rule that tells a far end that plays agent audio from one that drops it.
+
+    A far end that plays the audio echoes every mark placed after it (jambonz mod_audio_fork
+    once the audio before the mark has played, or cleared by ``killAudio``; the dialplan script
+    once a file has played, or was stopped). The first mark placed starts a deadline of
+    ``within`` seconds; any echo before it confirms playback for the rest of the stream, and a
+    deadline that passes without one is the verdict that nothing is played. A clear (barge-in)
+    before any echo restarts the wait at the next mark: a far end may drop cleared marks.
+
+    Pure state: times are monotonic seconds passed in.
+    """
+
+    def __init__(self, within: float) -> None:
+        self.within = within
+        self.confirmed = False
+        self._deadline: float | None = None
+
+    def mark_placed(self, now: float) -> None:
+        if not self.confirmed and self._deadline is None:
+            self._deadline = now + self.within
+
+    def echoed(self) -> None:
+        self.confirmed = True
+        self._deadline = None
+
+    def cleared(self) -> None:
+        if not self.confirmed:
+            self._deadline = None
+
+    def restart(self) -> None:
+        """Check again from the next mark (after switching how the audio is sent)."""
+        self.confirmed = False
+        self._deadline = None
+
+    def failed(self, now: float) -> bool:
+        """True once the deadline has passed with no echo."""
+        return self._deadline is not None and now >= self._deadline
 
 
 # --- commands as FreeSWITCH reads them (test side) -------------------------------------------------------
@@ -300,6 +435,7 @@ class PlayAudio:
     sample_rate_hz: int | None
     content_type: str
     text_content: str | None = None
+    mark: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +443,7 @@ class StreamAudio:
     audio: bytes
     sample_rate_hz: int | None
     data_type: str
+    mark: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +484,8 @@ def parse_command(text: str | bytes) -> Command:
                 raise _Invalid(f"{kind} without a data object")
             rate = data.get("sampleRate")
             rate = rate if isinstance(rate, int) and not isinstance(rate, bool) else None
+            mark = data.get("mark")
+            mark = mark if isinstance(mark, str) else None
             if kind == "playAudio":
                 content_type = data.get("audioContentType")
                 text_content = data.get("textContent")
@@ -357,11 +496,12 @@ def parse_command(text: str | bytes) -> Command:
                     rate,
                     content_type,
                     text_content if isinstance(text_content, str) else None,
+                    mark,
                 )
             data_type = data.get("audioDataType")
             if not isinstance(data_type, str):
                 raise _Invalid("streamAudio without audioDataType")
-            return StreamAudio(_b64decode(data.get("audioData"), "audioData"), rate, data_type)
+            return StreamAudio(_b64decode(data.get("audioData"), "audioData"), rate, data_type, mark)
         if kind == "killAudio":
             return KillAudio()
         if kind == "mark":

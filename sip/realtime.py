@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenants.config import AudioMode, NoiseSuppression, SemanticVad, ServerVad, TenantConfig
+from sip import voicelive
+from tenants.config import AudioMode, AzureSemanticVad, NoiseSuppression, ServerVad, TenantConfig, VoiceSpec
 
 
 class Dialect(enum.Enum):
@@ -72,15 +73,16 @@ class ToolSpec:
 
 
 def _turn_detection(tenant: TenantConfig) -> dict[str, Any]:
+    """GA turn detection; Voice Live's semantic detectors become ``semantic_vad``."""
     td = tenant.turn_detection
-    if isinstance(td, SemanticVad):
+    if not isinstance(td, ServerVad):
+        eagerness = "auto" if isinstance(td, AzureSemanticVad) else td.eagerness
         return {
             "type": "semantic_vad",
-            "eagerness": td.eagerness,
+            "eagerness": eagerness,
             "create_response": td.create_response,
             "interrupt_response": td.interrupt_response,
         }
-    assert isinstance(td, ServerVad)
     out: dict[str, Any] = {
         "type": "server_vad",
         "threshold": td.threshold,
@@ -92,6 +94,13 @@ def _turn_detection(tenant: TenantConfig) -> dict[str, Any]:
     if td.idle_timeout_ms is not None:
         out["idle_timeout_ms"] = td.idle_timeout_ms
     return out
+
+
+def _ga_voice(tenant: TenantConfig) -> str | None:
+    """The GA voice, or None (the service's default) for a voice OpenAI does not have."""
+    voice = tenant.voice
+    name = voice.name if isinstance(voice, VoiceSpec) and voice.type == "openai" else voice
+    return name if isinstance(name, str) and name in voicelive.OPENAI_VOICES else None
 
 
 def audio_format_json(tenant: TenantConfig, dialect: Dialect = Dialect.GA) -> dict[str, Any] | str:
@@ -112,52 +121,37 @@ def session_update(
     dialect: Dialect = Dialect.GA,
 ) -> dict[str, Any]:
     """The ``session.update`` event that configures the model for one tenant's call."""
+    tool_list = [t.to_json() for t in tools]
+    if dialect is Dialect.BETA:
+        return voicelive.session_update(tenant, tools=tool_list)
     fmt = audio_format_json(tenant, dialect)
     noise: dict[str, Any] | None = None
     if tenant.noise_suppression is NoiseSuppression.MODEL:
-        noise = (
-            {"type": "azure_deep_noise_suppression"}
-            if dialect is Dialect.BETA
-            else {"type": tenant.model_noise_reduction}
-        )
+        kind = tenant.model_noise_reduction
+        noise = {"type": kind if kind in ("near_field", "far_field") else "near_field"}
     transcription: dict[str, Any] | None = None
     if tenant.transcription:
         transcription = {"model": tenant.transcription_model}
         if tenant.language:
             transcription["language"] = tenant.language
-    tool_list = [t.to_json() for t in tools]
-    if dialect is Dialect.BETA:
-        session: dict[str, Any] = {
-            "modalities": ["audio", "text"],
-            "instructions": tenant.instructions,
-            "voice": tenant.voice,
-            "input_audio_format": fmt,
-            "output_audio_format": fmt,
-            "turn_detection": _turn_detection(tenant),
-            "input_audio_transcription": transcription,
-            "temperature": tenant.temperature,
-            "max_response_output_tokens": tenant.max_output_tokens,
-        }
-        if noise is not None:
-            session["input_audio_noise_reduction"] = noise
-    else:
-        audio_in: dict[str, Any] = {
-            "format": fmt,
-            "turn_detection": _turn_detection(tenant),
-            "transcription": transcription,
-            "noise_reduction": noise,
-        }
-        session = {
-            "type": "realtime",
-            "model": model,
-            "instructions": tenant.instructions,
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": audio_in,
-                "output": {"format": fmt, "voice": tenant.voice, "speed": tenant.speed},
-            },
-            "max_output_tokens": tenant.max_output_tokens,
-        }
+    audio_in: dict[str, Any] = {
+        "format": fmt,
+        "turn_detection": _turn_detection(tenant),
+        "transcription": transcription,
+        "noise_reduction": noise,
+    }
+    audio_out: dict[str, Any] = {"format": fmt, "speed": tenant.speed}
+    voice = _ga_voice(tenant)
+    if voice is not None:
+        audio_out["voice"] = voice
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": model,
+        "instructions": tenant.instructions,
+        "output_modalities": ["audio"],
+        "audio": {"input": audio_in, "output": audio_out},
+        "max_output_tokens": tenant.max_output_tokens,
+    }
     if tool_list:
         session["tools"] = tool_list
         session["tool_choice"] = "auto"

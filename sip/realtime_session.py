@@ -305,7 +305,9 @@ def apply_session_update(current: Json, patch: Any, *, voice_locked: bool) -> Js
                     expect_str(voice.get("id"), "session.audio.output.voice.id")
                     voice = dict(voice)
                 else:
-                    expect_str(voice, "session.audio.output.voice")
+                    # The service knows its voices: an unknown name fails the whole update.
+                    expect_choice(expect_str(voice, "session.audio.output.voice"),
+                                  "session.audio.output.voice", VOICES)
                 if voice != target["voice"] and voice_locked:
                     raise InvalidRequest(
                         "Cannot update a conversation's voice if assistant audio is present.",

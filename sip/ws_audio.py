@@ -36,6 +36,8 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011  # the model is unreachable or failed, or the tenant store did
     TRY_AGAIN_LATER = 1013  # over capacity or draining
     UNKNOWN_NUMBER = 4004  # the dialled number has no active tenant (private-use range 4000-4999)
+    UNAUTHORIZED = 4401  # missing or invalid media token (4000 + the HTTP status, as graphql-ws does)
+    IDLE = 4408  # the client sent no audio for too long
 
 
 class FrameKind(enum.StrEnum):

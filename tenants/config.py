@@ -36,6 +36,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class EndOfUtterance(_Frozen):
+    """Voice Live's semantic end-of-utterance detection (``end_of_utterance_detection``)."""
+
+    model: Literal["semantic_detection_v1", "semantic_detection_v1_en", "semantic_detection_v1_multilingual"] = (
+        "semantic_detection_v1"
+    )
+    threshold_level: Literal["low", "medium", "high", "default"] | None = None
+    timeout_ms: int | None = Field(None, ge=0, le=10000)
+    # The older spellings (a 0-1 threshold, a timeout in seconds), still accepted by the service.
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    timeout: float | None = Field(None, ge=0.0, le=10.0)
+
+
 class ServerVad(_Frozen):
     type: Literal["server_vad"] = "server_vad"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -44,6 +57,9 @@ class ServerVad(_Frozen):
     interrupt_response: bool = True
     create_response: bool = True
     idle_timeout_ms: int | None = Field(None, ge=5000, le=30000)
+    # Voice Live only (rejected for OpenAI sessions when set).
+    end_of_utterance_detection: EndOfUtterance | None = None
+    auto_truncate: bool | None = None
 
 
 class SemanticVad(_Frozen):
@@ -53,7 +69,39 @@ class SemanticVad(_Frozen):
     create_response: bool = True
 
 
-TurnDetection = Annotated[ServerVad | SemanticVad, Field(discriminator="type")]
+class AzureSemanticVad(_Frozen):
+    """Voice Live's semantic VAD (``azure_semantic_vad``, ``_en``, ``_multilingual``)."""
+
+    type: Literal["azure_semantic_vad", "azure_semantic_vad_en", "azure_semantic_vad_multilingual"] = (
+        "azure_semantic_vad"
+    )
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(None, ge=0, le=5000)
+    silence_duration_ms: int | None = Field(None, ge=0, le=10000)
+    speech_duration_ms: int | None = Field(None, ge=0, le=10000)
+    remove_filler_words: bool | None = None
+    languages: tuple[str, ...] | None = None
+    end_of_utterance_detection: EndOfUtterance | None = None
+    auto_truncate: bool | None = None
+    interrupt_response: bool = True
+    create_response: bool = True
+
+
+TurnDetection = Annotated[ServerVad | SemanticVad | AzureSemanticVad, Field(discriminator="type")]
+
+
+class VoiceSpec(_Frozen):
+    """A voice given as an object, in Voice Live's shape: ``{"type": "azure-custom", "name": ...,
+    "endpoint_id": ...}``; a plain name (``"marin"``, ``"pt-BR-FranciscaNeural"``) is a string."""
+
+    type: Literal["openai", "azure-standard", "azure-custom", "azure-personal"]
+    name: str = Field(..., min_length=1)
+    endpoint_id: str | None = None  # azure-custom
+    model: str | None = None  # azure-personal
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    rate: str | None = None
+    style: str | None = None
+    locale: str | None = None
 
 
 class TransferTarget(_Frozen):
@@ -77,7 +125,11 @@ class TenantConfig(_Frozen):
     provider: Literal["openai", "azure_openai", "azure_voicelive", "simulator", "default"] = "default"
     model: str | None = None  # None: the deployment's configured model
     instructions: str = "You are a helpful phone assistant. Keep answers short."
-    voice: str = "marin"
+    # An OpenAI voice name, an Azure neural voice name (pt-BR-FranciscaNeural,
+    # en-US-Ava:DragonHDLatestNeural) or a Voice Live voice object.
+    voice: str | VoiceSpec = "marin"
+    # Voice Live: sampling temperature of Azure standard voices (0-1).
+    voice_temperature: float | None = Field(None, ge=0.0, le=1.0)
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     max_output_tokens: int | Literal["inf"] = "inf"
     speed: float = Field(1.0, ge=0.25, le=1.5)
@@ -88,7 +140,11 @@ class TenantConfig(_Frozen):
     transcription_model: str = "gpt-4o-mini-transcribe"
     noise_suppression: NoiseSuppression = NoiseSuppression.ADAPTIVE
     noise_suppression_level_db: int = Field(-25, ge=-60, le=0)
-    model_noise_reduction: Literal["near_field", "far_field"] = "near_field"
+    # The model's own noise reduction (noise_suppression "model"); None: the provider's own
+    # (Voice Live: azure_deep_noise_suppression; OpenAI: near_field).
+    model_noise_reduction: Literal["near_field", "far_field", "azure_deep_noise_suppression"] | None = None
+    # Voice Live's server echo cancellation (the agent's own voice removed from caller audio).
+    echo_cancellation: bool = False
     audio_mode: AudioMode = AudioMode.PCM
     recording: bool = True
     retention_days: int | None = Field(None, ge=0)
@@ -98,6 +154,19 @@ class TenantConfig(_Frozen):
     dtmf_transfer_digit: str | None = None  # e.g. "0": press 0 for a human (first transfer target)
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    # A setting the provider cannot take: "refuse" keeps the number out of service (reported at
+    # start-up and by ``callbridge tenants validate``); "provider_defaults" takes the call with
+    # the provider's defaults for that setting.
+    unsupported_settings: Literal["refuse", "provider_defaults"] = "refuse"
+
+    @property
+    def voice_name(self) -> str:
+        """The voice's name, whichever way it was given."""
+        return self.voice if isinstance(self.voice, str) else self.voice.name
+
+    # Credential of the tenant's WebSocket media clients (/ws/audio, FreeSWITCH and token-based
+    # Twilio-format streams); None: those calls need none unless the deployment requires one.
+    media_token: str | None = Field(None, min_length=16, max_length=512, repr=False)
 
     @field_validator("slug")
     @classmethod

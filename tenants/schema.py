@@ -42,6 +42,9 @@ COLUMN_FIELDS = {"max_tokens": "max_output_tokens"}
 FIELD_COLUMNS = {f: c for c, f in COLUMN_FIELDS.items()}
 # Older names some deployments use; read when the canonical column is absent or NULL.
 LEGACY_COLUMNS = {"speech_rate": "speed"}
+# The Voice Live deployments' jsonb ``audio`` column: {"echo_cancellation": bool,
+# "noise_reduction": bool | "<type>" | {"type": "<type>"}}.
+AUDIO_COLUMN = "audio"
 CONFIGURATION_COLUMNS = tuple(FIELD_COLUMNS.get(f, f) for f in SETTING_FIELDS)
 JSON_FIELDS = frozenset({"turn_detection", "transfer_targets"})
 _BOOKKEEPING = frozenset({"client_id", "id", "created_at", "updated_at", "settings"})
@@ -134,7 +137,7 @@ def tenant_from_record(
     configuration = dict(record.configuration or {})
     from_columns: dict[str, Any] = {}
     for column, value in configuration.items():
-        if column in _BOOKKEEPING or column in LEGACY_COLUMNS:
+        if column in _BOOKKEEPING or column in LEGACY_COLUMNS or column == AUDIO_COLUMN:
             continue
         name = COLUMN_FIELDS.get(column, column)
         if name not in SETTING_FIELDS:
@@ -145,6 +148,11 @@ def tenant_from_record(
     for legacy, name in LEGACY_COLUMNS.items():
         if configuration.get(legacy) is not None and name not in from_columns:
             from_columns[name] = configuration[legacy]
+
+    audio = _json_value(configuration.get(AUDIO_COLUMN))
+    if audio is not None:
+        for name, value in _audio_settings(audio, slug, notes).items():
+            from_columns.setdefault(name, value)
 
     settings = _json_value(configuration.get("settings")) or {}
     if not isinstance(settings, Mapping):
@@ -164,6 +172,28 @@ def tenant_from_record(
         return parse_tenant({**merged, **values})
     except TenantError as exc:
         raise TenantError(f"client {slug}: {exc}") from None
+
+
+def _audio_settings(audio: Any, slug: str, notes: Notes) -> dict[str, Any]:
+    """Tenant settings from the ``audio`` column; keys that are not settings are reported."""
+    if not isinstance(audio, Mapping):
+        notes.problems.append(f"client {slug}: {CONFIGURATIONS}.{AUDIO_COLUMN} is not a JSON object; ignored")
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in audio.items():
+        if key == "echo_cancellation" and value is not None:
+            out["echo_cancellation"] = bool(value.get("type")) if isinstance(value, Mapping) else value
+        elif key == "noise_reduction" and value is not None:
+            kind = value.get("type") if isinstance(value, Mapping) else value
+            if kind is True:
+                out["noise_suppression"] = "model"  # the model's own (Voice Live: deep noise suppression)
+            elif isinstance(kind, str):
+                out["noise_suppression"] = "model"
+                out["model_noise_reduction"] = kind
+        elif key not in ("echo_cancellation", "noise_reduction"):
+            notes.problems.append(f"client {slug}: {CONFIGURATIONS}.{AUDIO_COLUMN}.{key} is not a tenant "
+                                  "setting; ignored")
+    return out
 
 
 def lookup_keys(number: str, default_country: str) -> list[str]:

@@ -49,6 +49,17 @@ class TenantSettings(BaseModel):
         return upper
 
     @model_validator(mode="after")
+    def _backend_from_credentials(self) -> TenantSettings:
+        # No backend named: the store whose credentials are given (existing deployments set
+        # SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY, or DATABASE_URL, and nothing else).
+        if "backend" not in self.model_fields_set:
+            if self.supabase_url and self.supabase_key is not None:
+                self.backend = TenantBackend.SUPABASE
+            elif self.database_url is not None:
+                self.backend = TenantBackend.POSTGRES
+        return self
+
+    @model_validator(mode="after")
     def _default_needs_tenant(self) -> TenantSettings:
         if self.unknown_number is UnknownNumberPolicy.DEFAULT and not self.default_tenant:
             raise ValueError("unknown_number 'default' needs default_tenant (a tenant slug)")

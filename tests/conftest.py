@@ -12,6 +12,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = REPO_ROOT / "tests" / "data"
 
 
+# The built-in simulator's dialect for daemons started by ``loopback_settings``: "openai", or
+# "voicelive" (calls then reach its Voice Live endpoint through azure-ai-voicelive). Set per test
+# by the ``model_dialect`` parameter of tests marked ``both_dialects`` (tests/e2e/conftest.py).
+# (A plain module attribute, not a context variable: the test's event loop may have been created
+# before the fixture ran.)
+MODEL_DIALECT = {"dialect": "openai"}
+
+
+def simulator_model() -> dict[str, Any]:
+    """The ``model`` settings section for the built-in simulator in the current test's dialect."""
+    dialect = MODEL_DIALECT["dialect"]
+    return {} if dialect == "openai" else {"simulator_dialect": dialect}
+
+
 def load_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as wav:
         assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
@@ -39,4 +53,9 @@ def loopback_settings(tmp_path: Path, *, record: bool = False, **sections: Any) 
         "recording": {"enabled": record, "directory": str(tmp_path / "rec")},
     }
     base.update(sections)
+    dialect = MODEL_DIALECT["dialect"]
+    if dialect != "openai":
+        model = dict(base.get("model") or {})
+        if model.get("provider", "simulator") == "simulator" and "api_key" not in model:
+            base["model"] = {**model, "simulator_dialect": dialect}
     return load_settings(env_file=None, environ={}, **base)

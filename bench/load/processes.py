@@ -185,6 +185,10 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
         "CALLBRIDGE_RECORDING__ENABLED": "true",
         "CALLBRIDGE_RECORDING__DIRECTORY": str(run_dir / "recordings"),
         "CALLBRIDGE_LIMITS__MAX_CALLS": str(max_calls),
+        # The load generator is one source placing every call, faster than the per-source
+        # set-up rate a daemon allows by default (older versions ignore these).
+        "CALLBRIDGE_LIMITS__SETUP_RATE": "10000",
+        "CALLBRIDGE_LIMITS__SETUP_BURST": "10000",
         # Browser calls (webrtc transport): ICE on loopback, the load generators' token.
         "CALLBRIDGE_WEBRTC__HOST_ADDRESSES": '["127.0.0.1"]',
         "CALLBRIDGE_WEBRTC__PEER_NETWORKS": '["127.0.0.0/8"]',

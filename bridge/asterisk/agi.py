@@ -17,10 +17,13 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.ops import logs
+from bridge.security.exposure import listeners
+from bridge.security.sources import gate_for, peer_host
 from bridge.settings import AgiSettings, AudioSocketSettings
 from sip import agi
 from tenants.config import TransferTarget
@@ -29,7 +32,6 @@ from tenants.settings import TenantSettings
 log = logging.getLogger(__name__)
 
 TRANSPORT = "audiosocket"
-ENV_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 CLOSE_GRACE = 5.0
 # Channels of recent calls kept for AMI Hangup events that come after the AGI session.
@@ -93,6 +95,8 @@ class FastAgiServer:
         self.audiosocket_port = audiosocket_port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        # FastAGI carries no credentials: the allow-list (and the binding) are its protection.
+        self.gate = gate_for("agi", settings, switchboard.settings, switchboard.metrics, switchboard.clock)
         # An AMI connection (bridge.asterisk.ami.AmiConnection) when configured: transfers then use the
         # Redirect action if ``ami.redirect_transfers`` is set, and the PBX's hangup cause of each
         # call is logged from the Hangup event.
@@ -107,6 +111,9 @@ class FastAgiServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.settings.host, self.settings.port)
         log.info("FastAGI listening on %s:%d", self.settings.host, self.port)
+        for exposure in listeners(self.switchboard.settings):
+            if exposure.name == "agi":
+                log.info("%s", replace(exposure, port=self.port).line())
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -126,6 +133,10 @@ class FastAgiServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = peer_host(writer.get_extra_info("peername"))
+        if not (self.gate.allows_peer(host) and self.gate.allows_setup(host)):
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
@@ -141,7 +152,7 @@ class FastAgiServer:
             writer.close()
             if session.error is not None:
                 log.warning("FastAGI peer cut off: %s", session.error)
-                self.switchboard.metrics.peers_closed.labels("fastagi", "protocol_error").inc()
+                self.switchboard.metrics.peers_closed.labels("agi", "protocol_error").inc()
 
     def _advertised_audiosocket(self, writer: asyncio.StreamWriter) -> str:
         if self.audiosocket.advertise:
@@ -152,7 +163,7 @@ class FastAgiServer:
         return f"{host}:{self.audiosocket_port}"
 
     async def _serve(self, session: _Session) -> None:
-        async with asyncio.timeout(ENV_TIMEOUT):
+        async with asyncio.timeout(self.switchboard.settings.limits.setup_timeout):
             event = await session.next_event()
         if not isinstance(event, agi.AgiRequest):
             log.warning("FastAGI peer sent no environment: %s", event)

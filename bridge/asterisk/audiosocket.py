@@ -8,7 +8,13 @@ audio and hangup: any other kind makes Asterisk end the call (PROTOCOLS.md secti
 Each connection is an ``asyncio.Protocol``: bytes go straight from ``data_received`` through the
 sans-I/O parser into the call, with no reader task to wake 50 times a second per call. The call
 itself runs in a task of its own (held by the server), and ends when Asterisk hangs up, closes or
-resets the connection, or sends something that is not AudioSocket.
+resets the connection, sends something that is not AudioSocket, or sends no audio for
+``limits.first_audio_timeout`` after set-up / ``limits.audio_idle_timeout`` in the call (Asterisk
+sends a frame every 20 ms while the channel is up; outcome ``idle``).
+
+AudioSocket carries no credentials: a peer outside ``audiosocket.allow_from`` is disconnected as
+soon as it connects, set-ups over the per-source rate likewise, and a UUID must have been
+registered by FastAGI or ARI first.
 
 Caller audio passes through a :class:`bridge.core.intake.CallerIntake`, as on the WebSocket legs: a
 peer sending faster than real time has the excess held in a one-second backlog, then dropped
@@ -21,11 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from dataclasses import replace
 from typing import Any, cast
 
 from bridge.core.call import Call, CallInfo, Outcome
 from bridge.core.intake import CallerIntake
+from bridge.core.silence import SilenceWatch
 from bridge.core.switchboard import PendingCall, Refusal, Switchboard
+from bridge.security.exposure import listeners
+from bridge.security.sources import gate_for, peer_host
 from bridge.settings import AudioSocketSettings
 from media.codec import SLIN_8K, AudioFormat, Encoding
 from sip import audiosocket as aso
@@ -34,7 +44,6 @@ from tenants.config import TransferTarget
 log = logging.getLogger(__name__)
 
 TRANSPORT = "audiosocket"
-UUID_TIMEOUT = 5.0
 # Past this much unsent audio toward Asterisk the peer is not reading: drop rather than buffer.
 MAX_WRITE_BUFFER_BYTES = 32_000
 
@@ -109,7 +118,7 @@ class AudioSocketConnection(asyncio.Protocol):
     """One TCP connection from Asterisk: the UUID message, then the call's media.
 
     ``data_received`` runs the parser and hands each event to the call at once. The UUID must come
-    within ``UUID_TIMEOUT`` seconds. EOF, a reset, a HANGUP or ERROR message and a protocol error
+    within ``limits.setup_timeout`` seconds. EOF, a reset, a HANGUP or ERROR message and a protocol error
     all end the call; the first one wins and later input is ignored.
     """
 
@@ -124,18 +133,28 @@ class AudioSocketConnection(asyncio.Protocol):
         self._nominal = False
         self._uuid_timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._silence: SilenceWatch | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not subclass asyncio.Transport, hence no isinstance).
         self.transport = cast(asyncio.Transport, transport)
+        gate = self._server.gate
+        host = peer_host(transport.get_extra_info("peername"))
+        if not (gate.allows_peer(host) and gate.allows_setup(host)):
+            self._media_over = True
+            self.transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server.connections.add(self)
-        self._uuid_timer = asyncio.get_running_loop().call_later(UUID_TIMEOUT, self._uuid_timed_out)
+        self._uuid_timer = asyncio.get_running_loop().call_later(self._server.setup_timeout,
+                                                                 self._uuid_timed_out)
 
     def data_received(self, data: bytes) -> None:
+        if self._media_over and self._call is None:
+            return  # refused: nothing from this peer is read
         parser = self._parser
         parser.receive_data(data)
         self._dispatch(parser.events_received())
@@ -187,6 +206,8 @@ class AudioSocketConnection(asyncio.Protocol):
                     call.protocol_error(f"audio kind {event.kind:#04x} does not match the call's "
                                         f"{self._expected_rate} Hz format")
                     return
+                if self._silence is not None:
+                    self._silence.heard()
                 assert self._intake is not None
                 self._intake.feed(event.payload)
             elif isinstance(event, aso.Dtmf):
@@ -220,7 +241,7 @@ class AudioSocketConnection(asyncio.Protocol):
     def _uuid_timed_out(self) -> None:
         self._uuid_timer = None
         if self._call is None and not self._media_over:
-            log.warning("AudioSocket peer sent no UUID within %.0f s", UUID_TIMEOUT)
+            log.warning("AudioSocket peer sent no UUID within %.0f s", self._server.setup_timeout)
             self._media_over = True
             self._close()
 
@@ -256,11 +277,18 @@ class AudioSocketConnection(asyncio.Protocol):
         server.run_in_background(self._run(call, intake, pending))
 
     async def _run(self, call: Call, intake: CallerIntake, pending: PendingCall) -> None:
+        limits = self._server.switchboard.settings.limits
+        silence = self._silence = SilenceWatch(call, limits.first_audio_timeout, limits.audio_idle_timeout,
+                                               self._server.switchboard.clock)
         try:
             async with asyncio.TaskGroup() as tg:
+                watch = tg.create_task(silence.run())
                 intake_task = tg.create_task(intake.run())
-                await self._server.switchboard.run_call(call)
-                intake_task.cancel()
+                try:
+                    await self._server.switchboard.run_call(call)
+                finally:
+                    watch.cancel()
+                    intake_task.cancel()
         except Exception:
             # The call boundary: a bug in one call never takes the listener down.
             log.error("AudioSocket connection failed", exc_info=True)
@@ -291,6 +319,8 @@ class AudioSocketServer:
         self.settings = settings
         self._server: asyncio.Server | None = None
         self.connections: set[AudioSocketConnection] = set()
+        self.gate = gate_for("audiosocket", settings, switchboard.settings, switchboard.metrics, switchboard.clock)
+        self.setup_timeout = switchboard.settings.limits.setup_timeout
         self._calls: set[asyncio.Task[None]] = set()
 
     @property
@@ -304,6 +334,9 @@ class AudioSocketServer:
             lambda: AudioSocketConnection(self), self.settings.host, self.settings.port
         )
         log.info("AudioSocket listening on %s:%d", self.settings.host, self.port)
+        for exposure in listeners(self.switchboard.settings):
+            if exposure.name == "audiosocket":
+                log.info("%s", replace(exposure, port=self.port).line())
 
     def stop_accepting(self) -> None:
         if self._server is not None:

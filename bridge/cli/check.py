@@ -74,10 +74,22 @@ async def check_tenant_store(settings: Settings) -> str:
     finally:
         await backend.close()
     active = [t for t in tenants if t.active]
+    numbers = sum(len(t.numbers) for t in active)
+    from bridge.core.providers import fit_tenants
+
+    fits = fit_tenants(settings, active)
+    refused = [line for fit in fits if fit.refused for line in fit.lines()]
+    if refused:
+        raise CheckFailed(f"{backend_name} backend: {len(refused)} setting(s) the provider cannot take: "
+                          + "; ".join(refused))
     if not active:
         raise CheckFailed(f"{backend_name} backend answers but has no active tenant: "
                           "every call would be refused")
-    detail = f"{backend_name} backend: {len(active)} active tenant(s) of {len(tenants)}"
+    detail = (f"{backend_name} backend: {len(active)} active tenant(s) of {len(tenants)}, "
+              f"{numbers} number(s) and pattern(s)")
+    reported = [line for fit in fits for line in fit.lines()]
+    if reported:
+        detail += "; " + "; ".join(reported)
     if str(tenants_settings.unknown_number) == "default":
         slugs = {t.slug for t in active}
         if tenants_settings.default_tenant not in slugs:
@@ -88,7 +100,7 @@ async def check_tenant_store(settings: Settings) -> str:
 
 async def check_model(settings: Settings) -> str:
     """Open a realtime session with the configured provider and wait for ``session.created``."""
-    from bridge.core.realtime import ModelError, RealtimeSession, endpoint_from_settings
+    from bridge.core.realtime import ModelError, endpoint_from_settings, open_session
 
     provider = settings.resolved_provider
     if provider is ModelProvider.SIMULATOR:
@@ -100,17 +112,26 @@ async def check_model(settings: Settings) -> str:
         endpoint = endpoint_from_settings(settings)
     except ValueError as exc:
         raise CheckFailed(str(exc)) from None
-    where = endpoint.websocket_base_url or endpoint.base_url or "the provider's default endpoint"
+    where = endpoint.where
+    if endpoint.credential is not None:
+        where += f" ({endpoint.credential.kind}, api-version {endpoint.api_version})"
     try:
-        session = await RealtimeSession.connect(endpoint)
+        session = await open_session(endpoint)
     except ModelError as exc:
-        raise CheckFailed(f"{provider.value} at {where}: {_model_failure(str(exc))}") from None
+        reason = None
+        if endpoint.voicelive is not None:
+            from bridge.core.voicelive import explain_refusal
+
+            reason = await explain_refusal(endpoint)
+        await endpoint.close()
+        raise CheckFailed(f"{provider.value} at {where}: {reason or _model_failure(str(exc))}") from None
     try:
         first = await anext(aiter(session.events()), None)
     except ModelError as exc:
         raise CheckFailed(f"{provider.value} at {where}: {exc}") from None
     finally:
         await session.close()
+        await endpoint.close()
     if first is None:
         raise CheckFailed(f"{provider.value} at {where}: the session closed before it started")
     if first.get("type") == "error":
@@ -357,7 +378,16 @@ async def run_checks(
             return CheckResult(name, Status.FAIL, f"no answer within {timeout:.0f} s")
 
     results = list(await asyncio.gather(*(one(*entry) for entry in plan)))
-    return [_config_summary(settings), *results]
+    return [_config_summary(settings), *_access(settings), *results]
+
+
+def _access(settings: Settings) -> list[CheckResult]:
+    """What each listener accepts and how its peers authenticate. Open to the world without
+    authentication is a warning here (production refuses it when the settings load)."""
+    from bridge.security.exposure import listeners
+
+    return [CheckResult(f"access {e.name}", Status.WARN if e.public and not e.authenticated else Status.OK,
+                        e.line()) for e in listeners(settings)]
 
 
 def _config_summary(settings: Settings) -> CheckResult:

@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_json, settings.log_levels)
+    logs.configure(settings.log_level, settings.log_json, settings.log_levels, settings.secret_values())
     _log_dsp_engines()
     choice = args.event_loop or settings.event_loop
     if choice is not EventLoop.ASYNCIO:

@@ -24,7 +24,7 @@ Json = dict[str, Any]
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulator",
-        help="run the built-in realtime model simulator (OpenAI Realtime GA protocol)",
+        help="run the built-in realtime model simulator (OpenAI Realtime GA protocol and Azure Voice Live)",
         description="Serve the OpenAI Realtime API (GA) locally with a deterministic model: it greets, "
                     "echoes what the caller says and answers 'call_tool:<name> <json>' text with a "
                     "function call. Point clients at the printed websocket_base_url.",
@@ -69,5 +69,6 @@ async def _serve(args: argparse.Namespace) -> None:
     server = SimulatorServer(args.host, args.port, pace=args.pace, api_key=args.api_key,
                              delta_ms=args.delta_ms, events_log=args.events_log)
     async with server:
-        print(f"realtime simulator ready: websocket_base_url={server.url}", flush=True)
+        print(f"realtime simulator ready: websocket_base_url={server.url} "
+              f"voice_live_endpoint={server.http_url}", flush=True)
         await stop.wait()

@@ -40,8 +40,9 @@ def register(subparsers: Any) -> None:
     show.add_argument("number", help="the dialled number, in any form the PBX sends")
     show.set_defaults(func=_show)
 
-    validate = commands.add_parser("validate", help="check a YAML tenants file")
-    validate.add_argument("file", type=Path)
+    validate = commands.add_parser(
+        "validate", help="check a YAML tenants file, or the configured store's tenants, against the model provider")
+    validate.add_argument("file", type=Path, nargs="?", help="default: the configured tenant store")
     validate.set_defaults(func=_validate)
 
     importer = commands.add_parser("import", help="write a YAML tenants file into the PostgreSQL tables")
@@ -87,7 +88,7 @@ def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def _print_tenants(tenants: list[TenantConfig], out: TextIO) -> None:
     rows = [("SLUG", "ACTIVE", "VOICE", "NUMBERS", "NAME")]
     for t in tenants:
-        rows.append((t.slug, "yes" if t.active else "no", t.voice, " ".join(t.numbers) or "-", t.name))
+        rows.append((t.slug, "yes" if t.active else "no", t.voice_name, " ".join(t.numbers) or "-", t.name))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4], file=out)
@@ -140,7 +141,7 @@ def _show(args: argparse.Namespace) -> int:
         tenant = found.tenant
         print(f"tenant:     {tenant.slug}" + (f" ({tenant.name})" if tenant.name else ""))
         print(f"match:      {found.match} {found.pattern}")
-        print(f"agent:      voice {tenant.voice}, provider {tenant.provider}, audio {tenant.audio_mode}")
+        print(f"agent:      voice {tenant.voice_name}, provider {tenant.provider}, audio {tenant.audio_mode}")
         return OK
 
     return _run(work)
@@ -150,15 +151,38 @@ def _validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return USAGE
+    if args.file is None:
+        async def work() -> int:
+            directory = await open_directory(settings.tenants)
+            try:
+                tenants = await directory.list_tenants()
+            finally:
+                await directory.close()
+            return _validated(f"tenant store {settings.tenants.backend}", tenants, settings)
+
+        return _run(work)
     try:
         table = load_tenants_file(args.file, settings.tenants.default_country)
     except TenantFileError as exc:
         _print_problems(exc)
         return NEGATIVE
-    numbers = sum(len(t.numbers) for t in table.tenants)
-    print(f"{args.file}: {len(table.tenants)} tenant(s), {numbers} number(s) and pattern(s): valid")
-    _print_tenants(list(table.tenants), sys.stdout)
-    return OK
+    return _validated(str(args.file), list(table.tenants), settings)
+
+
+def _validated(source: str, tenants: list[TenantConfig], settings: Settings) -> int:
+    """Print the tenants and what the model provider cannot take of their settings."""
+    from bridge.core.providers import fit_tenants
+
+    fits = fit_tenants(settings, tenants)
+    for fit in fits:
+        for line in fit.lines():
+            print(f"{source}: {line}", file=sys.stderr)
+    refused = [fit.tenant.slug for fit in fits if fit.refused]
+    numbers = sum(len(t.numbers) for t in tenants)
+    verdict = f"invalid for the provider: {', '.join(refused)}" if refused else "valid"
+    print(f"{source}: {len(tenants)} tenant(s), {numbers} number(s) and pattern(s): {verdict}")
+    _print_tenants(tenants, sys.stdout)
+    return NEGATIVE if refused else OK
 
 
 def _print_problems(error: TenantFileError) -> None:

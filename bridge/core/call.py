@@ -24,7 +24,13 @@ connects the model and runs three tasks in one TaskGroup, so none outlives the c
 Barge-in: on ``input_audio_buffer.speech_started`` the playout buffer is cleared at once, remote
 playback is flushed (where the transport buffers), and ``conversation.item.truncate`` reports the
 milliseconds of the agent item actually sent to the caller, clamped to what the model produced.
-Later deltas of the truncated item are discarded.
+Later deltas of the truncated item are discarded. A tenant whose turn detection says
+``interrupt_response: false`` gets none of this: the model still hears the caller, and the agent
+keeps talking.
+
+The session configuration: an ``error`` event before ``session.updated`` means the model refused
+the tenant's ``session.update``; the call ends with ``model_rejected_config`` instead of going on
+with an unconfigured agent.
 
 Call states::
 
@@ -50,7 +56,7 @@ import numpy as np
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
 from bridge.core.ratelimit import DTMF_BURST, DTMF_PER_SECOND, TokenBucket
-from bridge.core.realtime import ModelEndpoint, ModelError, RealtimeSession
+from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, open_session
 from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
 from media import g711
@@ -129,7 +135,7 @@ class Call:
         self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
         self._caller_gone = False
-        self._session: RealtimeSession | None = None
+        self._session: ModelSession | None = None
         self._truncated_items: set[str] = set()
         self._produced_samples: dict[str, int] = {}  # model-rate samples per item
         self._current_item: str | None = None
@@ -141,6 +147,8 @@ class Call:
         self._action_deadline = 0.0
         self._announcement: str | None = None  # a transfer line waiting for the model to be free
         self._announcement_playing = False
+        self._interrupts = info.tenant.turn_detection.interrupt_response
+        self._config_pending = False  # session.update sent, session.updated not yet seen
         self._started = clock()
         # Each digit becomes a model request: a peer must not be able to send them at any rate.
         self._dtmf_limit = TokenBucket(DTMF_BURST, DTMF_PER_SECOND, clock)
@@ -269,11 +277,12 @@ class Call:
 
     async def _run(self) -> None:
         t0 = self.clock()
-        session = await RealtimeSession.connect(self.endpoint)
+        session = await open_session(self.endpoint)
         self._session = session
         self.metrics.model_connect.labels(self.endpoint.provider.value).observe(self.clock() - t0)
         if self._ended.is_set():
             return
+        self._config_pending = True
         await session.send(rt.session_update(self.tenant, model=self.endpoint.model,
                                               tools=call_tools(self.tenant), dialect=session.dialect))
         if self.tenant.greeting:
@@ -326,7 +335,7 @@ class Call:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _model_sender(self, session: RealtimeSession) -> None:
+    async def _model_sender(self, session: ModelSession) -> None:
         loop = asyncio.get_running_loop()
         queue = self._inbound_queue
         control = self._control_queue
@@ -348,13 +357,16 @@ class Call:
                     queue.clear()
                     await session.send_audio(chunk)
 
-    async def _model_receiver(self, session: RealtimeSession) -> None:
+    async def _model_receiver(self, session: ModelSession) -> None:
         async for event in session.events():
             kind = event["type"]
             if kind == rt.AUDIO_DELTA:
                 self._on_audio_delta(event)
             elif kind == rt.SPEECH_STARTED:
-                await self._barge_in()
+                if self._interrupts:
+                    await self._barge_in()
+            elif kind == rt.SESSION_UPDATED:
+                self._config_pending = False
             elif kind == rt.SPEECH_STOPPED:
                 self._speech_stopped_at = self.clock()
                 self._awaiting_first_frame = True
@@ -383,6 +395,11 @@ class Call:
                 self.log.warning("model error event: %s %s", err.get("code") or err.get("type"),
                                  err.get("message"))
                 self.metrics.model_errors.labels(self.endpoint.provider.value, "event").inc()
+                if self._config_pending:
+                    self.log.error("the model refused the tenant's session configuration (%s): %s",
+                                   err.get("param") or err.get("code"), err.get("message"))
+                    self.end(Outcome.MODEL_REJECTED_CONFIG)
+                    return
         # The model closed the session normally: nothing more can be said on this call.
         self.end(Outcome.NORMAL if self.info.outcome is None else self.info.outcome)
 

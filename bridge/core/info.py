@@ -18,10 +18,12 @@ class Outcome(enum.StrEnum):
     AGENT_HANGUP = "agent_hangup"
     TRANSFERRED = "transferred"
     MODEL_ERROR = "model_error"
+    MODEL_REJECTED_CONFIG = "model_rejected_config"  # the model refused the tenant's session.update
     REFUSED = "refused"
     PROTOCOL_ERROR = "protocol_error"
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
+    IDLE = "idle"  # the caller's leg sent no audio for too long
     ERROR = "error"
 
 

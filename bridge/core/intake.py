@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 from bridge.core.call import Call
+from bridge.core.silence import SilenceWatch
 from bridge.ops.metrics import Metrics
 from media.codec import FRAME_MS, AudioFormat
 from media.pacing import RealTimeLimit
@@ -43,12 +44,15 @@ class CallerIntake:
         self._ready = asyncio.Event()
         self._dropped = metrics.frames_dropped.labels("inbound", "faster_than_real_time")
         self.dropped_frames = 0
+        self.silence: SilenceWatch | None = None  # told of every payload, before any limit
 
     def _seconds(self, chunk: bytes) -> float:
         return len(chunk) / self._bytes_per_second
 
     def feed(self, payload: bytes) -> None:
         """Audio in the call's format, any length (whole samples)."""
+        if self.silence is not None and payload:
+            self.silence.heard()
         step = self._frame_bytes
         for i in range(0, len(payload), step):
             chunk = payload[i : i + step]

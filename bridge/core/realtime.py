@@ -33,16 +33,18 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import anyio
 from openai import AsyncOpenAI
 from websockets.protocol import Side as _WsSide
 from websockets.protocol import State as _WsState
 
+from bridge.core.voicelive import VoiceLiveCredential, VoiceLiveSession
 from bridge.settings import ModelProvider, Settings
 from sip import realtime as rt
+from sip import voicelive as vl
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +113,22 @@ class ModelEndpoint:
     query: dict[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
     _shared: _SharedClient = field(default_factory=_SharedClient, compare=False, repr=False)
+    # Azure Voice Live (reached through its own SDK, not the OpenAI client).
+    voicelive: vl.VoiceLiveEndpoint | None = None
+    credential: VoiceLiveCredential | None = field(default=None, compare=False, repr=False)
+    api_version: str | None = None
 
     def with_model(self, model: str | None) -> ModelEndpoint:
         if not model or model == self.model:
             return self
-        return ModelEndpoint(
-            self.provider, model, self.api_key, self.websocket_base_url, self.base_url,
-            self.dialect, self.headers, self.query, self.connect_timeout, self._shared,
-        )
+        return replace(self, model=model)
+
+    @property
+    def where(self) -> str:
+        """Where sessions go, for messages (no secrets)."""
+        if self.voicelive is not None:
+            return self.voicelive.realtime_url
+        return self.websocket_base_url or self.base_url or "wss://api.openai.com/v1"
 
     async def ready_client(self) -> AsyncOpenAI:
         """The shared client, built once in a worker thread: building it loads the TLS trust store
@@ -137,6 +147,9 @@ class ModelEndpoint:
         """Build the shared client and import what a realtime connection needs, in a worker
         thread, so that the first call's set-up does not stall the loop (about half a second of
         imports and TLS set-up on a cold process)."""
+        if self.voicelive is not None:
+            await asyncio.to_thread(_import_voicelive_modules)
+            return
         client = await self.ready_client()
         await asyncio.to_thread(_import_connection_modules, client)
         # The SDK's send asks anyio for the current task, which imports anyio's backend for the
@@ -157,6 +170,8 @@ class ModelEndpoint:
         self._shared.building = None
         if client is not None:
             await client.close()
+        if self.credential is not None:
+            await self.credential.close()
 
 
 def endpoint_from_settings(
@@ -172,6 +187,13 @@ def endpoint_from_settings(
     if provider is ModelProvider.SIMULATOR:
         if simulator_url is None:
             raise ValueError("the simulator provider needs the simulator's URL")
+        if m.simulator_dialect == "voicelive":
+            # Its Voice Live endpoint, through the Voice Live SDK: ws://host:port/v1 -> http://host:port
+            base = simulator_url.replace("ws://", "http://", 1).removesuffix("/v1")
+            return ModelEndpoint(provider, m.voicelive_model, "", dialect=rt.Dialect.BETA,
+                                 connect_timeout=timeout, voicelive=vl.parse_endpoint(base),
+                                 credential=VoiceLiveCredential("simulator"),
+                                 api_version=m.voicelive_api_version)
         return ModelEndpoint(provider, m.model, "simulator", websocket_base_url=simulator_url,
                              connect_timeout=timeout)
     if provider is ModelProvider.OPENAI:
@@ -190,16 +212,49 @@ def endpoint_from_settings(
         key = m.azure_api_key.get_secret_value()
         return ModelEndpoint(provider, m.azure_deployment or m.model, key, websocket_base_url=base,
                              headers={"api-key": key}, connect_timeout=timeout)
-    # Azure Voice Live: wss://<resource>.services.ai.azure.com/voice-live/realtime?api-version=...
-    if not m.voicelive_endpoint or m.voicelive_api_key is None:
-        raise ValueError("azure_voicelive needs model.voicelive_endpoint and model.voicelive_api_key")
-    base = m.voicelive_endpoint.rstrip("/").replace("https://", "wss://").replace("http://", "ws://")
-    if not base.endswith("/voice-live"):
-        base += "/voice-live"
-    key = m.voicelive_api_key.get_secret_value()
-    return ModelEndpoint(provider, m.voicelive_model, key, websocket_base_url=base,
-                         dialect=rt.Dialect.BETA, headers={"api-key": key},
-                         query={"api-version": m.voicelive_api_version}, connect_timeout=timeout)
+    # Azure Voice Live, through its SDK: <endpoint>/voice-live/realtime?api-version=...&model=...
+    if not m.voicelive_endpoint:
+        raise ValueError("azure_voicelive needs model.voicelive_endpoint (AZURE_VOICELIVE_ENDPOINT)")
+    target = vl.parse_endpoint(m.voicelive_endpoint)
+    vl_key = m.voicelive_api_key.get_secret_value() if m.voicelive_api_key is not None else None
+    if vl_key is None and not target.entra_id:
+        raise ValueError(f"the regional endpoint {target.url} takes an API key only "
+                         "(AZURE_VOICELIVE_API_KEY); Microsoft Entra ID needs the resource's own "
+                         "https://<resource>.cognitiveservices.azure.com endpoint")
+    return ModelEndpoint(provider, m.voicelive_model, "", dialect=rt.Dialect.BETA,
+                         connect_timeout=timeout, voicelive=target, credential=VoiceLiveCredential(vl_key),
+                         api_version=m.voicelive_api_version)
+
+
+class ModelSession(Protocol):
+    """A connected model session, whichever SDK carries it."""
+
+    dialect: rt.Dialect
+
+    async def send(self, event: dict[str, Any]) -> None: ...
+
+    async def send_raw(self, data: str) -> None: ...
+
+    async def send_audio(self, audio: bytes | bytearray) -> None: ...
+
+    def send_audio_now(self, audio: bytes | bytearray) -> bool: ...
+
+    def events(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+async def open_session(endpoint: ModelEndpoint) -> ModelSession:
+    """Connect a model session on ``endpoint``: Voice Live through its SDK, the rest through
+    the ``openai`` SDK. Raises ModelError."""
+    if endpoint.voicelive is not None:
+        return await VoiceLiveSession.connect(endpoint)
+    return await RealtimeSession.connect(endpoint)
+
+
+def _import_voicelive_modules() -> None:
+    for module in ("azure.ai.voicelive.aio", "azure.core.credentials", "aiohttp"):
+        importlib.import_module(module)
 
 
 def _import_connection_modules(client: AsyncOpenAI) -> None:

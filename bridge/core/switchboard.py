@@ -28,6 +28,7 @@ from bridge.ops import logs
 from bridge.ops.metrics import Metrics, TenantLabels
 from bridge.settings import ModelProvider, Settings
 from media.codec import AudioFormat
+from sip.capabilities import refusing, setting_problems
 from tenants.config import TenantConfig
 from tenants.directory import Resolution, TenantDirectory
 from tenants.routing import route
@@ -220,9 +221,22 @@ class Switchboard:
             self._expire(key, pending)
 
     # ----------------------------------------------------------------- calls
+    def provider_for(self, tenant: TenantConfig) -> str:
+        """The provider a tenant's calls go to."""
+        if tenant.provider != "default":
+            return tenant.provider
+        # The built-in simulator on its Voice Live endpoint takes what Voice Live takes.
+        return "azure_voicelive" if self.endpoint.voicelive is not None else self.endpoint.provider.value
+
     def endpoint_for(self, tenant: TenantConfig) -> ModelEndpoint:
         """The model endpoint a tenant's calls use: the deployment's, unless the tenant names
-        another provider (whose credentials must then be configured)."""
+        another provider (whose credentials must then be configured). ValueError when the
+        provider cannot take the tenant's settings and the tenant does not accept its defaults."""
+        provider = self.provider_for(tenant)
+        if tenant.unsupported_settings == "refuse":
+            refused = refusing(setting_problems(tenant, provider))
+            if refused:
+                raise ValueError("; ".join(p.describe(tenant.slug, provider) for p in refused))
         if tenant.provider == "default":
             return self.endpoint
         endpoint = self._endpoints.get(tenant.provider)

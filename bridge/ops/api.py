@@ -57,6 +57,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
             "img-src 'self' data:; media-src 'self' blob: http: https:; base-uri 'none'; "
             "form-action 'none'; frame-ancestors 'none'")
 _JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+MAX_OFFSET = 1_000_000_000  # rows skipped by one page request
 
 
 def _error(cls: type[web.HTTPException], message: str, **headers: str) -> web.HTTPException:
@@ -90,8 +91,11 @@ class OpsApi:
         self.archive = archive
         self.settings = settings
         self.wall_clock = wall_clock
-        # Signed recording links live minutes; a per-process key is enough and never leaves it.
-        self._link_key = secrets.token_bytes(32)
+        # Keys of signed recording links: the configured ones (shared by every instance; the first
+        # signs, each verifies, so a rotated-out key keeps its links valid while it stays listed),
+        # else one per process (links then break on a restart or at another instance).
+        self._link_keys = [key.get_secret_value().encode() for key in settings.link_secrets] \
+            or [secrets.token_bytes(32)]
         self.tokens = BearerTokens(settings)
         if not self.tokens:
             log.warning("ops API has no tokens configured: every request will be refused")
@@ -156,8 +160,10 @@ class OpsApi:
             offset = int(q.get("offset", "0"))
         except ValueError:
             raise _error(web.HTTPBadRequest, "limit and offset must be integers") from None
-        if not 1 <= limit <= self.settings.max_page_size or offset < 0:
-            raise _error(web.HTTPBadRequest, f"limit must be 1..{self.settings.max_page_size}, offset >= 0")
+        # SQLite and PostgreSQL take a signed 64-bit OFFSET; far below that, no index is that long.
+        if not 1 <= limit <= self.settings.max_page_size or not 0 <= offset <= MAX_OFFSET:
+            raise _error(web.HTTPBadRequest,
+                         f"limit must be 1..{self.settings.max_page_size}, offset 0..{MAX_OFFSET}")
         return CallQuery(
             tenant=tenant,
             number=q.get("number") or None,
@@ -234,8 +240,16 @@ class OpsApi:
             raise _error(web.HTTPNotFound, "recording not found")
         raise web.HTTPTemporaryRedirect(url, headers={"Cache-Control": "no-store"})
 
-    def _signature(self, call_id: str, expires: int) -> str:
-        return hmac.new(self._link_key, f"{call_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def _signature(self, call_id: str, expires: int, key: bytes | None = None) -> str:
+        message = f"{call_id}\n{expires}".encode()
+        return hmac.new(key or self._link_keys[0], message, hashlib.sha256).hexdigest()
+
+    def _link_valid(self, call_id: str, expires: int, signature: str) -> bool:
+        given = signature.encode()
+        ok = False
+        for key in self._link_keys:  # every key compared, in constant time
+            ok |= hmac.compare_digest(given, self._signature(call_id, expires, key).encode())
+        return ok
 
     async def _recording_link(self, request: web.Request) -> web.Response:
         _, record = await self._call(request)
@@ -269,7 +283,7 @@ class OpsApi:
             raise _error(web.HTTPForbidden, "invalid link") from None
         signature = request.query.get("sig", "")
         if (not valid_call_id(call_id) or expires < self.wall_clock()
-                or not hmac.compare_digest(signature.encode(), self._signature(call_id, expires).encode())):
+                or not self._link_valid(call_id, expires, signature)):
             raise _error(web.HTTPForbidden, "invalid or expired link")
         record = await self.archive.get(call_id)
         if record is None:

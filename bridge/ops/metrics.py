@@ -35,8 +35,8 @@ _DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 TRANSPORTS = ("audiosocket", "rtp", "chan_websocket", "twilio", "freeswitch", "ws_audio")
 OUTCOMES = (
-    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error",
-    "refused", "protocol_error", "shutdown", "timeout", "error",
+    "normal", "caller_hangup", "agent_hangup", "transferred", "model_error", "model_rejected_config",
+    "refused", "protocol_error", "shutdown", "timeout", "idle", "error",
 )
 
 
@@ -90,6 +90,11 @@ class Metrics:
         self.build_info = Info("callbridge_build", "Version of the running callbridge", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
         self.ready = Gauge("callbridge_ready", "1 while accepting new calls, 0 while draining", registry=r)
+        self.sip_registered = Gauge(
+            "callbridge_sip_registered",
+            "1 while the SIP trunk is registered with the carrier (sip.registrations, by position)",
+            ["registration"], registry=r,
+        )
         self.calls_active = Gauge(
             "callbridge_calls_active", "Calls currently bridged", ["transport"], registry=r
         )
@@ -123,6 +128,15 @@ class Metrics:
             "callbridge_calls_refused_total",
             "Calls refused before reaching the model",
             ["transport", "reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "callbridge_connections_refused_total",
+            "Connections and call set-ups refused by source: outside the listener's allow-list "
+            "(network), over the per-source set-up rate (rate), bad or missing credentials (auth), "
+            "a browser Origin not allowed (origin); over the listener's connection limit (limit), "
+            "or no file descriptor left to accept them (descriptors)",
+            ["listener", "reason"],
             registry=r,
         )
         self.call_duration = Histogram(
@@ -180,6 +194,12 @@ class Metrics:
             "callbridge_rtp_jitter_seconds", "RTP interarrival jitter at call end (RFC 3550 A.8)",
             buckets=_FAST_BUCKETS, registry=r,
         )
+        self.agent_audio_unplayed = Counter(
+            "callbridge_agent_audio_unplayed_total",
+            "Calls whose far end did not play agent audio (binary_discarded, files_not_played) or "
+            "cannot confirm that it does (unconfirmed)",
+            ["transport", "reason"], registry=r,
+        )
         self.dtmf = Counter("callbridge_dtmf_digits_total", "DTMF digits received", ["transport"], registry=r)
         self.recordings = Counter(
             "callbridge_recordings_total", "Call recordings by result (written, failed, repaired)",
@@ -208,11 +228,6 @@ class Metrics:
             "callbridge_gc_pause_seconds",
             "Duration of each cyclic garbage collection by generation (the event loop waits it out)",
             ["generation"], buckets=_FAST_BUCKETS, registry=r,
-        )
-        self.connections_refused = Counter(
-            "callbridge_connections_refused_total",
-            "Connections closed at once by a listener: over its connection limit, or no file "
-            "descriptor left to accept them", ["listener", "reason"], registry=r,
         )
         self.peers_closed = Counter(
             "callbridge_peers_closed_total",

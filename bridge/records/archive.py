@@ -270,7 +270,7 @@ class CallArchive:
             caller_id=info.caller_id,
             started_at=info.started_at,
             model=tenant.model or self.default_model,
-            voice=tenant.voice,
+            voice=tenant.voice_name,
             path=stem,
             expires_at=self._expires_at(tenant, info.started_at),
         )

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from media.codec import ALAW_8K, MODEL_RATE_HZ, SLIN_24K, ULAW_8K, AudioFormat
+from media.codec import ALAW_8K, MODEL_RATE_HZ, SLIN_8K, SLIN_16K, SLIN_24K, ULAW_8K, AudioFormat
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ def codec_for(fmt: Json) -> AudioFormat:
         return ULAW_8K
     if kind == "audio/pcma":
         return ALAW_8K
+    rate = fmt.get("rate", 24000)  # Voice Live's pcm16_8000hz / pcm16_16000hz / 16 kHz input
+    if rate == 8000:
+        return SLIN_8K
+    if rate == 16000:
+        return SLIN_16K
     return SLIN_24K
 
 

@@ -9,6 +9,7 @@ import copy
 import itertools
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from sip.realtime_session import (
     expect_int,
     expect_str,
 )
+from sip.voicelive_session import apply_voicelive_update, default_voicelive_session, ga_view
 
 if TYPE_CHECKING:
     from bridge.simulator.server import SimulatorServer
@@ -44,6 +46,18 @@ Samples = npt.NDArray[np.int16]
 Json = dict[str, Any]
 
 REALTIME_PATHS = ("/v1/realtime", "/openai/v1/realtime")
+VOICE_LIVE_PATH = "/voice-live/realtime"
+# GA server event names -> Voice Live's (beta-era) names.
+_VOICE_LIVE_NAMES = {
+    "response.output_audio.delta": "response.audio.delta",
+    "response.output_audio.done": "response.audio.done",
+    "response.output_audio_transcript.delta": "response.audio_transcript.delta",
+    "response.output_audio_transcript.done": "response.audio_transcript.done",
+    "response.output_text.delta": "response.text.delta",
+    "response.output_text.done": "response.text.done",
+    "conversation.item.added": "conversation.item.created",
+}
+_VOICE_LIVE_RENAME = re.compile(r'"type":"(' + "|".join(re.escape(k) for k in _VOICE_LIVE_NAMES) + r')"')
 DEFAULT_MODEL = "gpt-realtime"
 # The service limits one append to 15 MiB of base64.
 MAX_APPEND_BYTES = 15 * 1024 * 1024
@@ -72,13 +86,19 @@ _CLIENT_EVENT_TYPES = (
 _APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 _PCM16_LE = np.dtype("<i2")
 
+def _voice_live_name(match: re.Match[str]) -> str:
+    return f'"type":"{_VOICE_LIVE_NAMES[match.group(1)]}"'
+
+
 # --------------------------------------------------------------------------- one connection
 
 
 class SimulatedConnection(ResponseStreaming):
     """Protocol state and event loop of one client connection."""
 
-    def __init__(self, server: SimulatorServer, ws: web.WebSocketResponse, record: SimulatedSession) -> None:
+    def __init__(self, server: SimulatorServer, ws: web.WebSocketResponse, record: SimulatedSession,
+                 *, voice_live: bool = False) -> None:
+        self.voice_live = voice_live
         self._server = server
         self._ws = ws
         self.record = record
@@ -87,7 +107,12 @@ class SimulatedConnection(ResponseStreaming):
         self._seq = itertools.count(1)
         self._out_lock = asyncio.Lock()
         self._session = default_session(record.id, record.model, int(time.time() + MAX_SESSION_SECONDS))
+        # Voice Live: the session in the service's own shape; self._session is its GA view.
+        self._vl_session = default_voicelive_session(record.id, record.model) if voice_live else None
+        if self._vl_session is not None:
+            self._session = ga_view(self._vl_session, self._session)
         record.session_config = self._session
+        record.service_config = self._public_session()
         self._in_codec = SLIN_24K
         self._input = InputAudioBuffer(MODEL_RATE_HZ, VadParams.from_config(SERVER_VAD_DEFAULTS))
         self._items: list[Item] = []
@@ -128,6 +153,8 @@ class SimulatedConnection(ResponseStreaming):
         return {"event_id": self._new_id("event"), **event}
 
     async def _send_raw(self, frames: list[str]) -> None:
+        if self.voice_live:
+            frames = [_VOICE_LIVE_RENAME.sub(_voice_live_name, f, count=1) for f in frames]
         async with self._out_lock:
             for frame in frames:
                 if self._peer_gone or self._ws.closed:
@@ -164,7 +191,7 @@ class SimulatedConnection(ResponseStreaming):
             try:
                 if self._server.max_session_seconds > 0:
                     self._limit_task = tg.create_task(self._session_limit())
-                await self._send({"type": "session.created", "session": self._session})
+                await self._send({"type": "session.created", "session": self._public_session()})
                 async for msg in self._ws:
                     if msg.type is WSMsgType.TEXT:
                         await self._receive_text(msg.data)
@@ -243,10 +270,16 @@ class SimulatedConnection(ResponseStreaming):
             raise InvalidRequest("Missing required parameter: 'session'.",
                                  code="missing_required_parameter", param="session")
         self.record.session_updates.append(copy.deepcopy(event["session"]))
-        new = apply_session_update(self._session, event["session"], voice_locked=self._voice_locked)
+        if self._vl_session is not None:
+            vl_new = apply_voicelive_update(self._vl_session, event["session"], voice_locked=self._voice_locked)
+            new = ga_view(vl_new, self._session)
+            self._vl_session = vl_new
+        else:
+            new = apply_session_update(self._session, event["session"], voice_locked=self._voice_locked)
         old_input = self._session["audio"]["input"]
         self._session = new
         self.record.session_config = new
+        self.record.service_config = self._public_session()
         new_input = new["audio"]["input"]
         td = new_input["turn_detection"]
         vad = VadParams.from_config(td) if td is not None else None
@@ -256,8 +289,11 @@ class SimulatedConnection(ResponseStreaming):
             self._input = InputAudioBuffer(self._in_codec.rate_hz, vad, self._input.stream_ms)
         else:
             self._input.set_vad(vad)
-        await self._send({"type": "session.updated", "session": new})
+        await self._send({"type": "session.updated", "session": self._public_session()})
         self._arm_idle_timer(0.0)
+
+    def _public_session(self) -> Json:
+        return self._vl_session if self._vl_session is not None else self._session
 
     # -- input audio ---------------------------------------------------------------------------
 

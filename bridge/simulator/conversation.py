@@ -32,7 +32,10 @@ class SimulatedSession:
     model: str
     path: str
     opened_at: float
+    # The effective session in the GA shape (whichever dialect the client spoke) and in the
+    # client's own dialect (the same object on the OpenAI protocol, Voice Live's shape there).
     session_config: Json = field(default_factory=dict)
+    service_config: Json = field(default_factory=dict)
     session_updates: list[Json] = field(default_factory=list)
     events_in: list[str] = field(default_factory=list)
     truncates: list[Json] = field(default_factory=list)
@@ -48,6 +51,12 @@ class SimulatedSession:
     input_sha256: Any = field(default_factory=hashlib.sha256)
     closed_at: float | None = None
     close_code: int | None = None
+    # The handshake: query parameters, how the client authenticated ("api-key", "bearer",
+    # "query"), the credential it presented and the names of its request headers (lowercase).
+    query: dict[str, str] = field(default_factory=dict)
+    auth: str = ""
+    credential: str = ""
+    header_names: tuple[str, ...] = ()
 
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +22,12 @@ from bridge.simulator.connection import (
     DEFAULT_MODEL,
     MAX_SESSION_SECONDS,
     REALTIME_PATHS,
+    VOICE_LIVE_PATH,
     SimulatedConnection,
 )
 from bridge.simulator.conversation import SimulatedSession, random_tag
 from media.codec import FRAME_MS
+from sip.voicelive import API_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,9 @@ class SimulatorServer:
         clock: Callable[[], float] = time.monotonic,
         max_session_seconds: float = MAX_SESSION_SECONDS,
         events_log: str | None = None,
+        bearer_tokens: frozenset[str] | None = None,
+        voicelive_models: frozenset[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -75,6 +81,11 @@ class SimulatorServer:
         self.clock = clock
         self.max_session_seconds = max_session_seconds
         self._api_key = api_key
+        self._ssl_context = ssl_context  # serve wss:// and https://
+        # Microsoft Entra tokens accepted at the Voice Live path (None: any bearer token).
+        self._bearer_tokens = bearer_tokens
+        # Models the Voice Live path serves (None: any).
+        self.voicelive_models = voicelive_models
         self.sessions: list[SimulatedSession] = []
         # Connections refused at the handshake or right after it, as (reason, path).
         self.rejections: list[tuple[str, str]] = []
@@ -88,7 +99,15 @@ class SimulatorServer:
     def url(self) -> str:
         """The SDK's ``websocket_base_url`` for this server, e.g. ``ws://127.0.0.1:1234/v1``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/v1"
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{host}:{self.port}/v1"
+
+    @property
+    def http_url(self) -> str:
+        """The base URL for Voice Live's SDK (``AZURE_VOICELIVE_ENDPOINT``), e.g. ``http://127.0.0.1:1234``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         greeting_samples()  # fail at start-up, not on the first call, if the package data is missing
@@ -97,9 +116,10 @@ class SimulatorServer:
         app = web.Application()
         for path in REALTIME_PATHS:
             app.router.add_get(path, self._handle)
+        app.router.add_get(VOICE_LIVE_PATH, self._handle_voice_live)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl_context)
         await site.start()
         self._runner = runner
         address = runner.addresses[0]
@@ -150,12 +170,53 @@ class SimulatorServer:
             return "Incorrect API key provided."
         return None
 
+    def _voice_live_refusal(self, request: web.Request) -> tuple[int, str, str] | None:
+        """Why Voice Live refuses this handshake: (HTTP status, code, message), or None."""
+        key = request.headers.get("api-key") or request.query.get("api-key")
+        bearer = request.headers.get("Authorization", "")
+        token = bearer[7:].strip() if bearer[:7].lower() == "bearer " else None
+        if not key and not token:
+            return (401, "PermissionDenied", "Missing credentials: provide the 'api-key' header or an "
+                                             "'Authorization: Bearer' Microsoft Entra token.")
+        if key and self._api_key is not None and not secrets.compare_digest(key.encode(), self._api_key.encode()):
+            return (401, "PermissionDenied", "Access denied due to invalid subscription key or wrong API "
+                                             "endpoint. Make sure to provide a valid key for an active "
+                                             "subscription and use a correct regional API endpoint for "
+                                             "your resource.")
+        if not key and self._bearer_tokens is not None and token not in self._bearer_tokens:
+            return (401, "PermissionDenied", "The access token is invalid or has expired.")
+        version = request.query.get("api-version")
+        if not version:
+            return (400, "MissingApiVersion", "The api-version query parameter is required.")
+        if version not in API_VERSIONS:
+            return (400, "UnsupportedApiVersion", f"The api-version '{version}' is not supported. "
+                                                  f"Supported versions: {', '.join(API_VERSIONS)}.")
+        model = request.query.get("model")
+        agent = request.query.get("agent-name") or request.query.get("agent_id")
+        if not model and not agent:
+            return (400, "MissingModel", "The model query parameter is required.")
+        if model and self.voicelive_models is not None and model not in self.voicelive_models:
+            return (400, "ModelNotSupported", f"The model '{model}' is not supported by Voice Live. "
+                                              f"Supported models: {', '.join(sorted(self.voicelive_models))}.")
+        return None
+
+    async def _handle_voice_live(self, request: web.Request) -> web.StreamResponse:
+        refusal = self._voice_live_refusal(request)
+        if refusal is not None:
+            status, code, message = refusal
+            self.rejections.append((code, request.path))
+            return web.json_response({"error": {"code": code, "message": message}}, status=status)
+        return await self._accept(request, voice_live=True)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         problem = self._auth_error(request)
         if problem is not None:
             self.rejections.append(("unauthorized", request.path))
             return web.json_response({"error": {"message": problem, "type": "invalid_request_error",
                                                 "code": "invalid_api_key", "param": None}}, status=401)
+        return await self._accept(request, voice_live=False)
+
+    async def _accept(self, request: web.Request, *, voice_live: bool) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=_MAX_MESSAGE_BYTES, autoping=True)
         if not ws.can_prepare(request).ok:
             return web.json_response({"error": {"message": "Expected a WebSocket upgrade request.",
@@ -180,8 +241,16 @@ class SimulatorServer:
         model = request.query.get("model") or request.query.get("deployment") or DEFAULT_MODEL
         record = SimulatedSession(id=f"sess_{random_tag(20)}", model=model, path=request.path,
                                   opened_at=self.clock())
+        record.query = dict(request.query)
+        record.header_names = tuple(sorted({h.lower() for h in request.headers}))
+        if request.headers.get("api-key"):
+            record.auth, record.credential = "api-key", request.headers["api-key"]
+        elif request.headers.get("Authorization"):
+            record.auth, record.credential = "bearer", request.headers["Authorization"][7:].strip()
+        elif request.query.get("api-key"):
+            record.auth, record.credential = "query", request.query["api-key"]
         self.sessions.append(record)
-        conn = SimulatedConnection(self, ws, record)
+        conn = SimulatedConnection(self, ws, record, voice_live=voice_live)
         self._live.add(conn)
         if self.timing_log is not None:
             self.timing_log.write("open", record.id, record.opened_at)

@@ -25,7 +25,15 @@ the message goes through ``send_str``.
 
 Closing: the socket is closed with a code that says how the call ended (:func:`close_code_for`):
 1000 normal end, 1001 shutdown, 1008 malformed frame, 1009 oversize frame, 1011 model failure,
-1013 busy or draining, 4004 unknown or inactive number (before any model connection).
+1013 busy or draining, 4004 unknown or inactive number (before any model connection), 4401
+missing or invalid media token (before any model connection), 4408 no audio for too long
+(``limits.first_audio_timeout`` after set-up, ``limits.audio_idle_timeout`` in the call).
+
+Admission, before the upgrade (``MediaEndpoint.serve``): the HTTP listener has already refused
+sources outside its allow-list; a browser ``Origin`` not listed gets 403, a source over its
+set-up rate 429, and credentials the request itself carries are checked by the flavour
+(``_check_request``: 401 or 403). Credentials that come later in the stream (FreeSWITCH metadata,
+Twilio custom parameters) are checked once the tenant is known, before the call is opened.
 """
 
 from __future__ import annotations
@@ -39,12 +47,17 @@ from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo, Outcome
 from bridge.core.intake import CallerIntake
+from bridge.core.silence import SilenceWatch
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.ops.metrics import Metrics
+from bridge.security import credentials
+from bridge.security.exposure import media_tokens_required
+from bridge.security.sources import Refusal as SourceRefusal
+from bridge.security.sources import SourceGate, peer_host
 from media.codec import AudioFormat
 from media.playback import RemotePlayback
 from sip.ws_audio import CloseCode
-from tenants.config import TenantError, TransferTarget
+from tenants.config import TenantConfig, TenantError, TransferTarget
 from tenants.directory import DirectoryError, Resolution
 
 log = logging.getLogger(__name__)
@@ -68,8 +81,6 @@ Clock = Callable[[], float]
 MAX_MESSAGE_BYTES = 256 * 1024
 # Past this much unsent data toward the peer it is not reading: drop frames rather than buffer.
 MAX_WRITE_BUFFER_BYTES = 32_000
-# How long a peer may take to send its first message (Twilio "start", FreeSWITCH metadata).
-HANDSHAKE_TIMEOUT = 10.0
 # A playback mark every this many agent frames (and at the end of each stretch of agent audio).
 MARK_EVERY_FRAMES = 5
 # On an agent hang-up, how long to wait for the far end to finish playing the goodbye.
@@ -83,9 +94,11 @@ _CLOSE_CODES = {
     Outcome.AGENT_HANGUP: CloseCode.NORMAL,
     Outcome.TRANSFERRED: CloseCode.NORMAL,
     Outcome.TIMEOUT: CloseCode.NORMAL,
+    Outcome.IDLE: CloseCode.IDLE,
     Outcome.SHUTDOWN: CloseCode.GOING_AWAY,
     Outcome.PROTOCOL_ERROR: CloseCode.POLICY_VIOLATION,
     Outcome.MODEL_ERROR: CloseCode.INTERNAL_ERROR,
+    Outcome.MODEL_REJECTED_CONFIG: CloseCode.INTERNAL_ERROR,
     Outcome.ERROR: CloseCode.INTERNAL_ERROR,
     Outcome.REFUSED: CloseCode.TRY_AGAIN_LATER,
 }
@@ -305,13 +318,15 @@ async def run_call(
     intake: CallerIntake,
     reader: Coroutine[Any, Any, None],
 ) -> Outcome:
-    """Run ``call`` with its socket reader and intake beside it, all in one TaskGroup."""
+    """Run ``call`` with its socket reader, intake and silence watch beside it, in one TaskGroup."""
+    limits = switchboard.settings.limits
+    silence = intake.silence = SilenceWatch(call, limits.first_audio_timeout, limits.audio_idle_timeout,
+                                            switchboard.clock)
     async with asyncio.TaskGroup() as tg:
-        reader_task = tg.create_task(reader)
-        intake_task = tg.create_task(intake.run())
+        helpers = [tg.create_task(reader), tg.create_task(intake.run()), tg.create_task(silence.run())]
         outcome = await switchboard.run_call(call)
-        reader_task.cancel()
-        intake_task.cancel()
+        for task in helpers:
+            task.cancel()
     return outcome
 
 
@@ -325,12 +340,57 @@ class MediaEndpoint:
     transport = "websocket"
     protocols: tuple[str, ...] = ()
 
-    def __init__(self, switchboard: Switchboard) -> None:
+    def __init__(self, switchboard: Switchboard, gate: SourceGate | None = None) -> None:
         self.switchboard = switchboard
         self.metrics = switchboard.metrics
         self.clock = switchboard.clock
+        self.security = switchboard.settings.security
+        # How long a peer may take to send its first message (Twilio "start", FreeSWITCH metadata).
+        self.setup_timeout = switchboard.settings.limits.setup_timeout
+        self.gate = gate  # the HTTP listener's: per-source set-up rate
+
+    def _refused(self, reason: SourceRefusal, request: web.Request) -> None:
+        host = peer_host(request.transport.get_extra_info("peername") if request.transport else None)
+        if self.gate is not None:
+            self.gate.refused(reason, host)
+        else:
+            self.metrics.connections_refused.labels("http", reason.value).inc()
+
+    async def _admit_request(self, request: web.Request) -> web.StreamResponse | None:
+        """The refusal to answer instead of upgrading, or None to go on."""
+        if not credentials.origin_allowed(request, self.security.allowed_origins):
+            self._refused(SourceRefusal.ORIGIN, request)
+            return web.Response(status=403, text="origin not allowed\n")
+        if self.gate is not None:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            if not self.gate.allows_setup(peer_host(peer)):
+                return web.Response(status=429, text="too many call set-ups from this address\n",
+                                    headers={"Retry-After": "1"})
+        return await self._check_request(request)
+
+    async def _check_request(self, request: web.Request) -> web.StreamResponse | None:
+        """Credentials the upgrade request itself carries; a flavour's refusal, or None."""
+        return None
+
+    def tokens_required(self, tenant: TenantConfig) -> bool:
+        return credentials.token_required(tenant, media_tokens_required(self.switchboard.settings))
+
+    async def _authorized(self, ws: web.WebSocketResponse, request: web.Request, tenant: TenantConfig,
+                          presented: list[str], *, required: bool = False) -> bool:
+        """Whether the call may go on for ``tenant`` with the tokens presented (needed when the
+        tenant or deployment says so, or ``required``); when not, the refusal is counted and the
+        socket closed with 4401."""
+        if not (required or self.tokens_required(tenant)) or credentials.token_matches(presented, tenant):
+            return True
+        self._refused(SourceRefusal.AUTH, request)
+        await close_socket(ws, CloseCode.UNAUTHORIZED,
+                           "invalid media token" if presented else "media token required")
+        return False
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
+        refusal = await self._admit_request(request)
+        if refusal is not None:
+            return refusal
         ws = new_socket(self.protocols)
         await ws.prepare(request)
         try:

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.core.switchboard import Switchboard
+from bridge.security.sources import SourceGate
 from bridge.wsmedia.freeswitch import FreeSwitchEndpoint
 from bridge.wsmedia.twilio import TwilioEndpoint
 from bridge.wsmedia.ws_audio import WsAudioEndpoint
@@ -19,11 +20,11 @@ Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class WebSocketMediaServer:
     """Installs the WebSocket media endpoints on the HTTP server and tracks their connections."""
 
-    def __init__(self, switchboard: Switchboard) -> None:
+    def __init__(self, switchboard: Switchboard, gate: SourceGate | None = None) -> None:
         self.switchboard = switchboard
-        self.ws_audio = WsAudioEndpoint(switchboard)
-        self.twilio = TwilioEndpoint(switchboard)
-        self.freeswitch = FreeSwitchEndpoint(switchboard)
+        self.ws_audio = WsAudioEndpoint(switchboard, gate)
+        self.twilio = TwilioEndpoint(switchboard, gate)
+        self.freeswitch = FreeSwitchEndpoint(switchboard, gate)
         self._connections: set[asyncio.Task[Any]] = set()
 
     def install(self, app: web.Application) -> None:

@@ -16,6 +16,13 @@ number as a custom parameter named ``to`` (``From`` for the caller, optional)::
 Parameter names are matched without regard to case; ``called`` and ``dialled`` are accepted as
 spellings of ``to``, ``caller`` of ``from``.
 
+Authentication: with ``security.twilio_auth_tokens`` set, the upgrade request's
+``X-Twilio-Signature`` is checked (``sip.twilio_signature``): a wrong one is refused with 403
+before the upgrade, a valid one authenticates the stream. A stream without a signature (carriers
+that do not sign, or no auth token configured) authenticates with the tenant's media token, in
+the URL (``?token=``) or as a custom parameter named ``token``; it must when the tenant has one,
+when the deployment requires media tokens, or when auth tokens are configured.
+
 Messages (``sip.twilio``): ``connected`` is ignored, ``start`` routes the call, ``media`` carries
 mu-law 8 kHz caller audio (only the ``inbound`` track is used), ``dtmf`` goes to the call,
 ``mark`` echoes tell what was played, ``stop`` ends the call. Toward Twilio: one ``media`` message
@@ -38,8 +45,9 @@ from bridge.core.call import Call, CallInfo
 from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
+from bridge.security import credentials
+from bridge.security.sources import Refusal as SourceRefusal
 from bridge.wsmedia.leg import (
-    HANDSHAKE_TIMEOUT,
     TEXT_FRAME,
     Clock,
     MediaEndpoint,
@@ -59,6 +67,8 @@ TRANSPORT = "twilio"
 DIALLED_PARAMETERS = ("to", "called", "dialled")
 CALLER_PARAMETERS = ("from", "caller")
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+TOKEN_PARAMETERS = ("token",)
+SIGNED = web.RequestKey("callbridge.twilio_signed", bool)  # the upgrade carried a valid signature
 _FORMATS = {("audio/x-mulaw", 8000): ULAW_8K, ("audio/x-alaw", 8000): ALAW_8K}
 
 
@@ -106,10 +116,19 @@ class TwilioLeg(WebSocketLeg):
 class TwilioEndpoint(MediaEndpoint):
     transport = TRANSPORT
 
+    async def _check_request(self, request: web.Request) -> web.StreamResponse | None:
+        signed = credentials.twilio_signed(request, self.security)
+        if signed is False:
+            log.warning("%s: upgrade request with an invalid X-Twilio-Signature refused", TRANSPORT)
+            self._refused(SourceRefusal.AUTH, request)
+            return web.Response(status=403, text="invalid signature\n")
+        request[SIGNED] = bool(signed)
+        return None
+
     async def _wait_start(self, ws: web.WebSocketResponse) -> tw.Start | None:
         """Read up to the ``start`` message; None when the peer closed or broke the protocol."""
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout(self.setup_timeout):
                 while True:
                     msg = await ws.receive()
                     if is_closing(msg):
@@ -131,7 +150,7 @@ class TwilioEndpoint(MediaEndpoint):
                         return None
                     # connected, and anything a carrier sends before start, is not needed.
         except TimeoutError:
-            await self._policy_violation(ws, f"no start message within {HANDSHAKE_TIMEOUT:.0f} s")
+            await self._policy_violation(ws, f"no start message within {self.setup_timeout:.0f} s")
             return None
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> None:
@@ -155,6 +174,14 @@ class TwilioEndpoint(MediaEndpoint):
             code, reason = routed
             await self._refuse(ws, code, reason)
             return
+        if not request.get(SIGNED, False):
+            presented = credentials.presented_tokens(request)
+            custom_token = parameter(start.custom_parameters, TOKEN_PARAMETERS)
+            if custom_token:
+                presented.append(custom_token)
+            if not await self._authorized(ws, request, routed.tenant, presented,
+                                          required=bool(self.security.twilio_auth_tokens)):
+                return
         caller = parameter(start.custom_parameters, CALLER_PARAMETERS)
         info = CallInfo(TRANSPORT, routed.tenant, routed.number or dialled, caller_id=caller[:64])
         leg = TwilioLeg(ws, request, fmt, info, self.metrics, self.clock, start.stream_sid)

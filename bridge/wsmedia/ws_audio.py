@@ -3,6 +3,11 @@
 The wire rules are in ``sip.ws_audio``. Agent audio goes back in 20 ms frames, one per 20 ms (the
 call's pacer), whatever frame length the client uses: a client that plays what it receives needs
 no particular size, and 20 ms keeps the first agent audio 20 ms earlier than 40 ms frames would.
+
+Authentication: the tenant's media token (``bridge.security.credentials``) as
+``Authorization: Bearer``, as the subprotocol ``callbridge.bearer.<token>`` offered beside
+``callbridge`` (browsers), or as ``?token=``. It is checked before the upgrade: a request that
+needs one and lacks it gets 401, one with a wrong token 403, and no WebSocket is opened.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from aiohttp import WSMsgType, web
 from bridge.core.call import Call, CallInfo
 from bridge.core.intake import CallerIntake
 from bridge.ops.metrics import Metrics
+from bridge.security import credentials
+from bridge.security.sources import Refusal as SourceRefusal
 from bridge.wsmedia.leg import (
     Clock,
     MediaEndpoint,
@@ -25,7 +32,8 @@ from bridge.wsmedia.leg import (
 from media.codec import FRAME_MS, AudioFormat, Encoding
 from sip import ws_audio as wsa
 from sip.ws_audio import CloseCode
-from tenants.directory import Resolution
+from tenants.config import TenantError
+from tenants.directory import DirectoryError, Resolution
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,26 @@ class WsAudioLeg(WebSocketLeg):
 
 class WsAudioEndpoint(MediaEndpoint):
     transport = TRANSPORT
+    protocols = (credentials.MEDIA_SUBPROTOCOL,)
+
+    async def _check_request(self, request: web.Request) -> web.StreamResponse | None:
+        try:
+            resolution = await self.switchboard.route(request.match_info["sip_number"])
+        except (DirectoryError, TenantError, TimeoutError):
+            return None  # the call set-up reports the lookup failure
+        if resolution is None:
+            return None  # refused as an unknown number after the upgrade, as before
+        tenant = resolution.tenant
+        if not self.tokens_required(tenant):
+            return None
+        presented = credentials.presented_tokens(request)
+        if credentials.token_matches(presented, tenant):
+            return None
+        self._refused(SourceRefusal.AUTH, request)
+        if not presented:
+            return web.Response(status=401, text="media token required\n",
+                                headers={"WWW-Authenticate": 'Bearer realm="callbridge"'})
+        return web.Response(status=403, text="invalid media token\n")
 
     async def _converse(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         options = wsa.parse_options(request.query)

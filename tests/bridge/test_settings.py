@@ -70,3 +70,99 @@ def test_dotenv_with_legacy_names(tmp_path: Path) -> None:
     assert s.http.port == 8300
     # The process environment beats the .env file.
     assert load_settings(env_file=env_file, environ={"PORT": "9000"}).http.port == 9000
+
+
+# ----------------------------------------------------------------------------- Voice Live deployments
+
+
+@pytest.mark.parametrize(("environ", "backend"), [
+    ({}, "file"),
+    ({"SUPABASE_URL": "https://abc.supabase.co", "SUPABASE_SERVICE_ROLE_KEY": "k"}, "supabase"),
+    ({"SUPABASE_URL": "https://abc.supabase.co"}, "file"),  # no key: not a usable store
+    ({"DATABASE_URL": "postgresql://u@127.0.0.1/db"}, "postgres"),
+    ({"SUPABASE_URL": "https://abc.supabase.co", "SUPABASE_SERVICE_ROLE_KEY": "k",
+      "DATABASE_URL": "postgresql://u@127.0.0.1/db"}, "supabase"),
+    ({"SUPABASE_URL": "https://abc.supabase.co", "SUPABASE_SERVICE_ROLE_KEY": "k",
+      "CALLBRIDGE_TENANTS__BACKEND": "file"}, "file"),  # a named backend wins
+])
+def test_the_store_follows_the_credentials_when_none_is_named(environ, backend, monkeypatch) -> None:
+    for name, value in environ.items():
+        if name.startswith("CALLBRIDGE_"):
+            monkeypatch.setenv(name, value)
+    s = load_settings(env_file=None, environ={k: v for k, v in environ.items() if not k.startswith("CALLBRIDGE_")})
+    assert s.tenants.backend.value == backend
+
+
+@pytest.mark.parametrize(("environ", "level", "json_lines"), [
+    ({}, "INFO", False),
+    ({"APP_ENV": "development"}, "INFO", False),
+    ({"APP_ENV": "staging"}, "INFO", True),
+    ({"APP_ENV": "production"}, "WARNING", True),
+    ({"APP_ENV": "production", "LOG_LEVEL": "info"}, "INFO", True),
+])
+def test_app_env_sets_the_log_defaults(environ, level, json_lines) -> None:
+    s = load_settings(env_file=None, environ=environ)
+    assert (s.log_level, s.log_json) == (level, json_lines)
+
+
+def test_voice_live_endpoint_without_key_is_voice_live() -> None:
+    s = load_settings(env_file=None, environ={"AZURE_VOICELIVE_ENDPOINT": "https://r.services.ai.azure.com",
+                                              "AZURE_VOICELIVE_API_VERSION": "2026-04-10"})
+    assert s.resolved_provider is ModelProvider.AZURE_VOICELIVE and s.model.voicelive_api_key is None
+    assert s.model.voicelive_api_version == "2026-04-10"
+
+
+def test_roleplay_recording_variables() -> None:
+    s = load_settings(env_file=None, environ={
+        "RECORDING_ENABLED": "true", "AWS_BUCKET_NAME": "roleplay-calls", "AWS_REGION": "sa-east-1",
+        "RECORDING_PATH_PREFIX": "calls/2026/", "AWS_ACCESS_KEY_ID": "AKIATEST",
+        "AWS_SECRET_ACCESS_KEY": "wJalr-test-value"})
+    assert s.recording.enabled and s.recording.storage.value == "s3"
+    assert s.recording.s3 is not None
+    assert (s.recording.s3.bucket, s.recording.s3.region, s.recording.s3.prefix) == (
+        "roleplay-calls", "sa-east-1", "calls/2026/")
+    assert s.recording.s3.access_key_id is not None and s.recording.s3.secret_access_key is not None
+    assert s.recording.s3.secret_access_key.get_secret_value() == "wJalr-test-value"
+    assert "wJalr-test-value" not in repr(s)
+    off = load_settings(env_file=None, environ={"RECORDING_ENABLED": "false", "AWS_REGION": "sa-east-1"})
+    assert not off.recording.enabled and off.recording.s3 is None and off.recording.storage.value == "local"
+
+
+def test_production_refuses_the_built_in_simulator(tmp_path) -> None:
+    import asyncio
+
+    from bridge.app import Application
+    from tests.conftest import loopback_settings
+
+    settings = loopback_settings(tmp_path, app_env="production")
+
+    async def start() -> None:
+        await Application(settings).run(asyncio.get_running_loop().create_future())
+
+    with pytest.raises(ConfigError, match="app_env is production but no model is configured"):
+        asyncio.run(start())
+
+def test_listener_allow_lists(monkeypatch):
+    import ipaddress
+
+    defaults = load_settings(env_file=None, environ={})
+    for listener in (defaults.http, defaults.audiosocket, defaults.agi):
+        assert [str(n) for n in listener.allow_from] == [
+            "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    monkeypatch.setenv("CALLBRIDGE_AUDIOSOCKET__ALLOW_FROM", "192.168.10.5, 10.20.0.0/16")
+    monkeypatch.setenv("CALLBRIDGE_AGI__ALLOW_FROM", '["192.168.10.5"]')
+    settings = load_settings(env_file=None)
+    assert settings.audiosocket.allow_from == [ipaddress.ip_network("192.168.10.5/32"),
+                                               ipaddress.ip_network("10.20.0.0/16")]
+    assert settings.agi.allow_from == [ipaddress.ip_network("192.168.10.5/32")]
+    monkeypatch.setenv("CALLBRIDGE_AGI__ALLOW_FROM", "pbx.example.com")
+    with pytest.raises(ConfigError, match=r"agi\.allow_from.*not an IP network"):
+        load_settings(env_file=None)
+
+
+def test_secret_values_are_every_secret_configured():
+    settings = load_settings(env_file=None, environ={"OPENAI_API_KEY": "sk-one"},
+                             ops={"admin_token": "admin-two", "tenant_tokens": {"acme": "three"},
+                                  "link_secrets": ["four"]},
+                             security={"twilio_auth_tokens": ["five"]}, ari={"password": "six"})
+    assert sorted(settings.secret_values()) == sorted(["sk-one", "admin-two", "three", "four", "five", "six"])

@@ -19,9 +19,11 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "callbridge.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 
 # Label names allowed on callbridge families: each takes values from a small fixed set (the tenant
-# slug only while metrics.tenant_labels bounds it; version/python are the build's).
+# slug only while metrics.tenant_labels bounds it; version/python are the build's; registration is
+# the position of a configured SIP registration).
 ALLOWED_LABELS = {"transport", "outcome", "direction", "reason", "provider", "kind", "result", "tenant",
-                  "version", "python", "generation", "listener"}
+                  "version", "python", "generation", "registration",
+                  "listener"}  # listener: http, audiosocket, agi
 PER_CALL_HINTS = ("call", "uuid", "caller", "dialled", "dialed", "number", "phone", "channel", "session",
                   "ani", "dnis", "did")
 

@@ -110,7 +110,8 @@ def rendered(request: pytest.FixtureRequest) -> tuple[Path, list[dict[str, Any]]
 def test_renders_every_kind(rendered):
     _, objects = rendered
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
+                     "PodDisruptionBudget", "Service"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -181,13 +182,29 @@ def test_manifests_agree_with_the_daemon(rendered, monkeypatch):
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"audiosocket": defaults.audiosocket.port, "fastagi": defaults.agi.port,
-                     "http": defaults.http.port}
+                     "http": defaults.http.port, "sip-udp": defaults.sip.port, "sip-tcp": defaults.sip.port}
+    protocols = {p["name"]: p["protocol"] for p in container["ports"]}
+    assert (protocols["sip-udp"], protocols["sip-tcp"]) == ("UDP", "TCP")
     service = by_key[("Service", "callbridge")]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     for selector in (service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"],
                      by_key[("PodDisruptionBudget", "callbridge")]["spec"]["selector"]["matchLabels"]):
         assert selector.items() <= pod_labels.items()
+
+    # Nothing is exposed outside the cluster by the base; the NetworkPolicy covers the pods and
+    # admits each port from its own peers only: HTTP from the ingress and Prometheus, FastAGI
+    # and AudioSocket from the PBX, and no rule from everywhere.
+    assert service["spec"]["type"] == "ClusterIP"
+    policy = by_key[("NetworkPolicy", "callbridge")]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    rules = {tuple(sorted(p["port"] for p in rule["ports"])): rule["from"] for rule in policy["ingress"]}
+    assert set(rules) == {("http",), ("audiosocket", "fastagi")}
+    assert all(rule for rule in rules.values()), "a rule without 'from' admits every source"
+    assert all(peer.get("podSelector") for peer in rules[("audiosocket", "fastagi")])
+    named = {p["name"] for p in container["ports"]}
+    assert {p for ports in rules for p in ports} <= named
 
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"

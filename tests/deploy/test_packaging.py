@@ -163,8 +163,14 @@ def test_compose_wiring():
     defaults = _defaults()
     callbridge = services["callbridge"]
     published = {int(p.split(":")[-1]) for p in callbridge.get("ports", [])}
-    exposed = {int(p) for p in callbridge.get("expose", [])}
-    assert {defaults.audiosocket.port, defaults.agi.port, defaults.http.port} <= published | exposed
+    exposed = {int(p.split("/")[0]) for p in callbridge.get("expose", []) if "-" not in p}
+    assert {defaults.audiosocket.port, defaults.agi.port, defaults.http.port, defaults.sip.port} <= published | exposed
+    # Only what must be public is published, and on the host's loopback (a TLS proxy on the host
+    # forwards to it): FastAGI and AudioSocket stay on the compose network with Asterisk.
+    assert published == {defaults.http.port}
+    for name in ("callbridge", "prometheus", "grafana"):
+        for mapping in services[name].get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} on every interface"
     env = callbridge["environment"]
     drain = float(env.get("CALLBRIDGE_LIMITS__DRAIN_TIMEOUT", defaults.limits.drain_timeout))
     grace = callbridge["stop_grace_period"]

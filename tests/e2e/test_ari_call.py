@@ -13,7 +13,7 @@ import pytest
 from bridge.app import Application
 from bridge.settings import load_settings
 from sip import rtp
-from tests.conftest import load_wav
+from tests.conftest import load_wav, simulator_model
 from tests.peers.ari_server import AriServer
 from tests.servers import start_daemon
 
@@ -32,6 +32,7 @@ def _settings(tmp_path, server: AriServer, **ari):
         audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
+        model=simulator_model(),
         ari={"enabled": True, "url": server.url, "username": "callbridge", "password": "secret", "app": APP,
              "rtp_host": "127.0.0.1", "reconnect_min": 0.1, "reconnect_max": 0.5, **RTP_PORTS, **ari},
     )
@@ -77,6 +78,7 @@ def _metric(app: Application, name: str, labels: dict[str, str] | None = None) -
     return 0.0 if value is None else value
 
 
+@pytest.mark.both_dialects
 async def test_rtp_call_set_up_talk_and_caller_hangup(tmp_path, fixtures_dir):
     h = await _start(tmp_path)
     try:
@@ -366,6 +368,7 @@ async def test_agent_hangup_removes_everything(tmp_path):
         await h.close()
 
 
+@pytest.mark.both_dialects
 async def test_websocket_call_flush_on_barge_in_and_exact_truncate(tmp_path, fixtures_dir):
     h = await _start(tmp_path, transport="websocket", format="slin16")
     try:
@@ -434,6 +437,7 @@ async def test_websocket_honours_xoff_and_xon(tmp_path):
         await h.close()
 
 
+@pytest.mark.both_dialects
 async def test_audiosocket_transport_with_dtmf_from_ari_events(tmp_path, fixtures_dir):
     h = await _start(tmp_path, transport="audiosocket", format="slin16")
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bridge.settings import load_settings
+from tests.conftest import simulator_model
 from tests.peers.asterisk import AsteriskCaller
 from tests.servers import start_daemon
 
@@ -38,6 +39,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.both_dialects
 async def test_each_mode_from_tenant_config(tmp_path):
     tenants = tmp_path / "tenants.yaml"
     tenants.write_text(TENANTS)
@@ -46,6 +48,7 @@ async def test_each_mode_from_tenant_config(tmp_path):
         http={"host": "127.0.0.1", "port": 0}, audiosocket={"host": "127.0.0.1", "port": 0},
         agi={"host": "127.0.0.1", "port": 0}, tenants={"file": str(tenants)},
         recording={"enabled": False, "directory": str(tmp_path / "rec")},
+        model=simulator_model(),
     )
     app, stop, task = await start_daemon(settings)
     try:

@@ -35,6 +35,7 @@ def _speech(fixtures_dir):
     return samples
 
 
+@pytest.mark.both_dialects
 async def test_call_greeting_barge_in_and_truncate(tmp_path, fixtures_dir, host_stalls):
     app, stop, task = await _start(tmp_path)
     try:

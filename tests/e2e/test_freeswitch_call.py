@@ -54,6 +54,7 @@ def _metadata(rate_hz, to=DEMO_NUMBER):
             "sampleRate": rate_hz}
 
 
+@pytest.mark.both_dialects
 async def test_audio_fork_bidirectional_kill_audio_and_marks(tmp_path, fixtures_dir, host_stalls):
     app, stop, task = await _start(tmp_path)
     peer = FreeSwitchPeer(playout_delay=0.15)
@@ -95,6 +96,7 @@ async def test_audio_fork_bidirectional_kill_audio_and_marks(tmp_path, fixtures_
         await stop_daemon(stop, task)
 
 
+@pytest.mark.both_dialects
 async def test_audio_stream_json_down_at_8k(tmp_path, fixtures_dir):
     app, stop, task = await _start(tmp_path)
     peer = FreeSwitchPeer()

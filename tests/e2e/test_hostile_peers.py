@@ -66,7 +66,7 @@ async def test_fastagi_usage_flood_is_cut_off(tmp_path, caplog):
             except ConnectionError:
                 pass
             assert await closed_by_peer(reader, 5)
-        assert sample(app, "callbridge_peers_closed_total", listener="fastagi", reason="protocol_error") == 1
+        assert sample(app, "callbridge_peers_closed_total", listener="agi", reason="protocol_error") == 1
         assert "usage block too long" in caplog.text
         writer.close()
         # Its place was given back: nothing is pending or active.
@@ -180,13 +180,13 @@ async def test_accept_failures_are_logged_and_counted(tmp_path, caplog):
                         c.connect(("127.0.0.1", port))
                 with contextlib.suppress(TimeoutError):
                     await until(lambda: sample(app, "callbridge_connections_refused_total",
-                                               listener="fastagi", reason="descriptors") > 0)
+                                               listener="agi", reason="descriptors") > 0)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             for c in clients:
                 c.close()
-        assert sample(app, "callbridge_connections_refused_total", listener="fastagi", reason="descriptors") >= 1
-        assert "fastagi listener cannot accept connections" in caplog.text
+        assert sample(app, "callbridge_connections_refused_total", listener="agi", reason="descriptors") >= 1
+        assert "agi listener cannot accept connections" in caplog.text
 
 
 async def test_dtmf_flood_is_rate_limited(tmp_path):

@@ -44,6 +44,7 @@ def _ulaw(samples):
     return g711.ulaw_encode(np.asarray(samples, dtype=np.int16))
 
 
+@pytest.mark.both_dialects
 async def test_call_marks_clear_and_truncate_at_what_was_heard(tmp_path, fixtures_dir, host_stalls):
     app, stop, task = await _start(tmp_path)
     # Twilio plays agent audio after its jitter buffer and the network: 200 ms here. What was sent

@@ -42,6 +42,7 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if len(x) else 0.0
 
 
+@pytest.mark.both_dialects
 async def test_browser_call_hears_greeting_barges_in_dtmf_and_hangs_up(tmp_path, fixtures_dir):
     app, stop, task = await start_daemon(_settings(tmp_path))
     base = f"http://127.0.0.1:{app.http.port}"

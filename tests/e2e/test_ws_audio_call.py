@@ -91,6 +91,7 @@ async def test_readme_client_runs_verbatim(tmp_path):
 # ----------------------------------------------------------------------------- a whole call
 
 
+@pytest.mark.both_dialects
 async def test_text_call_pace_barge_in_and_truncate(tmp_path, fixtures_dir, host_stalls):
     app, stop, task = await _start(tmp_path)
     client = WsPeer()
@@ -137,6 +138,7 @@ async def test_text_call_pace_barge_in_and_truncate(tmp_path, fixtures_dir, host
         await stop_daemon(stop, task)
 
 
+@pytest.mark.both_dialects
 @pytest.mark.parametrize(
     ("query", "kind", "frame_bytes"),
     [

@@ -77,6 +77,7 @@ class TranscriptReplay:
         self._media_ws_closed = asyncio.Event()
         self._media_id: str | None = None
         self._audiosocket: asyncio.StreamWriter | None = None
+        self._audiosocket_frames: asyncio.Task[None] | None = None
         self._rtp_sink: asyncio.DatagramTransport | None = None
         self._runner: web.AppRunner | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -106,6 +107,10 @@ class TranscriptReplay:
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
+        if self._audiosocket_frames is not None:
+            self._audiosocket_frames.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._audiosocket_frames
         if self._audiosocket is not None:
             self._audiosocket.close()
         if self._rtp_sink is not None:
@@ -195,6 +200,9 @@ class TranscriptReplay:
             proto.send_uuid(uuid.UUID(exchange.query["data"]))
             writer.write(b"".join(proto.data_to_send()))
             self._audiosocket = writer
+            # Asterisk sends the channel's audio, a frame every 20 ms, for as long as it is up.
+            self._audiosocket_frames = asyncio.create_task(
+                _send_silence(writer, proto, exchange.query.get("format", "slin")))
         elif "MEDIA_WEBSOCKET_CONNECTION_ID" in variables:
             self._media_id = variables["MEDIA_WEBSOCKET_CONNECTION_ID"]
 
@@ -242,3 +250,26 @@ class TranscriptReplay:
         self._media_ws_closed.set()
         self._activity.set()
         return ws
+
+
+_SLIN_RATES_HZ = {"slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000, "slin32": 32000,
+                  "slin44": 44100, "slin48": 48000, "slin96": 96000, "slin192": 192000}
+
+
+async def _send_silence(writer: asyncio.StreamWriter, proto: aso.AudioSocketProtocol, fmt: str) -> None:
+    """Silent 20 ms frames on the AudioSocket connection, paced on the monotonic clock, until it
+    closes (kind and size as Asterisk sends them for the external media format)."""
+    rate = _SLIN_RATES_HZ.get(fmt)
+    if rate is not None:
+        kind, frame = aso.audio_kind_for_rate(rate), bytes(rate // 50 * 2)
+    else:  # ulaw / alaw: one byte per sample at 8 kHz, kind 0x10
+        kind, frame = aso.Kind.AUDIO, (b"\xff" if fmt == "ulaw" else b"\xd5") * 160
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = 0
+    while not writer.is_closing():
+        proto.send_audio(frame, kind)
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"".join(proto.data_to_send()))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n * 0.020 - loop.time()))

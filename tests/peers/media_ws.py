@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import websockets
@@ -134,10 +135,12 @@ class WsPeer:
         self.close_reason: str = ""
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def connect(self, url: str, subprotocols: Iterable[str] | None = None) -> None:
+    async def connect(self, url: str, subprotocols: Iterable[str] | None = None, **options: Any) -> None:
+        """``options`` go to ``websockets.connect``: ``additional_headers``, ``origin``, and
+        ``local_addr`` (the source address, passed on to the socket)."""
         self.ws = await websockets.connect(
             url, subprotocols=list(subprotocols) if subprotocols else None,  # type: ignore[misc]
-            compression=None, max_size=None, ping_interval=None,
+            compression=None, max_size=None, ping_interval=None, **options,
         )
         self._tasks.append(asyncio.create_task(self._receive()))
 
@@ -206,8 +209,8 @@ class TwilioPeer(WsPeer):
         self.clear_at: list[float] = []
         self.app_events: list[tw.AppEvent] = []
 
-    async def start(self, url: str, params: dict[str, str]) -> None:
-        await self.connect(url)
+    async def start(self, url: str, params: dict[str, str], **options: Any) -> None:
+        await self.connect(url, **options)
         self._tasks.append(asyncio.create_task(self.player.run()))
         await self.send(self.carrier.connected())
         await self.send(self.carrier.start(params))

@@ -20,6 +20,8 @@ from sip.freeswitch import (
     MarkCommand,
     MarkEcho,
     PlayAudio,
+    Playback,
+    PlaybackCheck,
     StreamAudio,
     StreamMetadata,
     Unknown,
@@ -32,6 +34,7 @@ from sip.freeswitch import (
     metadata_message,
     parse_command,
     parse_event,
+    parse_events,
     parse_metadata,
     play_audio_message,
     stream_audio_message,
@@ -230,3 +233,87 @@ def test_property_structured_garbage(message: dict[str, object]) -> None:
     parse_event(text)
     parse_command(text)
     assert isinstance(parse_metadata(text), StreamMetadata)
+
+
+# --- playback per module build ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "playback"),
+    [("stream", Playback.STREAM), ("files", Playback.FILES), ("FILES", None), (1, None), (None, None)],
+)
+def test_metadata_playback(value: object, playback: Playback | None) -> None:
+    meta = parse_metadata(metadata_message({"to": "1000", "playback": value}))
+    assert isinstance(meta, StreamMetadata) and meta.playback == playback
+    meta = parse_metadata(metadata_message({"to": "1000"}))
+    assert isinstance(meta, StreamMetadata) and meta.playback is None
+
+
+def test_file_chunks_carry_their_mark() -> None:
+    # The module passes the data object, less the audio, in its play event: the mark rides there.
+    play = json.loads(play_audio_message(b"\x00\x00", 16000, mark="cb-3"))["data"]
+    assert play["mark"] == "cb-3" and play["sampleRate"] == 16000
+    assert parse_command(play_audio_message(b"\x01\x00", 8000, mark="cb-4")) == PlayAudio(
+        b"\x01\x00", 8000, "raw", None, "cb-4"
+    )
+    assert parse_command(stream_audio_message(b"\x01\x00", 16000, mark="cb-5")) == StreamAudio(
+        b"\x01\x00", 16000, "raw", "cb-5"
+    )
+    assert "mark" not in json.loads(stream_audio_message(b"", 8000))["data"]
+    for bad in ("", 'a"b', "a\\b"):
+        with pytest.raises(ValueError):
+            play_audio_message(b"", 8000, mark=bad)
+        with pytest.raises(ValueError):
+            stream_audio_message(b"", 8000, mark=bad)
+
+
+def test_joined_text_frames() -> None:
+    # drachtio's AudioPipe::bufferForSending appends queued text: two send_text in one frame.
+    joined = '{"type":"mark","data":{"name":"cb-2","event":"cleared"}}{"event":"dtmf","dtmf":"5"}'
+    assert parse_events(joined) == [MarkEcho("cb-2", True), Dtmf("5", None)]
+    assert parse_events(' {"event":"dtmf","dtmf":"1"}\n') == [Dtmf("1", None)]
+    assert parse_events(b'{"event":"dtmf","dtmf":"#"}') == [Dtmf("#", None)]
+    assert parse_events('{"type":"x"}') == [Unknown("x", {"type": "x"})]
+    # A bad message among good ones spoils the frame; so does half a message.
+    for bad in ('{"event":"dtmf","dtmf":"1"} nope', '{"event":"dtmf"', "", "  ", b"\xff{}"):
+        assert len(parse_events(bad)) == 1 and isinstance(parse_events(bad)[0], InvalidMessage)
+    assert parse_events('{"event":"dtmf","dtmf":"12"}') == [InvalidMessage("dtmf without a one-character digit")]
+
+
+@given(st.lists(st.sampled_from(list("0123456789*#")), min_size=1, max_size=6))
+def test_property_joined_dtmf(digits: list[str]) -> None:
+    assert parse_events("".join(dtmf_message(d) for d in digits)) == [Dtmf(d, None) for d in digits]
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_property_joined_frames_never_raise(data: bytes | str) -> None:
+    events = parse_events(data)
+    assert events and all(isinstance(e, MarkEcho | Dtmf | Unknown | InvalidMessage) for e in events)
+
+
+def test_playback_check() -> None:
+    check = PlaybackCheck(2.0)
+    assert not check.failed(100.0)  # nothing placed yet: no verdict
+    check.mark_placed(10.0)
+    check.mark_placed(11.0)  # the first mark starts the wait; later ones do not move it
+    assert not check.failed(11.99)
+    assert check.failed(12.0)
+    check.echoed()
+    assert check.confirmed and not check.failed(50.0)
+    check.cleared()  # once confirmed, a clear changes nothing
+    check.mark_placed(60.0)
+    assert not check.failed(100.0)
+
+
+def test_playback_check_clear_and_restart() -> None:
+    check = PlaybackCheck(3.0)
+    check.mark_placed(0.0)
+    check.cleared()  # barge-in before any echo: wait again from the next mark
+    assert not check.failed(10.0)
+    check.mark_placed(10.0)
+    assert check.failed(13.0)
+    check.restart()  # after switching how audio is sent
+    assert not check.failed(20.0) and not check.confirmed
+    check.within = 1.0
+    check.mark_placed(20.0)
+    assert check.failed(21.0)

@@ -84,6 +84,7 @@ PIZZA_ID = uuid.UUID("6f1c9a52-1d8e-4a53-9a8b-0c2f4a3e0002")
 BLOCK_ID = uuid.UUID("6f1c9a52-1d8e-4a53-9a8b-0c2f4a3e0003")
 CLOSED_ID = uuid.UUID("6f1c9a52-1d8e-4a53-9a8b-0c2f4a3e0004")
 BROKEN_ID = uuid.UUID("6f1c9a52-1d8e-4a53-9a8b-0c2f4a3e0005")
+PIZZA_MEDIA_TOKEN = "pizza-media-token-0123456789"
 
 
 async def seed(conn: asyncpg.Connection) -> None:
@@ -133,6 +134,9 @@ async def seed(conn: asyncpg.Connection) -> None:
         BROKEN_ID,
         '{"colour": "red"}',
     )
+    # The media token has a column of its own (migration 003).
+    await conn.execute("UPDATE client_configurations SET media_token = $2 WHERE client_id = $1",
+                       PIZZA_ID, PIZZA_MEDIA_TOKEN)
 
 
 # (dialled, slug or None, match kind, matched entry) — the same answers from every database backend.

@@ -76,12 +76,21 @@ def test_unset_fields_take_documented_defaults() -> None:
         ("version: 2\ntenants: []\n", r"version 2 is not supported"),
         ("defaults: {numbers: ['1']}\ntenants: []\n", r"defaults cannot set 'numbers'"),
         ("tenants: [\n", r"not valid YAML"),
+        ("tenants:\n  - slug: a\n    media_token: short\n", r"\(a\): media_token: .*at least 16"),
         ("- a\n", r"top level must be a mapping"),
     ],
 )
 def test_invalid_files_say_why(text: str, message: str) -> None:
     with pytest.raises(TenantError, match=message):
         parse_tenants_yaml(text)
+
+
+def test_media_token_is_read_and_kept_out_of_repr() -> None:
+    token = "acme-media-token-0123456789"
+    tenant = parse_tenants_yaml(ONE_TENANT + f"    media_token: {token}\n").tenants[0]
+    assert tenant.media_token == token
+    assert token not in repr(tenant)
+    assert parse_tenants_yaml(ONE_TENANT).tenants[0].media_token is None
 
 
 def test_every_problem_is_reported_at_once() -> None:

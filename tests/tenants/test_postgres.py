@@ -27,7 +27,7 @@ from tenants.postgres import (
 from tenants.routing import route
 from tenants.settings import TenantSettings
 from tests.pg import PostgresCluster
-from tests.tenants.conftest import LOOKUPS
+from tests.tenants.conftest import LOOKUPS, PIZZA_MEDIA_TOKEN
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,7 +50,7 @@ async def test_migrate_creates_schema_once(pg_database: str) -> None:
         versions = [
             r["version"] for r in await conn.fetch("SELECT version FROM callbridge_schema_migrations")
         ]
-        assert versions == [1, 2]
+        assert versions == [m.version for m in bundled_migrations()]
         columns = {
             r["column_name"]
             for r in await conn.fetch(
@@ -58,7 +58,8 @@ async def test_migrate_creates_schema_once(pg_database: str) -> None:
                 " WHERE table_name = 'client_configurations'"
             )
         }
-        assert {"voice", "temperature", "max_tokens", "instructions", "greeting", "settings"} <= columns
+        assert {"voice", "temperature", "max_tokens", "instructions", "greeting", "settings",
+                "media_token"} <= columns
     finally:
         await conn.close()
     edited = [Migration(m.version, m.name, m.sql + "\n-- edited\n") for m in bundled_migrations()]
@@ -72,7 +73,8 @@ async def test_migrate_a_failing_migration_is_rolled_back(pg_database: str) -> N
     conn = await asyncpg.connect(pg_database)
     try:
         assert await conn.fetchval("SELECT to_regclass('t_x')") is None
-        assert await conn.fetchval("SELECT max(version) FROM callbridge_schema_migrations") == 2
+        newest = max(m.version for m in bundled_migrations())
+        assert await conn.fetchval("SELECT max(version) FROM callbridge_schema_migrations") == newest
     finally:
         await conn.close()
 
@@ -99,7 +101,7 @@ async def test_migrate_completes_an_existing_deployment_schema(pg_database: str)
     finally:
         await conn.close()
     report = await migrate(pg_database)
-    assert len(report.applied) == 2
+    assert len(report.applied) == len(bundled_migrations())
     directory = await PostgresDirectory.open(pg_database)
     try:
         tenant = await directory.resolve("(11) 98888-7777")
@@ -142,6 +144,8 @@ async def test_rows_map_to_tenant_settings(
     pizza = await directory.resolve("+5511999990002")
     assert pizza is not None and pizza.speed == 1.2 and pizza.voice == "cedar"
     assert pizza.max_output_tokens == "inf" and pizza.temperature == 0.6
+    assert pizza.media_token == PIZZA_MEDIA_TOKEN and demo.media_token is None
+    assert PIZZA_MEDIA_TOKEN not in repr(pizza)
 
 
 async def test_invalid_record_is_an_error_naming_the_key(directory: PostgresDirectory) -> None:

@@ -29,6 +29,7 @@ from bridge.cli.check import (
     format_results,
     run_checks,
 )
+from bridge.settings import ConfigError
 from bridge.simulator import SimulatorServer
 from tests.conftest import loopback_settings
 from tests.servers import serve_app
@@ -56,6 +57,20 @@ async def test_defaults_pass(tmp_path):
     assert by_name["ARI"].status is Status.SKIP
     assert by_name["recordings"].status is Status.OK
     assert (tmp_path / "rec").is_dir()
+    # What each listener accepts, and how its peers authenticate.
+    assert by_name["access http"].status is Status.OK
+    assert "accepts 127.0.0.0/8, ::1/128, 10.0.0.0/8" in by_name["access http"].detail
+    assert "carries no credentials" in by_name["access audiosocket"].detail
+
+
+async def test_a_listener_open_to_the_world_is_a_warning_and_refused_in_production(tmp_path):
+    world = {"host": "127.0.0.1", "port": 0, "allow_from": ["0.0.0.0/0"]}
+    results = await run_checks(_settings(tmp_path, agi=world), 10, ports=False)
+    by_name = {r.name: r for r in results}
+    assert by_name["access agi"].status is Status.WARN
+    assert "any address (open to the world)" in by_name["access agi"].detail
+    with pytest.raises(ConfigError, match=r"agi\.allow_from"):
+        _settings(tmp_path, agi=world, app_env="production")
 
 
 async def test_model_session_opens_with_the_right_key_and_names_a_rejected_one(tmp_path):
@@ -295,7 +310,8 @@ async def test_postgres_tenant_store(tmp_path):
         await conn.execute("INSERT INTO client_configurations (client_id, instructions) VALUES ($1, 'Hi')", client)
     finally:
         await conn.close()
-    assert await check_tenant_store(settings(dsn)) == "postgres backend: 1 active tenant(s) of 1"
+    expected = "postgres backend: 1 active tenant(s) of 1, 1 number(s) and pattern(s)"
+    assert await check_tenant_store(settings(dsn)) == expected
 
     missing = dsn.rsplit("/", 1)[0] + "/no_such_database"
     with pytest.raises(CheckFailed) as failure:

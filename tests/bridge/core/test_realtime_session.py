@@ -83,17 +83,6 @@ async def test_unreachable_model_is_a_model_error() -> None:
     assert "k" not in str(info.value).split()  # the key is never in the message
 
 
-def test_voice_live_endpoint_shape() -> None:
-    settings = load_settings(env_file=None, environ={
-        "AZURE_VOICELIVE_ENDPOINT": "https://res.services.ai.azure.com",
-        "AZURE_VOICELIVE_API_KEY": "vl-key", "AZURE_VOICELIVE_MODEL": "gpt-realtime"})
-    endpoint = endpoint_from_settings(settings)
-    assert endpoint.provider is ModelProvider.AZURE_VOICELIVE
-    assert endpoint.websocket_base_url == "wss://res.services.ai.azure.com/voice-live"
-    assert endpoint.query == {"api-version": "2025-10-01"}
-    assert endpoint.dialect is rt.Dialect.BETA
-
-
 @pytest.mark.parametrize("framed_here", [True, False])
 async def test_audio_appended_at_once_arrives_whole_and_in_order_with_queued_sends(simulator, framed_here) -> None:
     settings = load_settings(env_file=None, environ={

@@ -114,3 +114,76 @@ async def test_unbind_ends_the_call_context(captured):
     during, after = _lines(captured)
     assert during["call_id"] == "33333333-cccc"
     assert "call_id" not in after
+
+
+def test_voice_live_sdk_frames_stay_out_of_debug_logs():
+    # azure-ai-voicelive logs every received frame (audio included) at DEBUG.
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure("DEBUG")
+        assert logging.getLogger("azure.ai.voicelive.aio._patch").getEffectiveLevel() == logging.WARNING
+        logs.configure("DEBUG", levels={"azure": "DEBUG"})  # unless asked for by name
+        assert logging.getLogger("azure.ai.voicelive.aio._patch").getEffectiveLevel() == logging.DEBUG
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("azure").setLevel(logging.NOTSET)
+
+# ----------------------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("> Authorization: Bearer sk-abcdefghijklmnopqrstuvwx", "sk-abcdefghijklmnopqrstuvwx"),
+        ("> api-key: 0123456789abcdef0123", "0123456789abcdef0123"),
+        ("Request options: {'headers': {'api-key': 'azkey-0123456789'}}", "azkey-0123456789"),
+        ("[(b'authorization', b'Bearer tok-0123456789')]", "tok-0123456789"),
+        ("> X-Twilio-Signature: 6KH+pWl2QfdO72KcUCqUCYiwrSI=", "6KH+pWl2QfdO72KcUCqUCYiwrSI="),
+        ("> Sec-WebSocket-Protocol: callbridge, callbridge.bearer.media-tok-0123456789", "media-tok-0123456789"),
+        ('"GET /ws/audio/1001?token=media-tok-0123456789&from=1 HTTP/1.1" 101', "media-tok-0123456789"),
+        ("GET /api/recordings/x.wav?exp=1&sig=abcdef0123456789abcdef", "abcdef0123456789abcdef"),
+        ("connecting to postgresql://callbridge:pg-pass-0123@db:5432/x", "pg-pass-0123"),
+        ("error: invalid key sk-proj-ABCDEFGHIJKLMNOPQRSTUV given", "ABCDEFGHIJKLMNOPQRSTUV"),
+        ("media_token='acme-media-token-0123456789'", "acme-media-token-0123456789"),
+    ],
+)
+def test_credentials_are_masked_wherever_a_library_puts_them(line: str, secret: str) -> None:
+    masked = logs.Redactor().redact(line)
+    assert secret not in masked
+    assert logs.MASK in masked
+
+
+def test_configured_secret_values_are_masked_anywhere_and_ordinary_text_is_not() -> None:
+    redactor = logs.Redactor()
+    redactor.register(["hunter2-but-longer", None, "abc"])  # too short to mask safely: ignored
+    assert redactor.redact("the value hunter2-but-longer leaked") == f"the value {logs.MASK} leaked"
+    ordinary = "call abc12345 from ****7777 to +5511999990001 ended: caller_hangup after 12.3 s"
+    assert redactor.redact(ordinary) == ordinary
+
+
+def test_the_root_handler_masks_records_of_every_logger() -> None:
+    from bridge.settings import load_settings
+
+    settings = load_settings(env_file=None, environ={}, model={"api_key": "sk-test-configured-0123456789"})
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("DEBUG", False, {"websockets.client": "DEBUG"}, settings.secret_values())
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        logging.getLogger("websockets.client").debug("> %s: %s", "Authorization",
+                                                     "Bearer sk-test-configured-0123456789")
+        logging.getLogger("some.library").warning("failed with key %s", "sk-test-configured-0123456789")
+        try:
+            raise RuntimeError("url wss://x/?api-key=sk-test-configured-0123456789")
+        except RuntimeError:
+            logging.getLogger("bridge.x").error("boom", exc_info=True)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("websockets.client").setLevel(logging.NOTSET)
+    out = stream.getvalue()
+    assert "sk-test-configured" not in out
+    assert out.count(logs.MASK) >= 3 and "Traceback" in out

@@ -30,11 +30,17 @@ async def ops_server(tmp_path, **ops):
     settings = make_settings(tmp_path, ops={**OPS, **ops})
     clock = FakeClock()
     archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=clock)
-    async with archive.running():
-        app = web.Application()
-        OpsApi(archive, settings.ops).install(app)
-        async with serve_app(app) as port, aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
-            yield archive, clock, http
+    async with archive.running(), serve_ops(archive, settings.ops) as http:
+        yield archive, clock, http
+
+
+@asynccontextmanager
+async def serve_ops(archive, ops_settings):
+    """One instance of the ops API over ``archive``, on a loopback port of its own."""
+    app = web.Application()
+    OpsApi(archive, ops_settings).install(app)
+    async with serve_app(app) as port, aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+        yield http
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -113,7 +119,8 @@ async def test_search_filters_and_call_views(tmp_path):
         assert await ids("since=2025-06-15T18:07:00%2B03:00&until=2025-06-15T16:00:00Z") == [globex.call_id]
         assert await ids("limit=1&offset=1") == [globex.call_id]
         for bad in ("outcome=sideways", "limit=0", "limit=100000", "offset=-1", "since=yesterday",
-                    "status=weird", "limit=x"):
+                    "status=weird", "limit=x", "offset=9223372036854775808", "offset=" + "9" * 40,
+                    "offset=1000000001"):
             async with http.get(f"/api/calls?{bad}", headers=admin) as resp:
                 assert resp.status == 400, bad
 
@@ -192,6 +199,45 @@ async def test_signed_links_and_paths_that_try_to_escape(tmp_path):
                 assert resp.status == 404, path
                 body = await resp.read()
                 assert b"root:" not in body and b"SQLite" not in body
+
+
+async def test_signed_links_hold_across_instances_and_key_rotation(tmp_path):
+    """A configured link key is shared: a link one instance issued opens on another (a restart,
+    another replica behind the balancer). Rotation: the new key first, the old one kept listed
+    for the overlap; once it is removed its links stop opening. Without a configured key every
+    instance has its own and another instance's links do not open."""
+    old, new = "old-link-secret-0123456789", "new-link-secret-0123456789"
+    settings = make_settings(tmp_path, ops={**OPS, "link_secrets": [old]})
+    archive = CallArchive(settings, Metrics(CollectorRegistry()), clock=FakeClock())
+    async with archive.running():
+        acme1, *_ = await record_calls(archive, archive.clock)
+
+        async def link(http):
+            async with http.get(f"/api/calls/{acme1.call_id}/recording/link", headers=bearer(ACME)) as resp:
+                return (await resp.json())["url"]
+
+        async def opens(http, url):
+            async with http.get(url) as resp:
+                return resp.status == 200
+
+        ops = settings.ops
+        async with serve_ops(archive, ops) as first:
+            issued_old = await link(first)
+        async with serve_ops(archive, ops) as restarted:
+            assert await opens(restarted, issued_old)
+        overlap = make_settings(tmp_path, ops={**OPS, "link_secrets": [new, old]}).ops
+        async with serve_ops(archive, overlap) as rotating:
+            assert await opens(rotating, issued_old)
+            issued_new = await link(rotating)
+            assert issued_new != issued_old
+        after = make_settings(tmp_path, ops={**OPS, "link_secrets": [new]}).ops
+        async with serve_ops(archive, after) as rotated:
+            assert await opens(rotated, issued_new)
+            assert not await opens(rotated, issued_old)
+        per_process = make_settings(tmp_path, ops=OPS).ops
+        async with serve_ops(archive, per_process) as a, serve_ops(archive, per_process) as b:
+            own = await link(a)
+            assert await opens(a, own) and not await opens(b, own)
 
 
 async def test_in_progress_calls_are_listed_but_not_served(tmp_path):

@@ -828,7 +828,8 @@ async def test_command_line_serves_until_sigterm() -> None:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         assert "websocket_base_url=" in line, line
-        url = line.strip().split("websocket_base_url=")[1]
+        url = line.strip().split("websocket_base_url=")[1].split()[0]
+        assert line.strip().endswith(url.removesuffix("/v1").replace("ws://", "voice_live_endpoint=http://"))
         client = AsyncOpenAI(api_key="test", websocket_base_url=url, max_retries=0)
         try:
             async with client.realtime.connect(model="gpt-realtime") as conn:
