@@ -9,6 +9,7 @@ is ended with outcome ``shutdown``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import time
@@ -39,6 +40,21 @@ LOOP_PROBE_PERIOD = 0.5
 END_GRACE = 5.0
 
 TapFactory = Callable[[CallInfo], CallTap | None]
+
+
+async def _listen(setting: str, host: str, port: int, start: Callable[[], Awaitable[None]]) -> None:
+    """Start one listener; a port that cannot be bound is a ConfigError naming the setting."""
+    try:
+        await start()
+    except OSError as exc:
+        reason = {errno.EADDRINUSE: "the port is already in use: stop what holds it (another "
+                                    "callbridge?) or choose another port",
+                  errno.EACCES: "permission denied: ports below 1024 need privileges; choose a "
+                                "higher port",
+                  errno.EADDRNOTAVAIL: "this host has no such address: choose one of its "
+                                       "addresses, or 0.0.0.0"}.get(exc.errno or 0, exc.strerror or str(exc))
+        variable = "CALLBRIDGE_" + setting.upper().replace(".", "__")
+        raise ConfigError(f"cannot listen on {host}:{port} ({setting}, {variable}): {reason}") from None
 
 
 class Application:
@@ -72,6 +88,13 @@ class Application:
         await self._started.wait()
 
     async def run(self, shutdown: Awaitable[Any]) -> None:
+        try:
+            await self._run(shutdown)
+        finally:
+            if inspect.iscoroutine(shutdown):
+                shutdown.close()  # start-up failed before awaiting it: no "never awaited" warning
+
+    async def _run(self, shutdown: Awaitable[Any]) -> None:
         settings = self.settings
         async with AsyncExitStack() as stack:
             directory = self._directory
@@ -89,7 +112,8 @@ class Application:
                 from bridge.simulator import SimulatorServer
 
                 self.simulator = SimulatorServer(settings.model.simulator_host, settings.model.simulator_port)
-                await self.simulator.start()
+                await _listen("model.simulator_port", settings.model.simulator_host,
+                              settings.model.simulator_port, self.simulator.start)
                 stack.push_async_callback(self.simulator.close)
                 simulator_url = self.simulator.url
                 log.info("no model API key configured: using the built-in simulator at %s", simulator_url)
@@ -127,17 +151,18 @@ class Application:
                 # WebSocket media (/ws/audio/{number}, /ws/twilio, /ws/freeswitch) on the same port.
                 self.wsmedia = WebSocketMediaServer(switchboard, self.http.gate)
                 self.http.install(self.wsmedia.install)
-                await self.http.start()
                 stack.push_async_callback(self.http.close)
+                await _listen("http.port", settings.http.host, settings.http.port, self.http.start)
                 stack.push_async_callback(self.wsmedia.close)
             if settings.audiosocket.enabled:
                 self.audiosocket = AudioSocketServer(switchboard, settings.audiosocket)
-                await self.audiosocket.start()
+                await _listen("audiosocket.port", settings.audiosocket.host, settings.audiosocket.port,
+                              self.audiosocket.start)
                 stack.push_async_callback(self.audiosocket.close)
                 if settings.agi.enabled:
                     self.agi = FastAgiServer(switchboard, settings.agi, settings.audiosocket,
                                              settings.tenants, self.audiosocket.port)
-                    await self.agi.start()
+                    await _listen("agi.port", settings.agi.host, settings.agi.port, self.agi.start)
                     stack.push_async_callback(self.agi.close)
             if settings.sip.enabled:
                 await self._start_sip(stack, switchboard)

@@ -9,15 +9,20 @@ Precedence, highest first: explicit overrides, ``CALLBRIDGE_*`` variables (neste
 from __future__ import annotations
 
 import contextvars
+import copy
+import difflib
 import enum
 import json
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     IPvAnyNetwork,
     SecretStr,
@@ -33,7 +38,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    YamlConfigSettingsSource,
 )
 
 from bridge.security.networks import network, parse_networks, private_networks
@@ -42,6 +46,12 @@ from tenants.settings import TenantSettings
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message names the setting."""
+
+
+class _Section(BaseModel):
+    """A settings section: an unknown key is an error, so that a misspelt setting is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class AppEnv(enum.StrEnum):
@@ -64,7 +74,7 @@ class ModelProvider(enum.StrEnum):
     SIMULATOR = "simulator"
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(_Section):
     provider: ModelProvider = ModelProvider.AUTO
     api_key: SecretStr | None = None
     # Base URLs of the HTTP and WebSocket endpoints; unset means the SDK's own defaults, which
@@ -92,7 +102,7 @@ class ModelSettings(BaseModel):
     simulator_port: int = Field(0, ge=0, le=65535)
 
 
-class ListenerSettings(BaseModel):
+class ListenerSettings(_Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(..., ge=0, le=65535)
@@ -131,7 +141,7 @@ class ExternalMediaTransport(enum.StrEnum):
     WEBSOCKET = "websocket"  # chan_websocket (Asterisk >= 20.16 / 22.6): the daemon connects to /media/<id>
 
 
-class AriSettings(BaseModel):
+class AriSettings(_Section):
     """ARI: the daemon runs a Stasis application and drives calls over REST and the events WebSocket."""
 
     enabled: bool = False
@@ -180,7 +190,7 @@ class AriSettings(BaseModel):
         return self
 
 
-class AmiSettings(BaseModel):
+class AmiSettings(_Section):
     """AMI (manager.conf): call events and transfers (Redirect) for calls not driven by ARI."""
 
     enabled: bool = False
@@ -217,7 +227,7 @@ class CallIndexBackend(enum.StrEnum):
     POSTGRES = "postgres"
 
 
-class S3Settings(BaseModel):
+class S3Settings(_Section):
     bucket: str = Field(..., min_length=3)
     prefix: str = "recordings/"
     endpoint_url: str | None = None  # S3-compatible stores (MinIO, Ceph, R2 ...)
@@ -236,7 +246,7 @@ class S3Settings(BaseModel):
     retry_max_seconds: float = Field(300.0, gt=0)
 
 
-class RecordingSettings(BaseModel):
+class RecordingSettings(_Section):
     enabled: bool = True
     directory: Path = Path("var/recordings")
     # Days a call (recording, transcript, index row) is kept when its tenant sets none; 0 keeps
@@ -264,7 +274,7 @@ class RecordingSettings(BaseModel):
         return self
 
 
-class OpsSettings(BaseModel):
+class OpsSettings(_Section):
     """The ops API (/api/calls ...) and web page (/ops/)."""
 
     enabled: bool = True
@@ -280,7 +290,7 @@ class OpsSettings(BaseModel):
     max_page_size: int = Field(500, ge=1)
 
 
-class IceServer(BaseModel):
+class IceServer(_Section):
     """A STUN or TURN server offered to WebRTC peers (RTCIceServer)."""
 
     urls: list[str]
@@ -288,7 +298,7 @@ class IceServer(BaseModel):
     credential: SecretStr | None = None
 
 
-class WebRtcSettings(BaseModel):
+class WebRtcSettings(_Section):
     """Browser calls (/phone/ and POST /api/webrtc/offer), on the HTTP port; media over ICE/DTLS-SRTP."""
 
     enabled: bool = True
@@ -320,7 +330,7 @@ class WebRtcSettings(BaseModel):
         return values
 
 
-class SipRegistration(BaseModel):
+class SipRegistration(_Section):
     """Register with a carrier so that its DIDs ring this trunk (RFC 3261 section 10)."""
 
     registrar: str  # sip:sip.carrier.example
@@ -332,7 +342,7 @@ class SipRegistration(BaseModel):
     retry_interval: int = Field(30, ge=5, le=3600)  # seconds before re-registering after a failure
 
 
-class SipSettings(BaseModel):
+class SipSettings(_Section):
     """The SIP trunk (PJSIP through pjsua2): a PBX or carrier sends calls to callbridge directly."""
 
     enabled: bool = False
@@ -369,7 +379,7 @@ class SipSettings(BaseModel):
         return values
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(_Section):
     """Delivery of the post-call webhook (the URL and secret are per tenant)."""
 
     timeout: float = Field(10.0, gt=0)
@@ -379,7 +389,7 @@ class WebhookSettings(BaseModel):
     queue_size: int = Field(1000, ge=1)
 
 
-class CallLimits(BaseModel):
+class CallLimits(_Section):
     max_calls: int = Field(200, ge=1)
     drain_timeout: float = Field(60.0, ge=0)
     max_call_duration: float = Field(3600.0, gt=0)
@@ -404,7 +414,7 @@ class MediaTokenPolicy(enum.StrEnum):
     OPTIONAL = "optional"  # tenants with a token only
 
 
-class SecuritySettings(BaseModel):
+class SecuritySettings(_Section):
     """Authentication of the WebSocket media endpoints (the listeners' allow-lists are theirs)."""
 
     media_tokens: MediaTokenPolicy = MediaTokenPolicy.AUTO
@@ -426,7 +436,7 @@ class SecuritySettings(BaseModel):
         return [origin.strip().rstrip("/").lower() for origin in value if origin.strip()]
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     # A ``tenant`` label on the per-tenant call families. Off by default: the series count must
     # not follow the size of a tenant table; when on, slugs past ``max_tenant_labels`` are "other".
     tenant_labels: bool = False
@@ -522,9 +532,9 @@ class Settings(BaseSettings):
             _FieldsOnly(settings_cls, dotenv_settings),
             _LegacyEnvSource(settings_cls, {k.upper(): v for k, v in dotenv_vars.items() if v is not None}),
         ]
-        yaml_path = _yaml_path.get()
-        if yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        yaml_data = _yaml_data.get()
+        if yaml_data is not None:
+            sources.append(_MappingSource(settings_cls, yaml_data))
         return tuple(sources)
 
     @model_validator(mode="after")
@@ -598,7 +608,7 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("log_level",),
 }
 
-_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
+_yaml_data: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("yaml_data", default=None)
 _legacy_env: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "legacy_env", default=None
 )
@@ -648,6 +658,20 @@ class _FieldsOnly(PydanticBaseSettingsSource):
         return {k: v for k, v in self._inner().items() if k in fields}
 
 
+class _MappingSource(PydanticBaseSettingsSource):
+    """The config file's settings, read and checked once by ``load_settings``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+
 def load_settings(
     config_file: Path | str | None = None,
     *,
@@ -655,15 +679,36 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Build the settings; raises ConfigError with one message naming each bad setting."""
+    """Build the settings; raises ConfigError with one message naming each bad setting.
+
+    Unknown names are errors, at every level: a key of the config file, a ``CALLBRIDGE_*``
+    variable of the environment or of the ``.env`` file. Each comes with the closest valid name.
+    Other variables (``OPENAI_API_KEY``, ``PORT`` ...) are read by name and never checked.
+    """
     if config_file is None:
         env = os.environ if environ is None else environ
         named = env.get("CALLBRIDGE_CONFIG")
         config_file = Path(named) if named else None
     path = Path(config_file) if config_file is not None else None
-    if path is not None and not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    yaml_token = _yaml_path.set(path)
+    problems: list[str] = []
+    data: dict[str, Any] | None = None
+    if path is not None:
+        data = read_config_file(path)
+        unknown = unknown_keys(data)
+        if unknown:
+            problems.append(f"config file {path}: " + "; ".join(unknown))
+    # The environment source reads the process environment whatever ``environ`` holds.
+    problems += unknown_variables(os.environ, "environment variable")
+    if environ is not None and environ is not os.environ:
+        problems += unknown_variables(environ, "environment variable")
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        problems += unknown_variables(dotenv, f"{env_file}:")
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
+    yaml_token = _yaml_data.set(data)
     env_token = _legacy_env.set(environ)
     try:
         return Settings(_env_file=env_file, **overrides)
@@ -671,13 +716,144 @@ def load_settings(
         problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{where}: {error['msg']}")
+            if error["type"] == "extra_forbidden":
+                parts = [part for part in where.split(".") if not part.isdigit()]  # list indexes
+                problems.append(f"unknown setting {where}{_suggestion(parts, '.')}")
+            else:
+                problems.append(f"{where}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
-        _yaml_path.reset(yaml_token)
+        _yaml_data.reset(yaml_token)
         _legacy_env.reset(env_token)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML config file as a mapping; ConfigError saying what is wrong and where."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist: check --config / CALLBRIDGE_CONFIG")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}): "
+                          "check its path and permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = exc.problem or exc.context or "syntax error"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {what}; "
+                          "check the indentation and the 'key: value' pairs there") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:  # an empty file, or comments only
+        return {}
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a single value ({type(data).__name__})"
+        raise ConfigError(f"config file {path} holds {kind}; it must be a mapping of sections, "
+                          "e.g. 'http:' then '  port: 8000' on the next line")
+    return data
+
+
+# Variables with the CALLBRIDGE_ prefix that are not settings: read by the command line and the
+# test suite, and left alone by the check for unknown names.
+NOT_SETTINGS = frozenset({"CALLBRIDGE_CONFIG", "CALLBRIDGE_OPS_URL", "CALLBRIDGE_OPS_TOKEN",
+                          "CALLBRIDGE_TEST_PG_USER"})
+_PREFIX = "CALLBRIDGE_"
+_DELIMITER = "__"
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a section field (``S3Settings | None`` included), else None (a list of
+    models, such as ``webrtc.ice_servers``, is one value: pydantic names an unknown key in it)."""
+    if typing.get_origin(annotation) in (list, tuple):
+        return None
+    candidates = typing.get_args(annotation) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _free_form(annotation: Any) -> bool:
+    """A mapping field (``log_levels``, ``ops.tenant_tokens``): any key below it is valid."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _free_form(typing.get_args(annotation)[0])
+    return origin is dict
+
+
+def _setting_paths(model: type[BaseModel] = Settings, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every valid name: each section and each setting, as paths of field names."""
+    paths: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        path = (*prefix, name)
+        paths.append(path)
+        section = _section(info.annotation)
+        if section is None and typing.get_origin(info.annotation) in (list, tuple):
+            section = _section(typing.get_args(info.annotation)[0])  # the keys of each entry
+        if section is not None:
+            paths += _setting_paths(section, path)
+    return paths
+
+
+def _suggestion(path: list[str], joiner: str) -> str:
+    """ " (did you mean X?)" with the closest valid name in ``joiner`` spelling."""
+    names = [joiner.join(p) for p in _setting_paths()]
+    wanted = joiner.join(path)
+    # Same section first (a misspelt last name), then any name (a misspelt section).
+    siblings = [joiner.join(p) for p in _setting_paths() if list(p[:-1]) == path[:-1]]
+    close = difflib.get_close_matches(wanted, siblings, n=1, cutoff=0.7) or difflib.get_close_matches(
+        wanted, names, n=1, cutoff=0.75)
+    if not close:
+        return " (remove or rename it)"
+    shown = close[0].upper() if joiner == _DELIMITER else close[0]
+    return f" (did you mean {_PREFIX + shown if joiner == _DELIMITER else shown}?)"
+
+
+def unknown_keys(data: Mapping[str, Any], model: type[BaseModel] = Settings,
+                 prefix: tuple[str, ...] = ()) -> list[str]:
+    """Each key of a config mapping that names no setting, with the closest valid name."""
+    problems: list[str] = []
+    fields = model.model_fields
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        info = fields.get(str(key))
+        if info is None:
+            problems.append(f"unknown setting {'.'.join(path)}{_suggestion(list(path), '.')}")
+            continue
+        section = _section(info.annotation)
+        if section is not None and isinstance(value, Mapping):
+            problems += unknown_keys(value, section, path)
+    return problems
+
+
+def unknown_variables(environ: Mapping[str, str], source: str) -> list[str]:
+    """Each ``CALLBRIDGE_*`` name that names no setting, with the closest valid name."""
+    problems: list[str] = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(_PREFIX) or upper in NOT_SETTINGS:
+            continue
+        path = upper[len(_PREFIX):].lower().split(_DELIMITER)
+        model: type[BaseModel] | None = Settings
+        for depth, part in enumerate(path):
+            info = model.model_fields.get(part) if model is not None else None
+            if info is None:
+                problems.append(f"{source} {name} names no setting{_suggestion(path, _DELIMITER)}")
+                break
+            if _free_form(info.annotation):
+                break  # CALLBRIDGE_OPS__TENANT_TOKENS__ACME: a key of the mapping
+            model = _section(info.annotation)
+            if model is None and depth < len(path) - 1:
+                problems.append(f"{source} {name}: {'.'.join(path[:depth + 1])} is a single value, "
+                                "not a section")
+                break
+    return problems
 
 
 LogFormat = Literal["text", "json"]

@@ -203,7 +203,7 @@ def load_tenants_file(path: Path, default_country: str = "BR") -> TenantTable:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TenantFileError(str(path), [f"cannot read: {exc}"]) from None
+        raise TenantFileError(str(path), [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
     return parse_tenants_yaml(text, default_country, source=str(path))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class UnknownNumberPolicy(enum.StrEnum):
@@ -21,6 +21,8 @@ class TenantBackend(enum.StrEnum):
 
 
 class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not ignored
+
     backend: TenantBackend = TenantBackend.FILE
     file: Path | None = None  # None: the embedded example tenants file
     database_url: SecretStr | None = None

@@ -39,7 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _accept_global_options(subparsers)
     return parser
+
+
+def _accept_global_options(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``callbridge check --config FILE`` as well as ``callbridge --config FILE check``: every
+    subcommand, at every depth, takes the global options too. SUPPRESS as default keeps a
+    value given before the subcommand when none is given after it."""
+    for sub in set(subparsers.choices.values()):
+        if not any("--config" in action.option_strings for action in sub._actions):
+            sub.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                             help="YAML config file (also accepted before the subcommand)")
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_global_options(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,11 @@ Each check names what it tried and, when it fails, what is wrong in words an ope
 Checks run concurrently, each bounded by ``--timeout``. Exit status: 0 when nothing failed (warnings
 allowed), 1 when a check failed, 2 when the configuration itself is invalid.
 
+The listener check binds each configured port. A port that is taken is asked for ``/health`` on
+the HTTP port: when a callbridge answers, the ports are its own and its ``/ready`` is the result
+(so ``check`` next to a running daemon reports on that daemon); otherwise another program holds
+the port. Long details wrap between words, to the terminal's width.
+
 ``callbridge probe PATH`` asks the local daemon's HTTP server for PATH (``/health``, ``/ready``) and
 exits 0 on HTTP 200: the container health check, with no curl in the image.
 """
@@ -17,9 +22,11 @@ import base64
 import enum
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
+import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -265,10 +272,11 @@ def check_recording_directory(directory: Path) -> str:
     return f"recordings directory {directory} writable, {free_gib:.1f} GiB free"
 
 
-def check_listen_ports(settings: Settings) -> str:
-    """Each enabled listener's address can be bound (nothing else holds the port)."""
-    busy = []
+async def check_listen_ports(settings: Settings, wait_seconds: float = 2.0) -> str:
+    """Each enabled listener's address can be bound. Ports held by a callbridge already running
+    with these settings are no failure: that daemon's ``/ready`` is checked instead."""
     listeners = [("audiosocket", settings.audiosocket), ("agi", settings.agi), ("http", settings.http)]
+    busy = []
     for name, listener in listeners:
         if not listener.enabled or listener.port == 0:
             continue
@@ -279,11 +287,52 @@ def check_listen_ports(settings: Settings) -> str:
                 sock.bind((listener.host, listener.port))
             except OSError as exc:
                 busy.append(f"{name} {listener.host}:{listener.port} ({exc.strerror})")
-    if busy:
-        raise CheckFailed("cannot listen on " + ", ".join(busy) + " — is a callbridge already running?")
-    return "listener ports free: " + ", ".join(
-        f"{n} {lst.port}" for n, lst in listeners if lst.enabled
-    )
+    if not busy:
+        return "listener ports free: " + ", ".join(f"{n} {lst.port}" for n, lst in listeners if lst.enabled)
+    base = _local_http_url(settings) if settings.http.enabled and settings.http.port else None
+    health = await _http_json(base + "/health", wait_seconds) if base else None
+    if base is None or health is None or not _is_callbridge(health[1]):
+        raise CheckFailed("cannot listen on " + ", ".join(busy) + ": another program holds the port; "
+                          "stop it or choose other ports")
+    held = "ports in use by the callbridge running at " + base
+    ready = await _http_json(base + "/ready", wait_seconds)
+    if ready is None:
+        raise CheckFailed(f"{held}, but its /ready does not answer")
+    status, body = ready
+    if status != 200:
+        reason = body.get("reason") if isinstance(body, dict) else None
+        raise CheckFailed(f"{held}; its /ready answers HTTP {status}" + (f" ({reason})" if reason else ""))
+    calls = health[1].get("calls_active")
+    return f"{held}; its /ready answers HTTP 200" + (f", {calls} active call(s)" if calls is not None else "")
+
+
+def _local_http_url(settings: Settings) -> str:
+    host = settings.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http.port}"
+
+
+def _is_callbridge(health: Any) -> bool:
+    return isinstance(health, dict) and (health.get("service") == "callbridge" or "calls_active" in health)
+
+
+async def _http_json(url: str, wait_seconds: float) -> tuple[int, Any] | None:
+    """(status, JSON body or None) of a GET, or None when nothing answers over HTTP."""
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=wait_seconds)) as http, \
+                http.get(url) as response:
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = None
+            return response.status, body
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 def _plain(value: Any) -> str | None:
@@ -292,7 +341,10 @@ def _plain(value: Any) -> str | None:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:300] + "..."
+    if len(text) <= 300:
+        return text
+    cut = text[:300]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + " ..."  # never mid-word
 
 
 # --------------------------------------------------------------------------- running them
@@ -353,7 +405,7 @@ def plan_checks(
 
     if ports:
         async def listen() -> str:
-            return check_listen_ports(settings)
+            return await check_listen_ports(settings, min(timeout, 5.0))
 
         plan.append(("listeners", listen, ""))
     return plan
@@ -397,9 +449,19 @@ def _config_summary(settings: Settings) -> CheckResult:
     return CheckResult("config", Status.OK, ", ".join(notes))
 
 
-def format_results(results: list[CheckResult]) -> str:
+def format_results(results: list[CheckResult], columns: int | None = None) -> str:
+    """One entry per result; a long detail wraps at spaces onto indented lines (never mid-word),
+    to the terminal's width (100 columns when not a terminal)."""
+    if columns is None:
+        columns = shutil.get_terminal_size((100, 24)).columns
     width = max(len(r.name) for r in results)
-    return "\n".join(f"  {r.status.value:<4}  {r.name:<{width}}  {r.detail}" for r in results)
+    indent = " " * (2 + 4 + 2 + width + 2)
+    lines = []
+    for r in results:
+        head = f"  {r.status.value:<4}  {r.name:<{width}}  "
+        lines += textwrap.wrap(r.detail or "-", width=max(columns, len(indent) + 30), initial_indent=head,
+                               subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- command line
@@ -414,7 +476,8 @@ def register(subparsers: Any) -> None:
                        help="seconds per check (default 10)")
     check.add_argument("--json", action="store_true", help="print the results as JSON")
     check.add_argument("--no-ports", action="store_true",
-                       help="do not check that the listener ports are free (e.g. inside a running container)")
+                       help="do not check the listener ports (a callbridge already holding them is "
+                            "recognised and its /ready checked instead)")
     check.set_defaults(func=_check)
 
     probe = subparsers.add_parser("probe", help="ask the local daemon's HTTP server for /health or /ready")
@@ -431,7 +494,8 @@ def _check(args: argparse.Namespace) -> int:
             failure = {"name": "config", "status": "FAIL", "detail": str(exc)}
             print(json.dumps({"ok": False, "results": [failure]}))
         else:
-            print(f"callbridge check\n  FAIL  config  {exc}")
+            print("callbridge check")
+            print(format_results([CheckResult("config", Status.FAIL, str(exc))]))
         return 2
     # The results say what is wrong; the daemon's own retry warnings ("will keep trying") would
     # only confuse a one-shot check.

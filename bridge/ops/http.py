@@ -202,6 +202,7 @@ class HttpServer:
         endpoint = switchboard.endpoint
         return web.json_response({
             "status": "ok",
+            "service": "callbridge",  # how `callbridge check` recognises a running daemon
             "calls_active": switchboard.active_calls,
             "env": switchboard.settings.app_env.value,
             "worker_status": "draining" if switchboard.draining else "running",

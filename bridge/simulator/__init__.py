@@ -68,10 +68,20 @@ What a response says is deterministic; the latest user-side conversation item de
 * a ``function_call_output`` item: a short spoken confirmation, transcript ``[tool result received]``;
 * a text item with the tool hook below: a function call;
 * no caller turn in the conversation yet: the greeting, a recorded voice saying
-  "Hello, this is the callbridge test line. Say something and I will repeat it.";
+  "Hello, this is the callbridge test line. Say something and I will repeat it." (or its
+  Portuguese version, see below);
 * a caller turn: the caller's own audio played back (at most 10 s), transcript
   ``[echo of caller speech 2.3 s]``;
 * a text item after the caller has spoken: the short clip, transcript ``[reply to text message]``.
+
+The recorded clips follow the session's language where it can, which means: where a recording
+exists for it. There are two, English and Portuguese (``GREETINGS``). The session's input
+transcription ``language`` decides first (``pt``, ``pt-BR`` -> Portuguese; a language with no
+recording, such as ``es``, falls through); then the instructions, the response's own before the
+session's: a text that names Portuguese (``português``, ``Portuguese``, ``pt-BR``) or holds three
+of a few common Portuguese words (``você``, ``não``, ``uma`` ...) gets Portuguese; anything else
+English. The transcript of a greeting is the words of the recording actually played; the
+simulator never synthesises the tenant's own greeting text.
 
 With ``server_vad`` ``idle_timeout_ms`` set, silence that long after the last response finished
 playing emits ``input_audio_buffer.timeout_triggered`` and a short prompt, transcript
@@ -111,7 +121,7 @@ one ``is None`` test per append. Lines (``s`` is the session id, ``t`` the clock
 
 from __future__ import annotations
 
-from bridge.simulator.audio import GREETING_TRANSCRIPT, SimulatorError, greeting_samples
+from bridge.simulator.audio import GREETING_TRANSCRIPT, GREETINGS, SimulatorError, greeting_samples, session_language
 from bridge.simulator.connection import MAX_APPEND_BYTES, MAX_SESSION_SECONDS
 from bridge.simulator.conversation import SimulatedSession
 from bridge.simulator.responses import LEAD_MS
@@ -119,7 +129,7 @@ from bridge.simulator.server import SimulatorServer, TimingLog
 from sip.realtime_session import InvalidRequest, apply_session_update
 
 __all__ = [
-    "GREETING_TRANSCRIPT", "LEAD_MS", "MAX_APPEND_BYTES", "MAX_SESSION_SECONDS", "InvalidRequest",
+    "GREETINGS", "GREETING_TRANSCRIPT", "LEAD_MS", "MAX_APPEND_BYTES", "MAX_SESSION_SECONDS", "InvalidRequest",
     "SimulatedSession", "SimulatorError", "SimulatorServer", "TimingLog", "apply_session_update",
-    "greeting_samples",
+    "greeting_samples", "session_language",
 ]

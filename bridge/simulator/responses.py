@@ -17,11 +17,13 @@ import numpy.typing as npt
 
 from bridge.simulator.audio import (
     GREETING_TRANSCRIPT,
+    GREETINGS,
     SimulatorError,
     codec_for,
     encode,
     encoded_clip,
     format_json,
+    session_language,
     voiced_span_ms,
 )
 from bridge.simulator.conversation import Item, Response, SimulatedSession, resolve_future
@@ -129,6 +131,12 @@ class ResponseStreaming:
         entry["cancelled_response_id"] = active.id
         await self._finish(active, "cancelled", "client_cancelled")
 
+    def _language(self, params: Json) -> str:
+        """The language of the recorded clips: see ``session_language``."""
+        transcription = self._session["audio"]["input"].get("transcription") or {}
+        instructions = [params.get("instructions") or "", self._session.get("instructions") or ""]
+        return session_language(transcription.get("language"), instructions)
+
     def _plan(
         self, params: Json, kind_override: str | None
     ) -> tuple[str, str, Samples | None, int, Json | None]:
@@ -167,6 +175,9 @@ class ResponseStreaming:
         if self._peer_gone:
             return
         kind, transcript, source, source_rate, tool = self._plan(params, kind_override)
+        language = self._language(params)
+        if kind == "greeting":
+            transcript = GREETINGS[language].transcript
         modality = (params.get("output_modalities") or self._session["output_modalities"])[0]
         out_cfg = self._session["audio"]["output"]
         override = (params.get("audio") or {}).get("output") or {}
@@ -187,7 +198,7 @@ class ResponseStreaming:
             if source is not None:
                 resp.audio = encode(source, source_rate, codec)
             else:
-                resp.audio = encoded_clip("greeting" if kind == "greeting" else "short", codec)
+                resp.audio = encoded_clip("greeting" if kind == "greeting" else "short", codec, language)
         self._active = resp
         self.record.responses.append({"id": response_id, "kind": kind, "status": "in_progress",
                                       "item_id": item_id, "audio_ms": 0, "created_at": self._clock()})

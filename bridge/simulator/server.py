@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
-from bridge.simulator.audio import greeting_samples
+from bridge.simulator.audio import GREETINGS, greeting_samples
 from bridge.simulator.connection import (
     _MAX_MESSAGE_BYTES,
     DEFAULT_MODEL,
@@ -110,7 +110,8 @@ class SimulatorServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        greeting_samples()  # fail at start-up, not on the first call, if the package data is missing
+        for language in GREETINGS:  # fail at start-up, not on a call, if the package data is missing
+            greeting_samples(language)
         if self._events_log is not None:
             self.timing_log = TimingLog(self._events_log)
         app = web.Application()

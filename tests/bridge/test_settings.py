@@ -72,6 +72,60 @@ def test_dotenv_with_legacy_names(tmp_path: Path) -> None:
     assert load_settings(env_file=env_file, environ={"PORT": "9000"}).http.port == 9000
 
 
+def test_unknown_names_are_errors_with_the_closest_valid_one(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "callbridge.yaml"
+    cfg.write_text("recording:\n  enabeld: false\n  s3:\n    bucket: calls\n    regoin: eu\n")
+    with pytest.raises(ConfigError) as failure:
+        load_settings(cfg, env_file=None, environ={})
+    message = str(failure.value)
+    assert "recording.enabeld (did you mean recording.enabled?)" in message
+    assert "recording.s3.regoin (did you mean recording.s3.region?)" in message
+    cfg.write_text("tenants:\n  backnd: file\n")
+    with pytest.raises(ConfigError, match=r"tenants\.backnd \(did you mean tenants\.backend\?\)"):
+        load_settings(cfg, env_file=None, environ={})
+    cfg.write_text("zzzz: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting zzzz \(remove or rename it\)"):
+        load_settings(cfg, env_file=None, environ={})
+    # A variable below a single value is no section.
+    monkeypatch.setenv("CALLBRIDGE_LOG_LEVEL__X", "1")
+    with pytest.raises(ConfigError, match="CALLBRIDGE_LOG_LEVEL__X: log_level is a single value"):
+        load_settings(env_file=None, environ={})
+
+
+def test_only_callbridge_variables_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Names of existing deployments and of other programs are read by name or ignored, never errors.
+    env = {"DATABASE_URL": "postgresql://127.0.0.1/x", "SUPABASE_URL": "http://127.0.0.1:9",
+           "AZURE_OPENAI_ENDPOINT": "https://x.openai.azure.com", "OPENAI_API_KEY": "sk-x",
+           "APP_ENV": "staging", "AZURE_SOMETHING_ELSE": "1", "UNRELATED": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # The command line's own variables, a mapping setting's keys and whole sections as JSON.
+    monkeypatch.setenv("CALLBRIDGE_OPS_TOKEN", "t")
+    monkeypatch.setenv("CALLBRIDGE_OPS_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("CALLBRIDGE_OPS__TENANT_TOKENS__ACME", "acme-token")
+    monkeypatch.setenv("CALLBRIDGE_METRICS", '{"tenant_labels": true}')
+    s = load_settings(env_file=None, environ=env)
+    assert s.app_env.value == "staging" and s.tenants.supabase_url == "http://127.0.0.1:9"
+    assert s.ops.tenant_tokens["acme"].get_secret_value() == "acme-token"
+    assert s.metrics.tenant_labels is True
+    monkeypatch.setenv("CALLBRIDGE_METRICS", '{"tenant_lables": true}')
+    with pytest.raises(ConfigError, match=r"metrics\.tenant_lables \(did you mean metrics\.tenant_labels\?\)"):
+        load_settings(env_file=None, environ=env)
+
+
+def test_unknown_key_in_a_list_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS", '[{"urls": ["stun:127.0.0.1"], "usernme": "x"}]')
+    with pytest.raises(ConfigError, match=r"webrtc\.ice_servers\.0\.usernme \(did you mean "
+                                          r"webrtc\.ice_servers\.username\?\)"):
+        load_settings(env_file=None, environ={})
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS", '[{"urls": ["stun:127.0.0.1"]}]')
+    assert load_settings(env_file=None, environ={}).webrtc.ice_servers[0].urls == ["stun:127.0.0.1"]
+    monkeypatch.setenv("CALLBRIDGE_WEBRTC__ICE_SERVERS__URLS", "stun:127.0.0.1")
+    with pytest.raises(ConfigError, match=r"webrtc\.ice_servers is a single value"):
+        load_settings(env_file=None, environ={})
+
+
 # ----------------------------------------------------------------------------- Voice Live deployments
 
 

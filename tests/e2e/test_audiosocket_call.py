@@ -90,7 +90,8 @@ async def test_call_greeting_barge_in_and_truncate(tmp_path, fixtures_dir, host_
         # the daemon switched to silence.
         assert session.truncates, "no conversation.item.truncate was sent"
         received = np.concatenate([np.frombuffer(f.payload, dtype=np.int16) for f in frames]).astype(np.float64)
-        reference = StreamResampler(24000, 8000).process(greeting_samples())[:8000].astype(np.float64)
+        # The embedded example tenants speak Portuguese (language: pt): so does the simulator.
+        reference = StreamResampler(24000, 8000).process(greeting_samples("pt"))[:8000].astype(np.float64)
         n = 1 << int(np.ceil(np.log2(len(received) + len(reference))))
         xcorr = np.fft.irfft(np.fft.rfft(received, n) * np.conj(np.fft.rfft(reference, n)), n)
         start = int(np.argmax(xcorr[: len(received)]))

@@ -119,7 +119,8 @@ async def test_phone_page_calls_hears_the_agent_barges_in_and_hangs_up(tmp_path,
         # The live transcript: the agent's greeting and the caller's turn, as the call reports them.
         await page.wait_for_selector("#transcript li.agent")
         await page.wait_for_selector("#transcript li.caller")
-        assert "callbridge test line" in await page.text_content("#transcript li.agent")
+        # The example tenants speak Portuguese: so does the simulator's greeting.
+        assert "linha de teste do callbridge" in await page.text_content("#transcript li.agent")
         await page.screenshot(path=str(tmp_path / "phone.png"))
 
         await page.click("#hangup")

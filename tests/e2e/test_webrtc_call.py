@@ -59,7 +59,8 @@ async def test_browser_call_hears_greeting_barges_in_dtmf_and_hangs_up(tmp_path,
         # The greeting arrives: loud, and the same recording the simulator plays (by correlation
         # of the envelopes at 48 kHz, Opus being a lossy codec).
         assert _rms(greeting) > 300
-        reference = np.asarray(soxr.resample(greeting_samples(), 24000, RATE_HZ), dtype=np.int16)
+        # The example tenants speak Portuguese (language: pt): so does the simulator's greeting.
+        reference = np.asarray(soxr.resample(greeting_samples("pt"), 24000, RATE_HZ), dtype=np.int16)
         env = lambda x: np.abs(x[: len(x) // 480 * 480].astype(np.float64)).reshape(-1, 480).mean(axis=1)  # noqa: E731
         got, want = env(greeting), env(reference)
         n = min(len(got), len(want)) - 20

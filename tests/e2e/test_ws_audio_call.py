@@ -76,10 +76,10 @@ async def test_readme_client_runs_verbatim(tmp_path):
         # The example calls asyncio.run itself, so it gets a thread with its own event loop.
         await asyncio.to_thread(exec, compile(code, "README.md", "exec"), namespace)
         audio = np.frombuffer(namespace["agent_audio"], dtype=np.int16)
-        # Three seconds of talking: the greeting (4.4 s) was playing for most of them, as 24 kHz
+        # Three seconds of talking: the Portuguese greeting (5.3 s) was playing for most of them, as 24 kHz
         # PCM16, sample for sample.
         assert 2.0 < len(audio) / 24000 < 3.2, len(audio) / 24000
-        greeting = greeting_samples()[: len(audio)]
+        greeting = greeting_samples("pt")[: len(audio)]  # the example tenants speak Portuguese
         assert np.corrcoef(audio.astype(np.float64), greeting.astype(np.float64))[0, 1] > 0.99
         await until(lambda: app.switchboard.active_calls == 0)
         outcome = {"transport": "ws_audio", "outcome": "caller_hangup"}
@@ -173,7 +173,7 @@ async def test_formats_and_frame_kinds(tmp_path, query, kind, frame_bytes):
         else:
             samples = np.frombuffer(b"".join(payloads), dtype=np.int16)
             rate = 8000 if "8k" in query else 24000
-        reference = greeting_samples()
+        reference = greeting_samples("pt")  # the example tenants speak Portuguese
         if rate != 24000:
             reference = StreamResampler(24000, rate).process(reference)
         n = min(len(samples), len(reference))

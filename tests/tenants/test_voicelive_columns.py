@@ -29,9 +29,10 @@ def test_audio_column() -> None:
 @pytest.mark.parametrize(("audio", "suppression", "model_nr", "echo"), [
     ({"noise_reduction": {"type": "far_field"}}, "model", "far_field", False),
     ({"noise_reduction": "azure_deep_noise_suppression"}, "model", "azure_deep_noise_suppression", False),
-    ({"noise_reduction": False, "echo_cancellation": False}, "speex", None, False),
-    ({"echo_cancellation": {"type": "server_echo_cancellation"}}, "speex", None, True),
-    ('{"echo_cancellation": true}', "speex", None, True),  # a json column stored as text
+    # No server-side suppression asked for: the tenant default (the daemon's own chain) applies.
+    ({"noise_reduction": False, "echo_cancellation": False}, "adaptive", None, False),
+    ({"echo_cancellation": {"type": "server_echo_cancellation"}}, "adaptive", None, True),
+    ('{"echo_cancellation": true}', "adaptive", None, True),  # a json column stored as text
 ])
 def test_audio_column_shapes(audio, suppression, model_nr, echo) -> None:
     t = _tenant({"audio": audio})

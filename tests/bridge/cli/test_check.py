@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bridge.cli.check import (
     CheckFailed,
+    CheckResult,
     Status,
     check_ami,
     check_ari,
@@ -229,14 +230,24 @@ async def test_ari_info():
             await check_ari(f"http://127.0.0.1:{port}", "callbridge", "nope", 5)
 
 
-def test_port_in_use(tmp_path):
+async def test_port_in_use(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         settings = _settings(tmp_path, http={"host": "127.0.0.1", "port": port})
-        with pytest.raises(CheckFailed, match=f"http 127.0.0.1:{port}"):
-            check_listen_ports(settings)
+        # Something that is not a callbridge (it accepts and never answers HTTP) holds the port.
+        with pytest.raises(CheckFailed, match=f"http 127.0.0.1:{port} .*another program holds the port"):
+            await check_listen_ports(settings, 1.0)
+
+
+def test_long_details_wrap_between_words():
+    detail = "cannot listen on audiosocket 0.0.0.0:9092 (Address already in use): " * 3
+    results = [CheckResult("config", Status.OK, "fine"), CheckResult("listeners", Status.FAIL, detail)]
+    text = format_results(results, columns=60)
+    lines = text.splitlines()
+    assert len(lines) > 3 and all(len(line) <= 60 for line in lines)
+    assert text.split()[3:] == ["FAIL", "listeners", *detail.split()]  # every word whole, in order
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

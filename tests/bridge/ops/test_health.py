@@ -22,7 +22,8 @@ async def test_health_fields_on_voice_live(tmp_path) -> None:
                 http.get(f"http://127.0.0.1:{app.http.port}/health") as response:
             body = await response.json()
     assert response.status == 200
-    assert body == {"status": "ok", "calls_active": 0, "env": "staging", "worker_status": "running",
+    assert body == {"status": "ok", "service": "callbridge", "calls_active": 0, "env": "staging",
+                    "worker_status": "running",
                     "voice_model": "gpt-4o-realtime-preview", "provider": "azure_voicelive",
                     "provider_reachable": True}
 

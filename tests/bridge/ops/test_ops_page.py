@@ -124,3 +124,55 @@ async def test_token_survives_reload_but_not_a_revoked_one(tmp_path, browser):
         assert "401" in await page.text_content("#error")
         assert await page.evaluate("sessionStorage.getItem('callbridge.token')") is None
         await page.close()
+
+
+async def test_nothing_clipped_at_1280_px_and_the_favicon_loads(tmp_path, browser):
+    async with ops_server(tmp_path) as (archive, clock, http):
+        acme1, _, _ = await record_calls(archive, clock)
+        base = str(http._base_url).rstrip("/")
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        await page.goto(f"{base}/ops/")
+        await sign_in(page, ADMIN)
+        await page.wait_for_selector("#calls tbody tr")
+        await page.click(f'#calls tbody tr[data-call-id="{acme1.call_id}"]')
+        await page.wait_for_selector("#detail:not([hidden])")
+        await expect(page.locator("#transcript li")).to_have_count(2)
+        await page.screenshot(path=str(tmp_path / "ops-1280.png"), full_page=True)
+
+        # Every header and cell of the list is inside the window, left of the open detail panel,
+        # and on top (the point at its centre is the cell itself, not the panel).
+        detail = await page.locator("#detail").bounding_box()
+        assert detail is not None
+        cells = page.locator("#calls thead th, #calls tbody tr:first-child td")
+        assert await cells.count() == 14
+        for i in range(await cells.count()):
+            box = await cells.nth(i).bounding_box()
+            assert box is not None and box["width"] > 0
+            assert box["x"] >= 0 and box["x"] + box["width"] <= detail["x"] <= 1280, (i, box, detail)
+        status = page.locator("#calls thead th", has_text="Status")
+        await expect(status).to_be_visible()
+        on_top = await status.evaluate("""th => {
+            const r = th.getBoundingClientRect();
+            return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) === th;
+        }""")
+        assert on_top
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
+
+        # The favicon is the page's own asset, allowed by its CSP, and decodes as an image.
+        href = await page.evaluate("document.querySelector('link[rel=icon]').href")
+        assert href == f"{base}/ops/favicon.svg"
+        loaded = await page.evaluate("""href => new Promise(done => {
+            const img = new Image();
+            img.onload = () => done(img.naturalWidth);
+            img.onerror = () => done(0);
+            img.src = href;
+        })""", href)
+        assert loaded > 0
+        response = await page.request.get(href)
+        assert response.status == 200 and response.headers["content-type"] == "image/svg+xml"
+        assert failed == [] and console == []
+        await page.close()

@@ -311,6 +311,43 @@ async def test_greeting_response_events_and_audio(server: SimulatorServer) -> No
     assert server.sessions[-1].responses[0]["kind"] == "greeting"
 
 
+@pytest.mark.parametrize(("session", "response", "language"), [
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "pt"}}}}, {}, "pt"),
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "pt-BR"}}}}, {}, "pt"),
+    ({"instructions": "Você é a assistente da pizzaria. Fale com calma e não invente preços."}, {}, "pt"),
+    ({"instructions": "Answer in Brazilian Portuguese."}, {}, "pt"),
+    ({}, {"instructions": "Say exactly these words to the caller, then stop: Olá! Você ligou para uma "
+                          "pizzaria."}, "pt"),
+    # No recording in Spanish: English, whatever the instructions say.
+    ({"audio": {"input": {"transcription": {"model": "whisper-1", "language": "es"}}},
+      "instructions": "Eres la asistente."}, {}, "en"),
+    ({"instructions": "You are a helpful phone assistant."}, {}, "en"),
+])
+async def test_greeting_follows_the_session_language(server: SimulatorServer, session: dict[str, Any],
+                                                     response: dict[str, Any], language: str) -> None:
+    async with connect(server) as peer:
+        if session:
+            await peer.conn.session.update(session={"type": "realtime", **session})
+            await peer.until("session.updated")
+        await peer.send({"type": "response.create", **({"response": response} if response else {})})
+        events = await peer.until("response.done")
+    audio = np.frombuffer(_audio_of(events), dtype="<i2")
+    np.testing.assert_array_equal(audio, simulator.greeting_samples(language))
+    transcript = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
+    assert transcript == simulator.GREETINGS[language].transcript
+    assert transcript.startswith("Olá" if language == "pt" else "Hello")
+
+
+def test_the_greeting_recordings() -> None:
+    # Both recordings are 24 kHz speech of a few seconds, with a pause where the short clip ends.
+    for greeting in simulator.GREETINGS.values():
+        samples = simulator.greeting_samples(greeting.language).astype(np.float64)
+        assert 3.0 < len(samples) / 24000 < 6.0
+        cut = greeting.short_clip_ms * 24
+        assert np.sqrt(np.mean(samples[cut - 1200:cut + 1200] ** 2)) < 100  # quiet around the cut
+        assert np.sqrt(np.mean(samples[:cut] ** 2)) > 1000  # speech before it
+
+
 async def test_audio_is_paced_close_to_the_configured_speed() -> None:
     duration = len(simulator.greeting_samples()) / 24000
     pace = 4.0

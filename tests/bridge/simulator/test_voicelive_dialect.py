@@ -16,7 +16,7 @@ from azure.ai.voicelive.aio import VoiceLiveConnection, connect
 from azure.core.credentials import AzureKeyCredential
 from openai import AsyncOpenAI
 
-from bridge.simulator import GREETING_TRANSCRIPT, SimulatorServer
+from bridge.simulator import GREETINGS, SimulatorServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,7 +90,7 @@ async def test_a_response_in_the_services_event_shapes(simulator: SimulatorServe
     audio = b"".join(e.delta for e in events if isinstance(e, vlm.ServerEventResponseAudioDelta))
     assert len(audio) > 24000 * 2 * 3  # the greeting, seconds of 24 kHz PCM16
     done = next(e for e in events if isinstance(e, vlm.ServerEventResponseAudioTranscriptDone))
-    assert done.transcript == GREETING_TRANSCRIPT
+    assert done.transcript == GREETINGS["pt"].transcript  # the session speaks pt-BR
     record = simulator.sessions[-1]
     assert record.service_config["turn_detection"]["type"] == "azure_semantic_vad"
 
