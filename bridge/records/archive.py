@@ -139,6 +139,7 @@ class _Entry:
     text: str
     at: float
     offset: Any
+    interrupted: bool = False  # an agent line cut off by a barge-in
 
 
 class CallArchive:
@@ -553,7 +554,7 @@ class CallArchive:
             path = self.layout.path(record.path, ".jsonl")
             if await asyncio.to_thread(path.is_file):
                 transcript = [_Entry(str(e.get("role", "")), str(e.get("text", "")), float(e.get("at", 0.0)),
-                                     e.get("offset"))
+                                     e.get("offset"), bool(e.get("interrupted", False)))
                               for e in await asyncio.to_thread(read_transcript_file, path)]
         self.webhooks.submit(tenant.webhook_url, tenant.webhook_secret, self.webhook_payload(record, transcript))
 
