@@ -26,6 +26,7 @@ from bridge.core.call import CallInfo, CallTap, Outcome
 from bridge.core.providers import fit_tenants
 from bridge.core.realtime import endpoint_from_settings
 from bridge.core.switchboard import Switchboard
+from bridge.ops.accept import AcceptFailureWatch
 from bridge.ops.http import HttpServer
 from bridge.ops.live import LiveEvents, combined
 from bridge.ops.metrics import Metrics
@@ -134,7 +135,7 @@ class Application:
                 # finishing are closed and indexed before the stack unwinds further.
                 self.archive = await stack.enter_async_context(
                     CallArchive(settings, self.metrics, clock=self.clock, evaluator=self.evaluator,
-                                live=self.live).running()
+                                live=self.live, tenants=directory).running()
                 )
                 tap_factory = self.archive.open_tap
             recorder_taps, live = tap_factory, self.live
@@ -187,6 +188,9 @@ class Application:
             if self.evaluator is not None:
                 await self.evaluator.warm_up()
             heap.settle()
+            accept_failures = AcceptFailureWatch(self.metrics, self._listener_ports)
+            accept_failures.install(asyncio.get_running_loop())
+            stack.callback(accept_failures.uninstall)
             pauses = heap.PauseWatch(self.metrics.gc_pause)
             pauses.install()
             stack.callback(pauses.uninstall)
@@ -208,6 +212,17 @@ class Application:
                 for task in background:
                     task.cancel()
         log.info("callbridge stopped")
+
+    def _listener_ports(self) -> dict[int, str]:
+        ports: dict[int, str] = {}
+        for name, server in (("http", self.http), ("audiosocket", self.audiosocket), ("agi", self.agi)):
+            if server is None:
+                continue
+            try:
+                ports[server.port] = name
+            except (AssertionError, IndexError):  # not listening (any more)
+                continue
+        return ports
 
     async def _start_sip(self, stack: AsyncExitStack, switchboard: Switchboard) -> None:
         try:

@@ -217,6 +217,13 @@ class AmiSettings(_Section):
 
 class HttpSettings(ListenerSettings):
     port: int = Field(8000, ge=0, le=65535)
+    # A client must send a whole request head within ``idle_timeout`` seconds of connecting and of
+    # its previous response (an idle keep-alive connection is closed then too), and a request body
+    # within ``body_timeout``. ``max_connections`` bounds the open connections (WebSocket media
+    # included): past it, new connections get a 503 at once, logged and counted.
+    idle_timeout: float = Field(15.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(2000, ge=1)
 
 
 class RecordingStorage(enum.StrEnum):
@@ -255,6 +262,9 @@ class RecordingSettings(_Section):
     # Days a call (recording, transcript, index row) is kept when its tenant sets none; 0 keeps
     # calls until deleted by hand.
     retention_days: int = Field(90, ge=0)
+    # Days a refused call's index row is kept (nothing was said, so it is only a trace); capped at
+    # the tenant's own retention. 0 keeps them as long as calls.
+    refusal_retention_days: int = Field(7, ge=0)
     storage: RecordingStorage = RecordingStorage.LOCAL
     s3: S3Settings | None = None
     index: CallIndexBackend = CallIndexBackend.AUTO

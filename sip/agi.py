@@ -6,6 +6,13 @@ then waits for commands, one per line. Each command gets one reply line ``200 re
 usage block closed by ``520 End of proper usage.``. When the channel hangs up during a FastAGI
 session Asterisk writes a bare ``HANGUP`` line (res_agi.c, ``agi_handle_command`` / ``run_agi``).
 Reference: Asterisk ``res/res_agi.c``; docs.asterisk.org "AGI Commands".
+
+Every buffer has a bound, and exceeding one fails the session (``ProtocolError``; the caller closes
+the connection): a line over ``MAX_LINE_BYTES``, an environment of more than ``MAX_ENV_LINES``
+lines or ``MAX_ENV_BYTES`` bytes, a ``520-`` usage block of more than ``MAX_USAGE_LINES`` lines or
+``MAX_USAGE_BYTES`` bytes, and more than ``MAX_PENDING_EVENTS`` events not yet collected (Asterisk
+answers one command at a time, so a peer that sends reply after reply is not Asterisk). The longest
+usage text in res_agi.c is a few dozen lines.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from dataclasses import dataclass, field
 
 MAX_LINE_BYTES = 8192
 MAX_ENV_LINES = 256
+MAX_ENV_BYTES = 65_536
+MAX_USAGE_LINES = 200
+MAX_USAGE_BYTES = 32_768
+MAX_PENDING_EVENTS = 64
 _RESULT = re.compile(r"^(\d{3})(?:[ -](.*))?$")
 _RESULT_FIELDS = re.compile(r"result=(-?\d+)(?:\s+\((.*)\))?")
 
@@ -100,6 +111,8 @@ class AgiProtocol:
     _state: _State = _State.ENV
     _env: dict[str, str] = field(default_factory=dict)
     _usage: list[str] = field(default_factory=list)
+    _usage_bytes: int = 0
+    _env_bytes: int = 0
     _events: list[Event] = field(default_factory=list)
     _out: list[bytes] = field(default_factory=list)
 
@@ -124,6 +137,8 @@ class AgiProtocol:
                 self._env_line(line)
             else:
                 self._reply_line(line)
+                if len(self._events) > MAX_PENDING_EVENTS:
+                    self._fail("too many AGI replies without a command")
 
     def receive_eof(self) -> None:
         if self._state is _State.CLOSED:
@@ -164,8 +179,9 @@ class AgiProtocol:
             )
             self._events.append(AgiRequest(dict(self._env), args))
             return
-        if len(self._env) >= MAX_ENV_LINES:
-            self._fail("too many AGI environment lines")
+        self._env_bytes += len(line) + 1
+        if len(self._env) >= MAX_ENV_LINES or self._env_bytes > MAX_ENV_BYTES:
+            self._fail("AGI environment too large")
             return
         name, sep, value = line.partition(": ")
         if not sep:
@@ -180,6 +196,10 @@ class AgiProtocol:
             self._events.append(HangupNotice())
             return
         if line.startswith("520-") or (self._usage and not line.startswith("520 ")):
+            self._usage_bytes += len(line) + 1
+            if len(self._usage) >= MAX_USAGE_LINES or self._usage_bytes > MAX_USAGE_BYTES:
+                self._fail("AGI usage block too long")
+                return
             self._usage.append(line)
             return
         match = _RESULT.match(line)
@@ -193,6 +213,7 @@ class AgiProtocol:
         if self._usage:
             rest = "\n".join([*self._usage, rest])
             self._usage = []
+            self._usage_bytes = 0
         fields = _RESULT_FIELDS.search(rest) if code == 200 else None
         if fields is not None:
             self._events.append(AgiResponse(code, int(fields.group(1)), fields.group(2), rest))
@@ -202,4 +223,6 @@ class AgiProtocol:
     def _fail(self, reason: str) -> None:
         self._state = _State.CLOSED
         self._buffer.clear()
+        self._usage.clear()
+        self._env.clear()
         self._events.append(ProtocolError(reason))

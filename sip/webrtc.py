@@ -63,7 +63,7 @@ def parse_offer(body: bytes) -> Offer | InvalidMessage:
         return InvalidMessage(f"offer over {MAX_OFFER_BYTES} bytes")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting deeper than the decoder goes
         return InvalidMessage("offer: not valid JSON")
     if not isinstance(data, dict):
         return InvalidMessage("offer: expected a JSON object")
@@ -88,7 +88,7 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         return InvalidMessage(f"message over {MAX_MESSAGE_BYTES} bytes")
     try:
         msg = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return InvalidMessage("not valid JSON")
     if not isinstance(msg, dict):
         return InvalidMessage("expected a JSON object")

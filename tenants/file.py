@@ -13,6 +13,13 @@ The format is documented in ``tenants/README.md``. In short::
 A file is accepted whole or not at all: every problem (unknown key, bad value, unparseable or
 duplicated number, duplicated slug) is collected and reported together, naming the tenant. On
 reload an invalid file leaves the last good version in service.
+
+A file with no tenants is accepted only when it says so (``tenants: []``): an empty file, or one
+without a ``tenants`` key, is what an editor or a configuration tool leaves while it writes, and
+is refused like any other invalid file. The watcher also waits until the file has stopped changing
+(the same size, inode and modification time on two polls in a row) before it reads it, and drops a
+read during which the file changed, so that a file caught half-written is not taken for the new
+version.
 """
 
 from __future__ import annotations
@@ -165,7 +172,7 @@ def parse_tenants_yaml(
     except yaml.YAMLError as exc:
         raise TenantFileError(source, [f"not valid YAML: {exc}"]) from None
     if document is None:
-        document = {}
+        raise TenantFileError(source, ["the file is empty (write 'tenants: []' to run with no tenants)"])
     if not isinstance(document, Mapping):
         raise TenantFileError(source, ["the top level must be a mapping with a 'tenants' list"])
     unknown = sorted(str(k) for k in document if k not in _TOP_LEVEL_KEYS)
@@ -180,7 +187,9 @@ def parse_tenants_yaml(
     for key in ("slug", "tenant_id", "numbers"):
         if key in defaults:
             raise TenantFileError(source, [f"defaults cannot set {key!r}"])
-    records = document.get("tenants") or []
+    if "tenants" not in document or document["tenants"] is None:
+        raise TenantFileError(source, ["no 'tenants' list (write 'tenants: []' to run with no tenants)"])
+    records = document["tenants"]
     if not isinstance(records, list):
         raise TenantFileError(source, ["tenants must be a list"])
     try:
@@ -280,10 +289,18 @@ class FileDirectory:
                     exc,
                 )
                 return False
+            after = await asyncio.to_thread(_signature, self.path)
+            if after != signature:
+                # Written to while being read: the next poll reads the finished file.
+                log.warning("tenants file %s changed while being read; read again later", self.path)
+                return False
             self._table = table
             self._signature = signature
             self.last_error = None
-            log.info("reloaded %d tenant(s) from %s", len(table.tenants), self.path)
+            if table.tenants:
+                log.info("reloaded %d tenant(s) from %s", len(table.tenants), self.path)
+            else:
+                log.warning("tenants file %s lists no tenants: every call will be refused", self.path)
         for listener in self._listeners:
             listener()
         return True
@@ -296,6 +313,7 @@ class FileDirectory:
         """
         period = self.watch_interval if interval is None else interval
         missing = False
+        previous = self._signature
         while True:
             await asyncio.sleep(period)
             signature = await asyncio.to_thread(_signature, self.path)
@@ -309,8 +327,10 @@ class FileDirectory:
                 missing = True
                 continue
             missing = False
-            if signature != self._signature:
+            # Reload once the file has settled: unchanged since the last poll.
+            if signature != self._signature and signature == previous:
                 await self.reload()
+            previous = signature
 
     async def close(self) -> None:
         return None

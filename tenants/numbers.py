@@ -20,6 +20,14 @@ Directory entries are either numbers or prefix patterns ending in ``*``: ``+5511
 the DID block +55 11 99999-0000 .. 0099. An E.164 pattern starts with ``+``; a pattern without one
 covers extensions (``10*``). ``match_number`` decides between entries: an exact number beats any
 pattern and a longer pattern beats a shorter one.
+
+Bounds: a dialled value arrives from a peer (a Twilio parameter, a URL path, a FastAGI argument)
+and can be any size, so its length is checked before any other work. A value of more than
+``MAX_DIALLED_CHARS`` characters (a SIP URI with its parameters fits) is refused, as are E.164
+numbers of more than 15 digits and extensions or SIP user parts of more than
+``MAX_EXTENSION_DIGITS`` characters. A normalised number is therefore at most 20 characters long and
+everything done with it afterwards (prefix patterns, stored spellings) costs the same whatever the
+peer sent. Error messages quote at most ``QUOTED_CHARS`` characters of the value.
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ from tenants.directory import MatchKind
 T = TypeVar("T")
 
 E164_MAX_DIGITS = 15  # ITU-T E.164 section 6.1
+# Longest dialled value looked at: a SIP/tel URI with parameters fits; more is refused unread.
+MAX_DIALLED_CHARS = 256
+# Longest extension, feature code or non-E.164 SIP user part (digits, "*" and "#"). Private
+# numbering plans and national numbers with trunk and carrier prefixes stay well below this.
+MAX_EXTENSION_DIGITS = 20
+# How much of a refused value an error message (and so a log line) quotes.
+QUOTED_CHARS = 32
 # Shortest digit string read as "country code without the +": shorter strings are extensions.
 _BARE_INTERNATIONAL_MIN_DIGITS = 10
 
@@ -45,6 +60,13 @@ _DIALLABLE = re.compile(r"^[0-9*#]+$")
 
 class NumberError(ValueError):
     """A dialled value that is neither a telephone number nor an extension."""
+
+
+def quoted(value: str, limit: int = QUOTED_CHARS) -> str:
+    """``repr`` of a peer-supplied value for a message, cut to ``limit`` characters and its size."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +170,8 @@ def _to_e164(digits: str, plan: NumberingPlan) -> str | None:
 def _compact(raw: str) -> str:
     if not isinstance(raw, str):
         raise NumberError(f"dialled value must be text, not {type(raw).__name__}")
+    if len(raw) > MAX_DIALLED_CHARS:
+        raise NumberError(f"dialled value of {len(raw)} characters (at most {MAX_DIALLED_CHARS})")
     return _SEPARATORS.sub("", _user_part(raw))
 
 
@@ -163,14 +187,16 @@ def normalize_number(raw: str, default_country: str = "BR") -> str:
     """
     compact = _compact(raw)
     if not compact:
-        raise NumberError(f"no number in {raw!r}")
+        raise NumberError(f"no number in {quoted(raw)}")
     if compact.startswith("+"):
         digits = compact[1:]
         if not digits.isdigit() or len(digits) > E164_MAX_DIGITS or digits[0] == "0":
-            raise NumberError(f"{raw!r} is not an E.164 number")
+            raise NumberError(f"{quoted(raw)} is not an E.164 number")
         return compact
+    if len(compact) > MAX_EXTENSION_DIGITS:
+        raise NumberError(f"{quoted(raw)} is longer than an extension may be ({MAX_EXTENSION_DIGITS})")
     if not _DIALLABLE.match(compact) or not any(c.isdigit() for c in compact):
-        raise NumberError(f"{raw!r} is not a telephone number or extension")
+        raise NumberError(f"{quoted(raw)} is not a telephone number or extension")
     if not compact.isdigit():
         return compact  # feature codes such as *97 are matched as given
     return _to_e164(compact, numbering_plan(default_country)) or compact
@@ -187,7 +213,7 @@ def normalize_pattern(raw: str, default_country: str = "BR") -> str:
     digits = body[1:] if body.startswith("+") else body
     if not digits.isdigit() or len(digits) > E164_MAX_DIGITS or (body.startswith("+") and digits[0] == "0"):
         raise NumberError(
-            f"pattern {raw!r} must be '+' and country code digits, or extension digits, then one '*'"
+            f"pattern {quoted(raw)} must be '+' and country code digits, or extension digits, then one '*'"
         )
     return compact
 
@@ -200,8 +226,8 @@ def covering_patterns(number: str) -> list[str]:
     """Every pattern that covers ``number``, longest first (``+5511*`` covers ``+5511999990001``)."""
     lead = "+" if number.startswith("+") else ""
     body = number[len(lead):]
-    if not body.isdigit():
-        return []
+    if not body.isdigit() or len(body) > MAX_EXTENSION_DIGITS:
+        return []  # not a normalised number: no pattern covers it (and no quadratic list is built)
     return [f"{lead}{body[:size]}*" for size in range(len(body), 0, -1)]
 
 

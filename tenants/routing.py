@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tenants.directory import MatchKind, Resolution, TenantDirectory
-from tenants.numbers import NumberError, normalize_number
+from tenants.numbers import MAX_DIALLED_CHARS, NumberError, normalize_number
 
 if TYPE_CHECKING:
     from tenants.settings import TenantSettings
@@ -26,8 +26,13 @@ async def route(directory: TenantDirectory, dialled: str, settings: TenantSettin
     Exact number, then the longest prefix pattern (both in the directory); failing those, the
     ``unknown_number`` policy: ``refuse``, or ``default`` to send the call to ``default_tenant``
     (which must exist and be active, else the call is refused). DirectoryUnavailable propagates:
-    a store that cannot answer is not the same as an unknown number.
+    a store that cannot answer is not the same as an unknown number. A value longer than
+    ``tenants.numbers.MAX_DIALLED_CHARS`` is refused whatever the policy: no telephone number or
+    SIP URI is that long, and nothing of it is looked at or kept.
     """
+    if len(dialled) > MAX_DIALLED_CHARS:
+        log.info("dialled value of %d characters refused unread", len(dialled))
+        return None
     try:
         number = normalize_number(dialled, settings.default_country)
     except NumberError as exc:

@@ -56,6 +56,7 @@ class _Session:
         self.writer = writer
         self.protocol = agi.AgiProtocol()
         self._events: list[agi.Event] = []
+        self.error: str | None = None  # why the peer was cut off (sip.agi's bounds), if it was
 
     async def next_event(self) -> agi.Event:
         while not self._events:
@@ -64,7 +65,11 @@ class _Session:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
-            self._events.extend(self.protocol.events_received())
+            events = self.protocol.events_received()
+            for event in events:
+                if isinstance(event, agi.ProtocolError) and self.error is None:
+                    self.error = event.reason
+            self._events.extend(events)
         return self._events.pop(0)
 
     async def command(self, name: str, *args: str, timeout: float | None = COMMAND_TIMEOUT) -> agi.AgiResponse:
@@ -153,6 +158,9 @@ class FastAgiServer:
         finally:
             self._sessions.discard(task)
             writer.close()
+            if session.error is not None:
+                log.warning("FastAGI peer cut off: %s", session.error)
+                self.switchboard.metrics.peers_closed.labels("agi", "protocol_error").inc()
 
     def _advertised_audiosocket(self, writer: asyncio.StreamWriter) -> str:
         if self.audiosocket.advertise:
@@ -185,7 +193,6 @@ class FastAgiServer:
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNAVAILABLE")
             return
         if resolution is None:
-            log.info("no tenant for dialled number; refusing the call")
             switchboard.refused(TRANSPORT, Refusal.UNKNOWN_NUMBER, dialled=dialled, caller_id=caller_id)
             await session.command("SET VARIABLE", "CALLBRIDGE_STATUS", "UNKNOWN_NUMBER")
             if self.tenants.refuse_announcement:

@@ -6,6 +6,11 @@ the caller's channel, and manager events (``Hangup``, ``DTMFEnd``, ...) can be f
 panoramisk owns the socket and the AMI framing; it reconnects on its own after the connection drops
 (every ``reconnect_interval`` seconds) and logs in again, which is what an Asterisk restart needs.
 This wrapper adds a ``logged_in`` event, bounded waits, and errors that say what went wrong.
+
+panoramisk keeps the text of an unfinished message without limit; here a message (the text up to
+its blank line) of more than ``MAX_MESSAGE_BYTES`` closes the connection, which panoramisk then
+re-opens. Asterisk's largest messages (``CoreShowChannels`` entries, long variable lists) are a
+few kilobytes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from panoramisk import Manager
+from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from bridge.settings import AmiSettings
@@ -27,6 +33,7 @@ ACTION_TIMEOUT = 5.0
 PING_SECONDS = 10
 
 EventCallback = Callable[[Message], None]
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 class AmiError(Exception):
@@ -35,6 +42,19 @@ class AmiError(Exception):
 
 class AmiUnavailable(AmiError):
     """Not connected and logged in to AMI."""
+
+
+class _BoundedProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's protocol with a bound on the unfinished message it holds."""
+
+    def data_received(self, data: bytes) -> None:
+        held = len(self.queue[0]) if self.queue else 0
+        if held + len(data) > MAX_MESSAGE_BYTES:
+            log.warning("AMI message over %d bytes; closing the manager connection", MAX_MESSAGE_BYTES)
+            self.queue.clear()
+            self.transport.close()
+            return
+        super().data_received(data)
 
 
 class _Manager(Manager):  # type: ignore[misc]
@@ -79,6 +99,7 @@ class AmiConnection:
             username=settings.username,
             secret=secret,
             events="on",
+            protocol_factory=_BoundedProtocol,
             reconnect_timeout=settings.reconnect_interval,
             ping_delay=PING_SECONDS,
             ping_interval=PING_SECONDS,

@@ -15,6 +15,11 @@ sends a frame every 20 ms while the channel is up; outcome ``idle``).
 AudioSocket carries no credentials: a peer outside ``audiosocket.allow_from`` is disconnected as
 soon as it connects, set-ups over the per-source rate likewise, and a UUID must have been
 registered by FastAGI or ARI first.
+
+Caller audio passes through a :class:`bridge.core.intake.CallerIntake`, as on the WebSocket legs: a
+peer sending faster than real time has the excess held in a one-second backlog, then dropped
+(oldest first) and counted, instead of reaching the model and taking the event loop from other
+calls.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.intake import CallerIntake
 from bridge.core.silence import SilenceWatch
 from bridge.core.switchboard import PendingCall, Refusal, Switchboard
 from bridge.security.exposure import listeners
@@ -124,6 +130,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self._parser = aso.AudioSocketProtocol(aso.Side.SERVER)
         self.transport: asyncio.Transport | None = None
         self._call: Call | None = None
+        self._intake: CallerIntake | None = None
         self._media_over = False
         self._expected_rate = 0
         self._nominal = False
@@ -204,7 +211,8 @@ class AudioSocketConnection(asyncio.Protocol):
                     return
                 if self._silence is not None:
                     self._silence.heard()
-                call.receive_audio(event.payload)
+                assert self._intake is not None
+                self._intake.feed(event.payload)
             elif isinstance(event, aso.Dtmf):
                 call.receive_dtmf(event.digit)
             elif isinstance(event, (aso.Closed, aso.Hangup)):
@@ -270,21 +278,24 @@ class AudioSocketConnection(asyncio.Protocol):
             self._refuse(pending)
             return
         self._call = call
+        self._intake = intake = CallerIntake(call, switchboard.metrics, switchboard.clock)
         self._expected_rate = call.caller_format.rate_hz
         self._nominal = call.caller_format.encoding is not Encoding.SLIN
-        server.run_in_background(self._run(call, pending))
+        server.run_in_background(self._run(call, intake, pending))
 
-    async def _run(self, call: Call, pending: PendingCall) -> None:
+    async def _run(self, call: Call, intake: CallerIntake, pending: PendingCall) -> None:
         limits = self._server.switchboard.settings.limits
         silence = self._silence = SilenceWatch(call, limits.first_audio_timeout, limits.audio_idle_timeout,
                                                self._server.switchboard.clock)
         try:
             async with asyncio.TaskGroup() as tg:
                 watch = tg.create_task(silence.run())
+                intake_task = tg.create_task(intake.run())
                 try:
                     await self._server.switchboard.run_call(call)
                 finally:
                     watch.cancel()
+                    intake_task.cancel()
         except Exception:
             # The call boundary: a bug in one call never takes the listener down.
             log.error("AudioSocket connection failed", exc_info=True)

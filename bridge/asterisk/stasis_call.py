@@ -234,7 +234,7 @@ class StasisCall:
             return None
         refusal = switchboard.admit(resolution.tenant)
         if refusal is not None:
-            switchboard.refused(transport, refusal)
+            switchboard.refused(transport, refusal, tenant=resolution.tenant)
             await self._fallback(Status.UNAVAILABLE if refusal is Refusal.DRAINING else Status.BUSY)
             return None
         # One id names the call everywhere: logs, records, and for AudioSocket the UUID Asterisk

@@ -69,6 +69,7 @@ import numpy as np
 from bridge.core.continuity import TURN_CHARS, ConversationHistory, ModelPolicy, PromptError, load_prompt
 from bridge.core.info import CallInfo, CallLogAdapter, CallStatistics, Outcome, mask_number
 from bridge.core.leg import CallerLeg, CallTap
+from bridge.core.ratelimit import DTMF_BURST, DTMF_PER_SECOND, TokenBucket
 from bridge.core.realtime import ModelEndpoint, ModelError, ModelSession, open_session
 from bridge.core.tools import call_tools
 from bridge.ops.metrics import Metrics
@@ -97,6 +98,10 @@ __all__ = [
     "Call", "CallInfo", "CallLogAdapter", "CallStatistics", "CallTap", "CallerLeg", "Outcome", "call_tools",
     "mask_number",
 ]
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")  # RFC 4733 section 3.2 events 0-15
+MAX_REASON_CHARS = 200
+
 
 def tenant_endpoint(endpoint: ModelEndpoint, tenant: TenantConfig) -> ModelEndpoint:
     """The endpoint a call of ``tenant`` connects to: its model, and for the simulator its cues."""
@@ -184,6 +189,9 @@ class Call:
         self._interrupts = info.tenant.turn_detection.interrupt_response
         self._config_pending = False  # session.update sent, session.updated not yet seen
         self._started = clock()
+        # Each digit becomes a model request: a peer must not be able to send them at any rate.
+        self._dtmf_limit = TokenBucket(DTMF_BURST, DTMF_PER_SECOND, clock)
+        self._dtmf_dropped = 0
         self._backlog_drops = metrics.frames_dropped.labels("inbound", "model_backlog")
         self._pacer_idle: asyncio.Future[None] | None = None
         self._leg_unplayed_ms: Callable[[], float] | None = getattr(leg, "unplayed_ms", None)
@@ -249,6 +257,16 @@ class Call:
     def receive_dtmf(self, digit: str) -> None:
         if self._ended.is_set():
             return
+        if len(digit) != 1 or digit not in DTMF_DIGITS:
+            self.log.warning("ignoring a DTMF event that is not a keypad digit (%d characters)", len(digit))
+            return
+        if not self._dtmf_limit.allow():
+            self._dtmf_dropped += 1
+            self.metrics.control_events_dropped.labels(self.leg.transport).inc()
+            if self._dtmf_dropped == 1:
+                self.log.warning("DTMF faster than %g digits a second; further digits are dropped and counted",
+                                 DTMF_PER_SECOND)
+            return
         self.metrics.dtmf.labels(self.leg.transport).inc()
         self.log.info("DTMF %s", digit)
         if self.tap is not None:
@@ -294,7 +312,8 @@ class Call:
         self.end(Outcome.CALLER_HANGUP)
 
     def protocol_error(self, reason: str) -> None:
-        self.log.warning("caller leg protocol error: %s", reason)
+        # Reasons are the daemon's own words, but may quote the peer: never log more than a line.
+        self.log.warning("caller leg protocol error: %s", reason[:MAX_REASON_CHARS])
         self._caller_gone = True
         self.end(Outcome.PROTOCOL_ERROR)
 

@@ -3,6 +3,14 @@
 Every transport asks the switchboard whether a call may start (``admit``), which tenant answers
 the dialled number (``route``), and runs the call through ``run_call`` so that capacity, drain,
 metrics and recording are handled the same way whatever the transport.
+
+Every refusal is counted; it is also logged with its reason and tenant, at most once per
+``REFUSAL_LOG_INTERVAL`` seconds for each reason and tenant (the next line says how many were not
+logged in between), so that a flood of refused calls cannot flood the log. What a refusal keeps
+for the call index is cut to ``MAX_STORED_NUMBER_CHARS``, the caller ID an admitted call keeps to
+``MAX_CALLER_ID_CHARS``. A call announced by signalling and never claimed by its media connection
+leaves the registry on a timer of its own, so that it stops counting against capacity
+``agi.claim_timeout`` seconds after it was announced.
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 TapFactory = Callable[[CallInfo], CallTap | None]
+
+REFUSAL_LOG_INTERVAL = 10.0
+MAX_STORED_NUMBER_CHARS = 32  # E.164 is 16 with the "+"; a SIP user part of an extension fits
+MAX_CALLER_ID_CHARS = 64  # what a call keeps of the caller ID its peer sent (records, webhook)
+_REFUSAL_LOG_KEYS = 256  # (reason, tenant) pairs remembered before the oldest are forgotten
 
 
 class Refusal(enum.StrEnum):
@@ -72,6 +85,32 @@ class PendingCall:
     after_call: asyncio.Future[object] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    expiry: asyncio.TimerHandle | None = None
+
+
+class RefusalLog:
+    """Log lines for refused calls: at most one per ``interval`` per (reason, tenant)."""
+
+    def __init__(self, clock: Clock, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, suppressed since)
+
+    def refused(self, transport: str, reason: Refusal, tenant: str) -> None:
+        key = (reason.value, tenant)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        if len(self._last) >= _REFUSAL_LOG_KEYS and key not in self._last:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (now, 0)
+        suppressed = last[1] if last is not None else 0
+        level = logging.INFO if reason in (Refusal.UNKNOWN_NUMBER, Refusal.UNKNOWN_CALL) else logging.WARNING
+        log.log(level, "call refused (%s): reason=%s tenant=%s%s", transport, reason.value, tenant or "-",
+                f"; {suppressed} more refusal(s) of this kind not logged in the last {self.interval:g} s"
+                if suppressed else "")
 
 
 class Switchboard:
@@ -94,6 +133,7 @@ class Switchboard:
         self.refusal_listener: Callable[[RefusedCall], None] | None = None
         self.draining = False
         self._pending: dict[str, PendingCall] = {}
+        self.refusal_log = RefusalLog(clock)
         self._endpoints: dict[str, ModelEndpoint] = {}
         self._active: set[Call] = set()
         self._per_tenant: dict[str, int] = {}
@@ -123,8 +163,10 @@ class Switchboard:
         self.metrics.calls_offered.labels(transport).inc()
         self.metrics.calls_refused.labels(transport, reason.value).inc()
         self.metrics.calls.labels(transport, Outcome.REFUSED.value).inc()
+        self.refusal_log.refused(transport, reason, tenant.slug if tenant is not None else "")
         if dialled is not None and self.refusal_listener is not None:
-            self.refusal_listener(RefusedCall(transport, reason, dialled, caller_id, tenant))
+            self.refusal_listener(RefusedCall(transport, reason, dialled[:MAX_STORED_NUMBER_CHARS],
+                                              caller_id[:MAX_STORED_NUMBER_CHARS], tenant))
 
     async def route(self, dialled: str) -> Resolution | None:
         """Resolve the dialled number, applying the unknown-number policy. Raises on lookup failure."""
@@ -145,25 +187,46 @@ class Switchboard:
         transport: str = "audiosocket",
     ) -> PendingCall:
         self._expire_pending()
-        pending = PendingCall(key, resolution, dialled, caller_id,
-                              self.clock() + self.settings.agi.claim_timeout, audio_format,
+        timeout = self.settings.agi.claim_timeout
+        pending = PendingCall(key, resolution, dialled, caller_id, self.clock() + timeout, audio_format,
                               transport=transport)
+        self.forget(key)
+        # Its own timer: an unclaimed call stops counting against capacity even if no media
+        # connection ever arrives to trigger the sweep below.
+        pending.expiry = asyncio.get_running_loop().call_later(timeout, self._expire, key, pending)
         self._pending[key] = pending
         return pending
 
     def claim(self, key: str) -> PendingCall | None:
         self._expire_pending()
-        return self._pending.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None and pending.expiry is not None:
+            pending.expiry.cancel()
+        return pending
 
     def forget(self, key: str) -> None:
-        self._pending.pop(key, None)
+        pending = self._pending.pop(key, None)
+        if pending is not None and pending.expiry is not None:
+            pending.expiry.cancel()
+
+    @property
+    def pending_calls(self) -> int:
+        return len(self._pending)
+
+    def _expire(self, key: str, pending: PendingCall) -> None:
+        if self._pending.get(key) is pending:
+            del self._pending[key]
+            log.info("announced call %s was not claimed by a media connection in time", key[:8])
+        if not pending.after_call.done():
+            pending.after_call.set_result(None)
 
     def _expire_pending(self) -> None:
         now = self.clock()
         for key in [k for k, p in self._pending.items() if p.expires_at < now]:
-            pending = self._pending.pop(key)
-            if not pending.after_call.done():
-                pending.after_call.set_result(None)
+            pending = self._pending[key]
+            if pending.expiry is not None:
+                pending.expiry.cancel()
+            self._expire(key, pending)
 
     # ----------------------------------------------------------------- calls
     def provider_for(self, tenant: TenantConfig) -> str:
@@ -217,6 +280,7 @@ class Switchboard:
         """Build the call; the transport feeds it caller audio while ``run_call`` runs it.
         ``session``: a model session opened for it beforehand (``open_model``), which it takes over."""
         self.metrics.calls_offered.labels(info.transport).inc()
+        info.caller_id = info.caller_id[:MAX_CALLER_ID_CHARS]  # peer-supplied, of any length
         tap = self.tap_factory(info) if self.tap_factory is not None else None
         return Call(info, leg, self.endpoint_for(info.tenant), self.metrics, tap=tap, clock=self.clock,
                     max_duration=self.settings.limits.max_call_duration, session=session,

@@ -1,5 +1,15 @@
 """HTTP server (aiohttp): health, readiness, metrics, and the routes other parts add
-(WebSocket media endpoints, the ops API and page)."""
+(WebSocket media endpoints, the ops API and page).
+
+Slow and idle clients: a connection must send a complete request head within
+``http.idle_timeout`` seconds of opening, and again of its previous response (aiohttp's keep-alive
+timer, which closes a connection whose next request has not been parsed when it fires); a request
+body must arrive whole within ``http.body_timeout`` (408 otherwise). At most
+``http.max_connections`` connections are open at once, WebSocket media included: past that a new
+connection gets a bare 503 and is closed, and the refusal is counted
+(``callbridge_connections_refused_total{listener="http",reason="limit"}``) and logged at most
+once per ``REFUSAL_LOG_INTERVAL`` seconds.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +64,66 @@ class Reachability:
         return ok
 
 
+REFUSAL_LOG_INTERVAL = 10.0
+# How long the rest of an unread request body is read and discarded before the connection closes
+# (aiohttp's lingering close; its default of 10 s would let a slow body hold the connection).
+LINGERING_SECONDS = 1.0
+_BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: a 503 and the door."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_BUSY_RESPONSE)
+        stream.close()
+
+
+class _LimitedSite(web.TCPSite):
+    """A TCP site whose connections come from ``factory`` (which applies the connection limit)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int,
+                 factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        super().__init__(runner, host, port)
+        self._factory = factory
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, self._host, self._port, backlog=self._backlog)
+
+
+@web.middleware
+async def _body_deadline(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """The whole request body must arrive within the body timeout, before the handler runs.
+
+    A body of known size up to ``BUFFERED_BODY_BYTES`` is waited for in the request's stream
+    buffer without being read, so the handler reads it however it likes; a larger or chunked one
+    is read here (``request.read()`` then returns it)."""
+    if request.body_exists and not request.headers.get("Upgrade"):
+        timeout: float = request.app[BODY_TIMEOUT]
+        length = request.content_length
+        try:
+            async with asyncio.timeout(timeout):
+                if length is not None and length <= BUFFERED_BODY_BYTES:
+                    await request.content.wait_eof()
+                else:
+                    await request.read()
+        except TimeoutError:
+            refusal = web.Response(status=408, text=f"request body not received within {timeout:g} s")
+            refusal.force_close()  # the rest of the body is not wanted
+            return refusal
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+BODY_TIMEOUT = web.AppKey("body_timeout", float)
+# Below aiohttp's stream buffer high-water mark (twice its 64 KiB read buffer), so a body this size
+# arrives whole without the transport being paused for want of a reader.
+BUFFERED_BODY_BYTES = 64 * 1024 + 1024
+
+
 class HttpServer:
     def __init__(self, settings: HttpSettings, switchboard: Switchboard, metrics: Metrics) -> None:
         self.settings = settings
@@ -62,7 +132,8 @@ class HttpServer:
         # Sources outside the allow-list are refused before routing; set-ups are rate-limited
         # per source by the WebSocket media endpoints, which share this gate.
         self.gate = gate_for("http", settings, switchboard.settings, metrics, switchboard.clock)
-        self.app = web.Application(client_max_size=1024 * 1024, middlewares=[self._allow_list])
+        self.app = web.Application(client_max_size=1024 * 1024, middlewares=[self._allow_list, _body_deadline])
+        self.app[BODY_TIMEOUT] = settings.body_timeout
         self.app.router.add_get("/health", self._health)
         self.app.router.add_get("/ready", self._ready)
         self.app.router.add_get("/metrics", self._metrics)
@@ -72,15 +143,18 @@ class HttpServer:
         self._site: web.TCPSite | None = None
         self._reachability = Reachability()
         self.port = 0
+        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
+        self._refusals_unlogged = 0
 
     def install(self, installer: RouteInstaller) -> None:
         installer(self.app)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+                                     shutdown_timeout=1.0, keepalive_timeout=self.settings.idle_timeout,
+                                     lingering_time=LINGERING_SECONDS)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        self._site = _LimitedSite(self._runner, self.settings.host, self.settings.port, self._protocol)
         await self._site.start()
         # An asyncio.Server or uvloop's equivalent (which does not subclass it): duck-typed.
         server = cast(asyncio.Server, self._site._server)
@@ -97,6 +171,24 @@ class HttpServer:
         if not self.gate.allows_peer(peer_host(peer)):
             return web.Response(status=403, text="forbidden\n")
         return await handler(request)
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        if len(server.connections) < self.settings.max_connections:
+            return server()
+        self.metrics.connections_refused.labels("http", "limit").inc()
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            log.warning("HTTP connection refused: %d connections open (http.max_connections)%s",
+                        len(server.connections),
+                        f"; {self._refusals_unlogged} more refused since the last report"
+                        if self._refusals_unlogged else "")
+            self._last_refusal_log = now
+            self._refusals_unlogged = 0
+        else:
+            self._refusals_unlogged += 1
+        return _Refused()
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -138,7 +138,8 @@ class Metrics:
             "callbridge_connections_refused_total",
             "Connections and call set-ups refused by source: outside the listener's allow-list "
             "(network), over the per-source set-up rate (rate), bad or missing credentials (auth), "
-            "a browser Origin not allowed (origin)",
+            "a browser Origin not allowed (origin); over the listener's connection limit (limit), "
+            "or no file descriptor left to accept them (descriptors)",
             ["listener", "reason"],
             registry=r,
         )
@@ -240,6 +241,26 @@ class Metrics:
             "callbridge_gc_pause_seconds",
             "Duration of each cyclic garbage collection by generation (the event loop waits it out)",
             ["generation"], buckets=_FAST_BUCKETS, registry=r,
+        )
+        self.peers_closed = Counter(
+            "callbridge_peers_closed_total",
+            "Connections closed because the peer broke a bound (oversize message or buffer, "
+            "too slow, too many events)", ["listener", "reason"], registry=r,
+        )
+        self.control_events_dropped = Counter(
+            "callbridge_control_events_dropped_total",
+            "DTMF and other control events from a caller leg ignored over the per-call rate limit",
+            ["transport"], registry=r,
+        )
+        self.archive_write_errors = Counter(
+            "callbridge_archive_write_errors_total",
+            "Failed writes of a finished call's metadata file or index row (retried until they land)",
+            ["kind"], registry=r,
+        )
+        self.refusals_not_indexed = Counter(
+            "callbridge_refusals_not_indexed_total",
+            "Refused calls counted but not written to the call index (too many being written at once)",
+            registry=r,
         )
         self.inbound_chain_latency = Gauge(
             "callbridge_inbound_chain_latency_seconds",

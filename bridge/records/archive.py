@@ -10,10 +10,21 @@ Life of a call's files
    the record back to the event loop, which puts it in the index, queues the upload (S3) and the
    webhook, and only then removes the marker.
 3. ``recover`` (at start) takes every marker left by a daemon that died: repairs the WAV header,
-   cuts a torn last transcript line, marks the call ``interrupted`` and resumes step 2.
+   cuts a torn last transcript line, marks the call ``interrupted`` and resumes step 2, the
+   tenant's ``call.completed`` webhook included. The call ends where its audio ends (start plus
+   the repaired recording's length, or the last transcript line without audio), not when the
+   daemon came back.
 4. S3: the upload spool uploads WAV, transcript, peaks and metadata, records the object key, and
    drops the local WAV unless ``keep_local``; while the store is down the call waits on disk.
 5. Retention: calls past their ``expires_at`` lose their files, objects and index row.
+
+A full disk (or an index that cannot be written) never leaves a finished call ``in_progress``
+until a restart: the final record stays in memory (up to ``MAX_UNINDEXED`` calls) and its
+metadata file and index row are written again every ``retry_interval`` seconds until they land;
+only then does its unfinished marker go. Each failed write is logged and counted
+(``callbridge_archive_write_errors_total{kind="index"|"metadata"}``). At start, a call whose
+marker survived but whose index row is already final keeps that row's outcome instead of being
+marked interrupted.
 
 Metadata is the source of truth; the index is derived from it and re-fed on recovery.
 """
@@ -29,6 +40,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +85,7 @@ if TYPE_CHECKING:
     from bridge.ops.metrics import Metrics
     from bridge.records.callstore import TranscriptEntry
     from tenants.config import TenantConfig
+    from tenants.directory import TenantDirectory
     from tenants.evaluation import EvaluationConfig
 
 from bridge.records.views import cut_torn_line, iso, read_transcript_file, record_view
@@ -87,6 +100,8 @@ RETENTION_FIRST_RUN_SECONDS = 60.0
 SHUTDOWN_TIMEOUT = 15.0
 WEBHOOK_GRACE_SECONDS = 5.0
 MAX_REFUSAL_WRITES = 100  # refused calls being indexed at once
+ARCHIVE_RETRY_SECONDS = 30.0
+MAX_UNINDEXED = 10_000  # finished calls held for another index write; past that, left to recovery
 _CONTENT_TYPES = {".wav": "audio/wav", ".jsonl": "application/x-ndjson",
                   ".peaks.json": "application/json", ".json": "application/json",
                   ".evaluation.json": "application/json"}
@@ -116,6 +131,17 @@ def deployment_model(settings: Settings) -> str:
     return settings.model.model
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A transcript line read back from disk, shaped as the webhook payload reads it."""
+
+    role: str
+    text: str
+    at: float
+    offset: Any
+    interrupted: bool = False  # an agent line cut off by a barge-in
+
+
 class CallArchive:
     def __init__(
         self,
@@ -127,8 +153,11 @@ class CallArchive:
         wall_clock: Clock = time.time,
         evaluator: Evaluator | None = None,
         live: LiveEvents | None = None,
+        tenants: TenantDirectory | None = None,
     ) -> None:
         rec = settings.recording
+        # Where recovery finds a tenant's webhook (the live calls carry theirs in CallInfo).
+        self.tenants = tenants
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
@@ -165,6 +194,8 @@ class CallArchive:
         self._idle.set()
         self.recovered: list[CallRecord] = []
         self._refusal_writes = 0
+        self.retry_interval = ARCHIVE_RETRY_SECONDS
+        self._unindexed: dict[str, CallRecord] = {}  # finished calls whose index write failed
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
@@ -183,7 +214,8 @@ class CallArchive:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 background = [tg.create_task(self.webhooks.run()),
-                              tg.create_task(self._retention_loop())]
+                              tg.create_task(self._retention_loop()),
+                              tg.create_task(self._retry_loop())]
                 if self.uploads is not None:
                     assert self.store is not None
                     await self.store.open()
@@ -278,11 +310,15 @@ class CallArchive:
         self._index_writes[info.call_id] = self._spawn(self._put(record))
         return recorder
 
-    def _expires_at(self, tenant: TenantConfig | None, started_at: float) -> float | None:
+    def _expires_at(self, tenant: TenantConfig | None, started_at: float, *,
+                    refused: bool = False) -> float | None:
         """When a call's files and index entry are due for deletion (None: kept for good)."""
         days = self.settings.recording.retention_days
         if tenant is not None and tenant.retention_days is not None:
             days = tenant.retention_days
+        short = self.settings.recording.refusal_retention_days
+        if refused and short > 0:
+            days = min(days, short) if days > 0 else short
         return started_at + days * 86400.0 if days > 0 else None
 
     def record_refusal(self, refused: RefusedCall) -> None:
@@ -290,7 +326,9 @@ class CallArchive:
         if self._tg is None:
             return
         if self._refusal_writes >= MAX_REFUSAL_WRITES:
-            return  # a flood of refused calls must not queue without bound
+            # A flood of refused calls must not queue without bound: counted, not indexed.
+            self.metrics.refusals_not_indexed.inc()
+            return
         tenant = refused.tenant
         record = CallRecord(
             call_id=str(uuid.uuid4()),
@@ -303,7 +341,7 @@ class CallArchive:
             status=CallStatus.COMPLETE,
             ended_at=refused.at,
             outcome="refused",
-            expires_at=self._expires_at(tenant, refused.at),
+            expires_at=self._expires_at(tenant, refused.at, refused=True),
             extra={"refusal": refused.reason.value},
         )
         self._refusal_writes += 1
@@ -380,6 +418,11 @@ class CallArchive:
         """Index the finished record, queue its upload (or only write its marker, when the upload
         waits for the evaluation), then drop the unfinished marker."""
         indexed = await self._put(record)
+        if not indexed and record.status is not CallStatus.IN_PROGRESS:
+            if len(self._unindexed) < MAX_UNINDEXED or record.call_id in self._unindexed:
+                self._unindexed[record.call_id] = record
+        elif indexed:
+            self._unindexed.pop(record.call_id, None)
         if self.uploads is not None:
             try:
                 await asyncio.to_thread(write_json_atomic, self.layout.upload_marker(record.call_id),
@@ -398,9 +441,35 @@ class CallArchive:
             await self.index.put(record)
             return True
         except CallStoreError as exc:
-            # The marker stays: the next start puts the record in the index.
-            log.error("call %s: index write failed: %s", record.call_id, exc)
+            # The marker stays; the record is written again by the retry loop, or at the next start.
+            self.metrics.archive_write_errors.labels("index").inc()
+            if record.call_id not in self._unindexed:
+                log.error("call %s: index write failed: %s", record.call_id, exc)
             return False
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            await self.retry_unindexed()
+
+    async def retry_unindexed(self) -> int:
+        """Write the metadata and index row of finished calls again; the number still missing."""
+        for call_id, record in list(self._unindexed.items()):
+            try:
+                await asyncio.to_thread(write_json_atomic, self.layout.path(record.path, ".json"),
+                                        record.to_json())
+            except (OSError, RecordingError):
+                self.metrics.archive_write_errors.labels("metadata").inc()
+                continue  # no point in indexing a call whose metadata would say otherwise at restart
+            if await self._put(record):
+                self._unindexed.pop(call_id, None)
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(os.unlink, self.layout.unfinished_marker(call_id))
+                log.info("call %s: indexed after an earlier failure", call_id)
+        if self._unindexed:
+            log.warning("archive: %d finished call(s) still not indexed (disk full or index down?); "
+                        "retrying in %.0f s", len(self._unindexed), self.retry_interval)
+        return len(self._unindexed)
 
     def webhook_payload(self, record: CallRecord, transcript: Any,
                         evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -434,6 +503,15 @@ class CallArchive:
         for call_id in names:
             if call_id in self._recorders:
                 continue
+            final = await self._final_in_index(call_id)
+            if final is not None:
+                # Finished and indexed, but the metadata file or the marker's removal was lost
+                # (a full disk): the index knows how the call ended.
+                with contextlib.suppress(OSError, RecordingError):
+                    await asyncio.to_thread(write_json_atomic, self.layout.path(final.path, ".json"),
+                                            final.to_json())
+                    await asyncio.to_thread(os.unlink, self.layout.unfinished_marker(call_id))
+                continue
             try:
                 record = await asyncio.to_thread(self._recover_files, call_id)
             except (OSError, ValueError, TypeError, RecordingError) as exc:
@@ -444,10 +522,41 @@ class CallArchive:
                 continue
             await self._archive(record)
             recovered.append(record)
+            if record.status is CallStatus.INTERRUPTED:
+                await self._recovered_webhook(record)
         if recovered:
             log.info("recovered %d unfinished call(s)", len(recovered))
         self.recovered.extend(recovered)
         return recovered
+
+    async def _final_in_index(self, call_id: str) -> CallRecord | None:
+        try:
+            record = await self.index.get(call_id)
+        except CallStoreError:
+            return None
+        if record is None or record.status in (CallStatus.IN_PROGRESS, CallStatus.INTERRUPTED):
+            return None
+        return record
+
+    async def _recovered_webhook(self, record: CallRecord) -> None:
+        """The tenant's ``call.completed`` for a call the daemon died during (status interrupted)."""
+        if self.tenants is None or not record.tenant:
+            return
+        try:
+            tenant = await self.tenants.tenant_by_slug(record.tenant)
+        except Exception as exc:  # the tenant store may be down at start: the call is still recovered
+            log.warning("call %s: no webhook after recovery (tenant lookup failed: %s)", record.call_id, exc)
+            return
+        if tenant is None or not tenant.webhook_url:
+            return
+        transcript: list[_Entry] = []
+        with contextlib.suppress(OSError, RecordingError):
+            path = self.layout.path(record.path, ".jsonl")
+            if await asyncio.to_thread(path.is_file):
+                transcript = [_Entry(str(e.get("role", "")), str(e.get("text", "")), float(e.get("at", 0.0)),
+                                     e.get("offset"), bool(e.get("interrupted", False)))
+                              for e in await asyncio.to_thread(read_transcript_file, path)]
+        self.webhooks.submit(tenant.webhook_url, tenant.webhook_secret, self.webhook_payload(record, transcript))
 
     def _recover_files(self, call_id: str) -> CallRecord | None:
         """Repair of one unfinished call (blocking; runs in a thread); None while the call's
@@ -473,7 +582,9 @@ class CallArchive:
             return record  # finished before the crash; only the index or upload step was lost
         wav = self.layout.path(record.path, ".wav")
         transcript = self.layout.path(record.path, ".jsonl")
-        last_write = record.started_at
+        # The call ended where its audio or its last words end. File times say when the daemon
+        # came back (repair rewrites the header), not when the call ended.
+        ended = record.started_at
         if wav.exists():
             fallback = WavFormat(record.sample_rate or 8000, 2)
             try:
@@ -486,16 +597,19 @@ class CallArchive:
                 record = record.evolve(recorded=True, sample_rate=result.info.format.rate_hz,
                                        recording_bytes=wav.stat().st_size,
                                        recording_seconds=round(result.info.duration_seconds, 3))
-                last_write = max(last_write, wav.stat().st_mtime,
-                                 record.started_at + result.info.duration_seconds)
+                ended = max(ended, record.started_at + result.info.duration_seconds)
                 self.metrics.recordings.labels("repaired").inc()
                 log.info("call %s: repaired recording, %.1f s", call_id, result.info.duration_seconds)
         entries = 0
         if transcript.exists():
-            entries = len(read_transcript_file(transcript))
+            lines = read_transcript_file(transcript)
+            entries = len(lines)
             cut_torn_line(transcript)
-            last_write = max(last_write, transcript.stat().st_mtime)
-        record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=last_write, transcript_entries=entries)
+            for line in lines:
+                at = line.get("at")
+                if isinstance(at, int | float) and record.started_at <= at <= record.started_at + 86400.0:
+                    ended = max(ended, float(at))
+        record = record.evolve(status=CallStatus.INTERRUPTED, ended_at=ended, transcript_entries=entries)
         write_json_atomic(meta, record.to_json())
         return record
 

@@ -367,7 +367,10 @@ class CallRecorder:
         try:
             write_json_atomic(self.layout.path(final.path, ".json"), final.to_json())
         except OSError as exc:
+            # The archive writes it again until it lands (a full disk frees up).
             log.error("call %s: cannot write metadata: %s", final.call_id, exc)
+            if self.metrics is not None:
+                self.metrics.archive_write_errors.labels("metadata").inc()
         self.final = final
         self.release_marker()
         self.finished.set()

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 TRANSPORT = "sip"
 MEDIA_TIMEOUT = 10.0  # from our 200 OK to active media (the ACK)
 TRANSFER_TIMEOUT = 30.0  # from REFER to the final NOTIFY
+PORT_RELEASE_DELAY = 2.0  # an ended call's media port outlives its call by this (see _graveyard)
 REFUSAL_LOG_INTERVAL = 10.0
 
 _TIMERS = {"inactive": pj.PJSUA_SIP_TIMER_INACTIVE, "optional": pj.PJSUA_SIP_TIMER_OPTIONAL,
@@ -211,7 +212,10 @@ class SipTrunkServer:
         self.stack: SipStack | None = None
         self._accounts: list[TrunkAccount] = []
         self._live: dict[int, TrunkCall] = {}  # SIP thread: calls PJSIP may still call back
-        self._graveyard: list[Any] = []  # SIP thread: objects to release outside callbacks
+        # SIP thread: PJSIP objects of ended calls, released outside callbacks and only once the
+        # conference bridge can no longer call into them (PJSIP 2.14+ removes ports from the
+        # bridge asynchronously, on its clock thread): (release after, objects).
+        self._graveyard: list[tuple[float, Any]] = []
         self._calls: set[asyncio.Task[None]] = set()
         self.registrations: dict[str, dict[str, Any]] = {}
         self._last_refusal_log = 0.0
@@ -221,7 +225,7 @@ class SipTrunkServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.pump = MediaPump(self._loop)
-        self.stack = SipStack(self._build, self._teardown,
+        self.stack = SipStack(self._build, self._teardown, self.reap,
                               max_calls=max(4, self.switchboard.settings.limits.max_calls + 8))
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
@@ -267,6 +271,12 @@ class SipTrunkServer:
             cfg.sipConfig.authCreds.append(cred)
             account.create(cfg)
             self._accounts.append(account)
+
+    def reap(self) -> None:  # SIP thread, between polls
+        graveyard = self._graveyard
+        if graveyard and graveyard[0][0] <= time.monotonic():
+            now = time.monotonic()
+            self._graveyard = [entry for entry in graveyard if entry[0] > now]
 
     def _teardown(self) -> None:  # SIP thread, before the library goes
         for call in list(self._live.values()):
@@ -320,11 +330,13 @@ class SipTrunkServer:
         # PJSIP's call object and the media port are released in the SIP thread, but not inside
         # the callback that reports the end (SWIG would run the destructor under its own upcall):
         # they wait in the graveyard until the thread's next pass.
-        self._graveyard.append((call, call.handle.port))
+        port = call.handle.port
+        if port is not None:
+            port.consumer = None
+            port.outbound.clear()
+        self._graveyard.append((time.monotonic() + PORT_RELEASE_DELAY, (call, port)))
         call.handle.call = None
         call.handle.port = None
-        assert self.stack is not None
-        self.stack.submit(self._graveyard.clear)
 
     def incoming(self, account: TrunkAccount, prm: Any) -> None:  # SIP thread
         source = str(prm.rdata.srcAddress)

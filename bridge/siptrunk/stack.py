@@ -162,10 +162,12 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
 class SipStack:
     """The pjsua2 library, its transports and accounts, run by the SIP thread."""
 
-    def __init__(self, build: Callable[[pj.Endpoint], None], teardown: Callable[[], None], *, max_calls: int,
+    def __init__(self, build: Callable[[pj.Endpoint], None], teardown: Callable[[], None],
+                 between_polls: Callable[[], None], *, max_calls: int,
                  clock_rate: int = 16000, log_level: int = 2) -> None:
         self._build = build  # creates transports and accounts, in the SIP thread, after libStart
         self._teardown = teardown  # drops every PJSIP object of the application, before libDestroy
+        self._between_polls = between_polls  # housekeeping in the SIP thread, outside callbacks
         self.max_calls = max_calls
         self.clock_rate = clock_rate
         self.log_level = log_level
@@ -246,10 +248,12 @@ class SipStack:
                     log.warning("SIP operation failed: %s", exc.info())
                 except Exception:
                     log.error("SIP operation failed", exc_info=True)
+            self._between_polls()
             ep.libHandleEvents(POLL_MS)
         try:
             ep.hangupAllCalls()
-            for _ in range(20):  # let the BYEs go out and the calls report their end
+            # Let the BYEs go out, the calls report their end and the bridge drop their ports.
+            for _ in range(int(0.5 * 1000 / POLL_MS)):
                 ep.libHandleEvents(POLL_MS)
         except pj.Error:
             pass

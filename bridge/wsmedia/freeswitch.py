@@ -59,11 +59,11 @@ from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
 from bridge.core.info import CallLogAdapter
+from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
 from bridge.security import credentials
 from bridge.wsmedia.leg import (
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,

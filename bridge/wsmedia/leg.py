@@ -9,12 +9,10 @@ Theory of operation
 -------------------
 Toward the daemon, a reader task takes one message at a time from aiohttp (which refuses any
 message over ``MAX_MESSAGE_BYTES`` before buffering it) and hands the audio to a
-:class:`CallerIntake`. The intake cuts it into 20 ms frames and passes them to the call at no more
-than real time (``media.pacing.RealTimeLimit``: up to ``INTAKE_LEAD_SECONDS`` ahead, catching up
-on up to ``INTAKE_CATCH_UP_SECONDS`` of network delay). Frames beyond that wait in a backlog of
-``INTAKE_BACKLOG_SECONDS``; when it is full the oldest is dropped and counted
-(``callbridge_frames_dropped_total{direction="inbound",reason="faster_than_real_time"}``). A client
-that sends faster than real time is therefore not an error: it loses audio, never memory.
+:class:`bridge.core.intake.CallerIntake` (shared with AudioSocket), which passes it to the call in
+20 ms frames at no more than real time, holds at most a second of backlog and drops the oldest
+frame, counted, past that. A client that sends faster than real time is therefore not an error: it
+loses audio, never memory.
 
 Toward the caller, the call's pacer sends one 20 ms frame per 20 ms. A leg never blocks the pacer
 on a slow peer: past ``MAX_WRITE_BUFFER_BYTES`` of unsent data the frame is dropped and counted.
@@ -42,13 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo, Outcome, leg_problem
+from bridge.core.intake import CallerIntake
 from bridge.core.realtime import ModelError
 from bridge.core.silence import SilenceWatch
 from bridge.core.switchboard import Refusal, Switchboard
@@ -57,8 +55,7 @@ from bridge.security import credentials
 from bridge.security.exposure import media_tokens_required
 from bridge.security.sources import Refusal as SourceRefusal
 from bridge.security.sources import SourceGate, peer_host
-from media.codec import FRAME_MS, AudioFormat
-from media.pacing import RealTimeLimit
+from media.codec import AudioFormat
 from media.playback import RemotePlayback
 from sip.ws_audio import CloseCode
 from tenants.config import TenantConfig, TenantError, TransferTarget
@@ -85,9 +82,6 @@ Clock = Callable[[], float]
 MAX_MESSAGE_BYTES = 256 * 1024
 # Past this much unsent data toward the peer it is not reading: drop frames rather than buffer.
 MAX_WRITE_BUFFER_BYTES = 32_000
-INTAKE_LEAD_SECONDS = 0.5
-INTAKE_CATCH_UP_SECONDS = 2.0
-INTAKE_BACKLOG_SECONDS = 1.0
 # A playback mark every this many agent frames (and at the end of each stretch of agent audio).
 MARK_EVERY_FRAMES = 5
 # On an agent hang-up, how long to wait for the far end to finish playing the goodbye.
@@ -158,74 +152,13 @@ async def route_call(
         switchboard.refused(transport, Refusal.LOOKUP_FAILED, dialled=dialled)
         return CloseCode.INTERNAL_ERROR, "tenant lookup failed"
     if resolution is None:
-        log.info("%s: no active tenant for the dialled number; refusing the call", transport)
         switchboard.refused(transport, Refusal.UNKNOWN_NUMBER, dialled=dialled)
         return CloseCode.UNKNOWN_NUMBER, "unknown number"
     refusal = switchboard.admit(resolution.tenant)
     if refusal is not None:
-        log.warning("%s: call refused: %s", transport, refusal.value)
         switchboard.refused(transport, refusal, dialled=dialled, tenant=resolution.tenant)
         return CloseCode.TRY_AGAIN_LATER, refusal.value
     return resolution
-
-
-class CallerIntake:
-    """Caller audio from a WebSocket peer, passed to the call in 20 ms frames at no more than real time."""
-
-    def __init__(self, call: Call, metrics: Metrics, clock: Clock) -> None:
-        fmt: AudioFormat = call.caller_format
-        self._call = call
-        self._clock = clock
-        self._frame_bytes = fmt.frame_bytes
-        self._bytes_per_second = fmt.rate_hz * fmt.bytes_per_sample
-        self._limit = RealTimeLimit(INTAKE_LEAD_SECONDS, INTAKE_CATCH_UP_SECONDS)
-        self._backlog: deque[bytes] = deque()
-        self._max_backlog = int(INTAKE_BACKLOG_SECONDS * 1000) // FRAME_MS
-        self._ready = asyncio.Event()
-        self._dropped = metrics.frames_dropped.labels("inbound", "faster_than_real_time")
-        self.dropped_frames = 0
-        self.silence: SilenceWatch | None = None
-
-    def _seconds(self, chunk: bytes) -> float:
-        return len(chunk) / self._bytes_per_second
-
-    def feed(self, payload: bytes) -> None:
-        """Audio in the call's format, any length (whole samples)."""
-        if self.silence is not None and payload:
-            self.silence.heard()
-        step = self._frame_bytes
-        for i in range(0, len(payload), step):
-            chunk = payload[i : i + step]
-            if not self._backlog:
-                now = self._clock()
-                duration = self._seconds(chunk)
-                if self._limit.delay(now, duration) == 0.0:
-                    self._limit.admit(now, duration)
-                    self._call.receive_audio(chunk)
-                    continue
-            if len(self._backlog) >= self._max_backlog:
-                self._backlog.popleft()
-                self.dropped_frames += 1
-                self._call.stats.inbound_dropped += 1
-                self._dropped.inc()
-            self._backlog.append(chunk)
-            self._ready.set()
-
-    async def run(self) -> None:
-        """Release the backlog as real time allows. Runs for the life of the call."""
-        backlog = self._backlog
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while backlog:
-                duration = self._seconds(backlog[0])
-                wait = self._limit.delay(self._clock(), duration)
-                if wait > 0.0:
-                    await asyncio.sleep(wait)
-                    continue  # the head may have been dropped meanwhile
-                chunk = backlog.popleft()
-                self._limit.admit(self._clock(), duration)
-                self._call.receive_audio(chunk)
 
 
 class WebSocketLeg:

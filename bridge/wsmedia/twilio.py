@@ -42,13 +42,13 @@ from collections.abc import Mapping
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.intake import CallerIntake
 from bridge.core.switchboard import Refusal
 from bridge.ops.metrics import Metrics
 from bridge.security import credentials
 from bridge.security.sources import Refusal as SourceRefusal
 from bridge.wsmedia.leg import (
     TEXT_FRAME,
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,

@@ -17,11 +17,11 @@ import logging
 from aiohttp import WSMsgType, web
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.intake import CallerIntake
 from bridge.ops.metrics import Metrics
 from bridge.security import credentials
 from bridge.security.sources import Refusal as SourceRefusal
 from bridge.wsmedia.leg import (
-    CallerIntake,
     Clock,
     MediaEndpoint,
     WebSocketLeg,

@@ -53,7 +53,7 @@ def test_kubernetes_discovery_matches_the_pod_annotations():
 def test_check_rules():
     result = _promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 14 rules found" in result.stdout
 
 
 def test_rule_unit_tests():

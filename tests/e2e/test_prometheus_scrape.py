@@ -146,7 +146,7 @@ async def test_prometheus_scrapes_a_call(tmp_path, fixtures_dir):
             async with http.get(f"{prometheus.url}/api/v1/rules") as response:
                 groups = (await response.json())["data"]["groups"]
             rules = [rule for group in groups for rule in group["rules"]]
-            assert len(rules) == 12 and all(rule["health"] != "err" for rule in rules)
+            assert len(rules) == 14 and all(rule["health"] != "err" for rule in rules)
             await prometheus.wait_value(http, 'up{job="callbridge"}', lambda v: v == 1)
             await prometheus.wait_value(http, "callbridge_ready", lambda v: v == 1)
 

@@ -122,3 +122,48 @@ def test_environment_round_trip(env: dict[str, str]) -> None:
     (req,) = p.events_received()
     assert isinstance(req, agi.AgiRequest)
     assert req.env == {k: v.strip() for k, v in env.items()}
+
+
+# -- bounds: every buffer the peer fills has a limit ----------------------------------------------
+
+
+def _fails_within(p: agi.AgiProtocol, chunks: list[bytes]) -> agi.ProtocolError:
+    for chunk in chunks:
+        p.receive_data(chunk)
+        errors = [e for e in p.events_received() if isinstance(e, agi.ProtocolError)]
+        if errors:
+            assert p.closed
+            return errors[0]
+    raise AssertionError("the peer was never cut off")
+
+
+def test_endless_usage_block_fails_the_session() -> None:
+    p = agi.AgiProtocol()
+    feed(p, ENV, "whole")
+    line = b"520-" + b"x" * 200 + b"\n"
+    error = _fails_within(p, [line * 20] * 100)  # 400 KB offered; cut off after about 32 KB
+    assert "usage" in error.reason
+    assert len(p._usage) == 0 and len(p._buffer) == 0
+
+
+def test_replies_nobody_asked_for_fail_the_session() -> None:
+    p = agi.AgiProtocol()
+    feed(p, ENV, "whole")
+    error = _fails_within(p, [b"HANGUP\n" * 500])
+    assert "replies" in error.reason
+    assert len(p.events_received()) == 0
+
+
+def test_environment_bounded_in_bytes() -> None:
+    p = agi.AgiProtocol()
+    line = b"agi_x: " + b"v" * 8000 + b"\n"
+    error = _fails_within(p, [line] * 20)
+    assert "environment" in error.reason
+
+
+def test_ordinary_usage_block_still_accepted() -> None:
+    p = agi.AgiProtocol()
+    feed(p, ENV, "whole")
+    usage = b"".join(b"520-line %d of usage\n" % i for i in range(60)) + b"520 End of proper usage.\n"
+    (event,) = feed(p, usage, "whole")
+    assert isinstance(event, agi.AgiResponse) and event.code == 520 and "line 59" in event.text

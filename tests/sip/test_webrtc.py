@@ -65,3 +65,9 @@ def test_candidates_filtered_by_network() -> None:
     both, removed = wr.filter_candidates(OFFER_SDP, (ipaddress.ip_network("127.0.0.0/8"),
                                                      ipaddress.ip_network("2001:db8::/32")))
     assert removed == 2 and "2001:db8::1" in both
+
+
+def test_deeply_nested_json_is_invalid_not_an_exception() -> None:
+    assert isinstance(wr.parse_offer(b"[" * 5000), wr.InvalidMessage)
+    assert isinstance(wr.parse_offer(b'{"a":' * 5000), wr.InvalidMessage)
+    assert isinstance(wr.parse_client_message("[" * 1000), wr.InvalidMessage)

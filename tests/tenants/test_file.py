@@ -254,3 +254,63 @@ def test_any_text_gives_a_table_or_tenant_error(text: str) -> None:
         assert str(exc).startswith("tenants file: ")
     else:
         assert isinstance(table, TenantTable)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# being written\n", "version: 1\n", "tenants:\n"])
+async def test_empty_or_half_written_file_keeps_the_last_good_tenants(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(ONE_TENANT)
+    directory = await FileDirectory.open(path)
+    path.write_text(text)
+    with caplog.at_level(logging.ERROR, logger="tenants.file"):
+        assert await directory.reload() is False
+    assert "tenants: []" in caplog.text  # the log says how to mean "no tenants"
+    assert await directory.resolve("+5511988880001") is not None
+    with pytest.raises(TenantFileError):
+        parse_tenants_yaml(text)
+
+
+async def test_explicitly_empty_tenant_list_is_applied_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(ONE_TENANT)
+    directory = await FileDirectory.open(path)
+    path.write_text("version: 1\ntenants: []\n")
+    with caplog.at_level(logging.WARNING, logger="tenants.file"):
+        assert await directory.reload() is True
+    assert "lists no tenants" in caplog.text
+    assert [r.levelno for r in caplog.records if "lists no tenants" in r.message] == [logging.WARNING]
+    assert await directory.resolve("+5511988880001") is None
+
+
+async def test_watch_waits_for_the_file_to_settle(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(ONE_TENANT)
+    directory = await FileDirectory.open(path, watch_interval=0.2)
+    seen: list[list[str]] = []
+    done = asyncio.Event()
+
+    def changed() -> None:
+        seen.append([t.slug for t in directory.table.tenants])
+        done.set()
+
+    directory.add_change_listener(changed)
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(directory.watch())
+        # A writer that truncates, then appends a little at a time: part-way through, the file
+        # is often valid YAML with only the first tenant, but it never settles until the end.
+        second = ONE_TENANT.split("tenants:\n", 1)[1].replace("acme", "beta").replace(
+            "+5511988880001", "+5511988880002")
+        text = ONE_TENANT + second
+        with path.open("w") as out:
+            for start in range(0, len(text), 10):
+                out.write(text[start:start + 10])
+                out.flush()
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.sleep(0.5)
+        watcher.cancel()
+    assert seen == [["acme", "beta"]]

@@ -183,3 +183,37 @@ def test_any_dial_string_pattern_gives_pattern_or_number_error(raw: str) -> None
     except NumberError:
         return
     assert entry == normalize_pattern(entry, "BR")
+
+
+# -- bounds: a peer chooses the dialled value's size -------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    "1" * 21,  # longer than any extension
+    "1" * 40_000,  # a Twilio "to" seen in the wild took RSS to 860 MB through prefix matching
+    "sip:" + "1" * 300 + "@pbx.example.com",
+    "+" + "1" * 16,
+    "*" * 30 + "1",
+])
+def test_overlong_dialled_values_are_refused(raw: str) -> None:
+    with pytest.raises(NumberError) as caught:
+        normalize_number(raw)
+    assert len(str(caught.value)) < 200  # the message quotes a bounded part of the value
+
+
+def test_longest_extension_still_accepted() -> None:
+    assert normalize_number("9" * 20) == "9" * 20
+
+
+def test_covering_patterns_bounded_for_any_input() -> None:
+    assert covering_patterns("1" * 100_000) == []
+    assert len(covering_patterns("+" + "1" * 15)) == 15
+
+
+@given(st.text(max_size=2000))
+def test_normalised_numbers_are_short(raw: str) -> None:
+    try:
+        number = normalize_number(raw)
+    except NumberError:
+        return
+    assert len(number) <= 21 and len(covering_patterns(number)) <= 20

@@ -81,3 +81,16 @@ async def test_open_directory_names_missing_settings() -> None:
         await open_directory(TenantSettings(backend="postgres"))
     with pytest.raises(DirectoryConfigError, match="SUPABASE_URL"):
         await open_directory(TenantSettings(backend="supabase"))
+
+
+@pytest.mark.parametrize("size", [21, 257, 40_000])
+async def test_overlong_number_is_unknown_even_with_a_default_tenant(directory: FileDirectory,
+                                                                     size: int) -> None:
+    settings = TenantSettings(unknown_number="default", default_tenant="fallback")
+    found = await route(directory, "1" * size, settings)
+    if size <= 256:  # not a number, but short enough to be kept: the default tenant takes it
+        assert found is not None and found.match is MatchKind.DEFAULT
+        assert len(found.number) == size
+    else:
+        assert found is None
+    assert await route(directory, "1" * size, TenantSettings()) is None

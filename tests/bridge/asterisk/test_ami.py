@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 import pytest
 
@@ -116,6 +118,28 @@ async def test_connection_refused_at_start_is_retried(server):
         await asyncio.sleep(0.5)
         assert not ami.logged_in.is_set()
         await server.start(port)
+        await ami.wait_logged_in(5)
+    finally:
+        await ami.close()
+
+
+async def test_endless_message_closes_the_connection_and_it_comes_back(server, caplog):
+    ami = AmiConnection(_settings(server))
+    await ami.start()
+    try:
+        await ami.wait_logged_in(5)
+        logins = server.logins
+        connection = server.connections[-1]
+        with caplog.at_level(logging.WARNING, logger="bridge.asterisk.ami"):
+            for _ in range(400):  # 4 MB of one header that never ends its message
+                if connection.writer.is_closing():
+                    break
+                connection.writer.write(b"X-Filler: " + b"f" * 10_000 + b"\r\n")
+                with contextlib.suppress(ConnectionError):
+                    await connection.writer.drain()
+            await _wait(lambda: server.logins > logins)
+        assert "AMI message over" in caplog.text
+        server.emit(Event="Hangup", Channel="PJSIP/a-1")  # and the new connection works
         await ami.wait_logged_in(5)
     finally:
         await ami.close()

@@ -19,7 +19,7 @@ from bridge.records.callstore import CallQuery, CallStatus
 from bridge.records.webhook import verify
 from tests.peers.killed_recorder import ramp
 from tests.peers.tap_call import FRAME, RATE, FakeClock, call_info, make_settings, play_call, voice
-from tests.servers import serve_app
+from tests.servers import serve_app, until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -280,3 +280,62 @@ async def test_a_call_recorded_by_another_live_process_is_left_alone(tmp_path):
     again = CallArchive(settings, Metrics(CollectorRegistry()))
     async with again.running():
         assert [r.call_id for r in again.recovered] == [call_id]
+
+
+async def test_recovered_call_ends_with_its_audio_and_sends_its_webhook(tmp_path):
+    """A call the daemon died during: its duration is its audio's, not the time until the restart,
+    and its tenant hears of it (``call.completed``, status ``interrupted``)."""
+    from tenants.file import FileDirectory
+
+    received: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    async with serve_app(app) as port:
+        tenants_file = tmp_path / "tenants.yaml"
+        tenants_file.write_text(
+            "tenants:\n  - slug: acme\n    tenant_id: t-acme\n    numbers: ['+5511999990001']\n"
+            f"    webhook_url: http://127.0.0.1:{port}/hook\n    webhook_secret: s3cret\n")
+        settings = make_settings(tmp_path)
+        call_id = "dead0000-0000-4000-8000-00000000cafe"
+        fed = await _killed_call(settings.recording.directory, call_id, 100)
+        await asyncio.sleep(1.0)  # the restart comes a while after the crash
+        directory = await FileDirectory.open(tenants_file)
+        archive = CallArchive(settings, Metrics(CollectorRegistry()), tenants=directory)
+        async with archive.running():
+            record = await archive.get(call_id)
+            assert record is not None and record.status is CallStatus.INTERRUPTED
+            assert record.duration == pytest.approx(record.recording_seconds, abs=0.05)
+            assert abs(record.duration - fed * 0.02) < 1.0
+            await until(lambda: bool(received))
+    assert len(received) == 1
+    payload = json.loads(received[0])
+    assert payload["event"] == "call.completed"
+    assert payload["call"]["call_id"] == call_id and payload["call"]["status"] == "interrupted"
+    assert payload["call"]["duration"] == pytest.approx(record.duration, abs=0.01)
+    assert [e["text"] for e in payload["transcript"]] == ["hello"]
+
+
+async def test_refused_calls_are_kept_briefly_and_a_flood_is_counted(tmp_path):
+    from bridge.core.switchboard import Refusal, RefusedCall
+    from bridge.records.archive import MAX_REFUSAL_WRITES
+
+    settings = make_settings(tmp_path, recording={"retention_days": 90})
+    metrics = Metrics(CollectorRegistry())
+    archive = CallArchive(settings, metrics)
+    async with archive.running():
+        at = 1_750_000_000.0
+        archive.record_refusal(RefusedCall("twilio", Refusal.UNKNOWN_NUMBER, "+5511999990001", "", None, at))
+        await until(lambda: archive._refusal_writes == 0)
+        page = await archive.search(CallQuery())
+        assert page.total == 1
+        assert page.calls[0].expires_at == pytest.approx(at + 7 * 86400)
+        # More refusals at once than the index takes: the rest are counted, not queued.
+        for _ in range(MAX_REFUSAL_WRITES + 50):
+            archive.record_refusal(RefusedCall("twilio", Refusal.CAPACITY, "+5511999990001", "", None, at))
+        await until(lambda: archive._refusal_writes == 0)
+    assert metrics.registry.get_sample_value("callbridge_refusals_not_indexed_total") == 50

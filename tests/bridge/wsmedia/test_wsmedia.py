@@ -14,18 +14,12 @@ from aiohttp import ClientSession, WSMsgType, web
 from websockets.frames import OP_TEXT
 
 from bridge.core.call import Call, CallInfo, Outcome
+from bridge.core.intake import INTAKE_BACKLOG_SECONDS, INTAKE_LEAD_SECONDS, CallerIntake
 from bridge.core.realtime import ModelEndpoint
 from bridge.ops.metrics import Metrics
 from bridge.settings import ModelProvider
 from bridge.wsmedia import twilio as twilio_stream
-from bridge.wsmedia.leg import (
-    INTAKE_BACKLOG_SECONDS,
-    INTAKE_LEAD_SECONDS,
-    MARK_EVERY_FRAMES,
-    CallerIntake,
-    close_code_for,
-    new_socket,
-)
+from bridge.wsmedia.leg import MARK_EVERY_FRAMES, close_code_for, new_socket
 from bridge.wsmedia.twilio import TwilioLeg
 from media.codec import SLIN_24K, ULAW_8K
 from sip import twilio as tw
