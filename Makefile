@@ -15,11 +15,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml media/_native.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[fast]'
 	touch $@
 
-$(TSTAMP): pyproject.toml | $(BIN)/python
+$(TSTAMP): pyproject.toml media/_native.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[fast,test]'
 	touch $(STAMP) $@
 
