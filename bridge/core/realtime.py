@@ -408,15 +408,7 @@ class RealtimeSession:
                                      "session_limit") from exc
                 raise ModelError(f"model connection closed: {type(exc).__name__} {code or ''}".strip(),
                                  "closed") from exc
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                raise ModelError("model sent a frame that is not JSON", "protocol") from None
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise ModelError("model sent an event without a type", "protocol")
-            if self.dialect is rt.Dialect.BETA:
-                event["type"] = rt.normalize_event_type(event["type"])
-            yield event
+            yield decode_event(raw, "model", normalize=self.dialect is rt.Dialect.BETA)
 
     async def close(self) -> None:
         if self._closed:
@@ -427,3 +419,16 @@ class RealtimeSession:
                 await self._conn.close()
         except (TimeoutError, Exception) as exc:  # closing a dead socket: nothing more to do
             log.debug("model session close: %s", type(exc).__name__)
+
+
+def decode_event(raw: str | bytes, source: str, *, normalize: bool) -> dict[str, Any]:
+    """One server event from its frame; ``normalize`` maps beta-era event names to the GA ones."""
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        raise ModelError(f"{source} sent a frame that is not JSON", "protocol") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise ModelError(f"{source} sent an event without a type", "protocol")
+    if normalize:
+        event["type"] = rt.normalize_event_type(event["type"])
+    return event

@@ -124,7 +124,7 @@ class VoiceLiveSession:
         """Server events as dicts with GA type names; ends when the service closes normally."""
         from azure.ai.voicelive.aio import ConnectionClosed
 
-        from bridge.core.realtime import ModelError
+        from bridge.core.realtime import ModelError, decode_event
 
         while True:
             try:
@@ -142,14 +142,7 @@ class VoiceLiveSession:
                 raise ModelError(f"Voice Live connection failed: {type(exc).__name__}", "closed") from exc
             if not raw:
                 continue
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                raise ModelError("Voice Live sent a frame that is not JSON", "protocol") from None
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                raise ModelError("Voice Live sent an event without a type", "protocol")
-            event["type"] = rt.normalize_event_type(event["type"])
-            yield event
+            yield decode_event(raw, "Voice Live", normalize=True)
 
     async def close(self) -> None:
         if self._closed:
