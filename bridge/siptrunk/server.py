@@ -231,8 +231,12 @@ class SipTrunkServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.pump = MediaPump(self._loop)
+        # PJSIP's conference bridge runs at one rate. A stream at another rate goes through its
+        # resampler, which costs about one 20 ms frame each way (measured: bench/README.md "SIP
+        # trunk calls"), so the bridge runs at 8 kHz unless G.722 may be negotiated.
         self.stack = SipStack(self._build, self._teardown, self.reap,
-                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8))
+                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8),
+                              clock_rate=16000 if "G722" in self.settings.codecs else 8000)
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
