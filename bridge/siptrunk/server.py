@@ -240,8 +240,12 @@ class SipTrunkServer:
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
-        log.info("SIP trunk listening on %s; INVITEs accepted from %s", where,
-                 ", ".join(self.settings.allowed_sources) or "anywhere")
+        auth = self.settings.auth
+        checked = "" if not auth.users else (
+            f", digest-authenticated (realm {auth.realm})" + (
+                f" except from {', '.join(auth.trusted_sources)}" if auth.trusted_sources else ""))
+        log.info("SIP trunk listening on %s; INVITEs accepted from %s%s", where,
+                 ", ".join(self.settings.allowed_sources) or "anywhere", checked)
 
     def _build(self, ep: pj.Endpoint) -> None:  # SIP thread
         s = self.settings
