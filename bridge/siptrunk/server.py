@@ -220,6 +220,7 @@ class SipTrunkServer:
         self.registrations: dict[str, dict[str, Any]] = {}
         self._last_refusal_log = 0.0
         self.port = settings.port
+        self.tls_port = settings.tls.port if "tls" in settings.transports else None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -229,7 +230,8 @@ class SipTrunkServer:
                               max_calls=max(4, self.switchboard.settings.limits.max_calls + 8))
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
-        where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
+        where = ", ".join(f"{t.upper()} {self.settings.host}:{self.tls_port if t == 'tls' else self.port}"
+                          for t in self.settings.transports)
         log.info("SIP trunk listening on %s; INVITEs accepted from %s", where,
                  ", ".join(self.settings.allowed_sources) or "anywhere")
 
@@ -241,20 +243,25 @@ class SipTrunkServer:
         for codec in ep.codecEnum2():
             name = codec.codecId.rsplit("/", 1)[0] if codec.codecId.count("/") > 1 else codec.codecId
             ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
-        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
+        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
         port = s.port
         for transport in s.transports:
             tc = pj.TransportConfig()
-            tc.port = port
+            tc.port = s.tls.port if transport == "tls" else port
             tc.boundAddress = "" if s.host in ("0.0.0.0", "") else s.host
             if s.public_address:
                 tc.publicAddress = s.public_address
+            if transport == "tls":
+                _tls_config(tc.tlsConfig, s)
             try:
                 tid = ep.transportCreate(kinds[transport], tc)
             except pj.Error as exc:
-                raise OSError(f"SIP {transport.upper()} port {s.host}:{port}: {exc.reason}") from None
-            if port == 0:  # the kernel picked one (tests): the other transports use it too
-                port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1])
+                raise OSError(f"SIP {transport.upper()} port {s.host}:{tc.port}: {exc.reason}") from None
+            bound = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1])
+            if transport == "tls":
+                self.tls_port = bound
+            elif port == 0:  # the kernel picked one (tests): UDP and TCP share it
+                port = bound
         self.port = port
         host = s.public_address or (s.host if s.host not in ("0.0.0.0", "") else "127.0.0.1")
         trunk = TrunkAccount(self, "trunk")
@@ -292,6 +299,9 @@ class SipTrunkServer:
         cfg.idUri = id_uri
         cfg.callConfig.timerUse = _TIMERS[s.session_timers]
         cfg.mediaConfig.srtpUse = _SRTP[s.srtp]
+        # SDES keys ride in the SDP: with srtp_requires_tls, SRTP is negotiated only on a call whose
+        # INVITE came over TLS (PJSIP level 1: a secure next hop); any other call gets 488.
+        cfg.mediaConfig.srtpSecureSignaling = 1 if s.srtp_requires_tls else 0
         cfg.mediaConfig.transportConfig.port = s.rtp_port
         cfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
         if s.host not in ("0.0.0.0", ""):
@@ -425,7 +435,7 @@ class SipTrunkServer:
 
     def status(self) -> dict[str, Any]:
         """What /ready says of the trunk."""
-        return {"port": self.port, "registrations": [
+        return {"port": self.port, "tls_port": self.tls_port, "registrations": [
             self.registrations.get(str(i), {"registrar": r.registrar, "registered": False, "code": 0})
             for i, r in enumerate(self.settings.registrations)]}
 
@@ -521,6 +531,18 @@ class SipTrunkServer:
         except Exception:
             log.error("sip call failed", exc_info=True)
             self.hang_up(handle, 500)
+
+
+def _tls_config(tls: Any, s: SipSettings) -> None:
+    """The TLS listener's settings (pjsua2 TlsConfig): certificate, key, trusted CAs, minimum 1.2."""
+    tls.certFile = str(s.tls.cert_file or "")
+    tls.privKeyFile = str(s.tls.key_file or "")
+    tls.CaListFile = str(s.tls.ca_file or "")
+    # ``proto`` wins over the older ``method`` when set; PJSIP's default also accepts TLS 1.0/1.1.
+    tls.method = pj.PJSIP_TLSV1_2_METHOD
+    tls.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+    tls.verifyClient = s.tls.verify_client
+    tls.requireClientCert = s.tls.verify_client
 
 
 def _host_of(uri: str) -> str:
