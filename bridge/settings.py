@@ -471,6 +471,15 @@ class SipSettings(_Section):
             if marker not in text:
                 kind = "private key" if name == "key_file" else "certificate"
                 problems.append(f"sip.tls.{name} {path} holds no PEM {kind} (-----BEGIN ...{marker})")
+        if not problems and tls.cert_file is not None and tls.key_file is not None:
+            # PJSIP loads the pair only when a peer connects: check now that they belong together.
+            import ssl
+
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert_file, tls.key_file, password=b"")
+            except ssl.SSLError as exc:
+                problems.append(f"sip.tls.key_file {tls.key_file} is not the unencrypted private key of "
+                                f"sip.tls.cert_file {tls.cert_file} ({exc.reason or exc})")
         return problems
 
 

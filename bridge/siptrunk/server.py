@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from typing import Any
 
@@ -253,6 +254,7 @@ class SipTrunkServer:
                 tc.publicAddress = s.public_address
             if transport == "tls":
                 _tls_config(tc.tlsConfig, s)
+                _check_port_free(tc.boundAddress or "0.0.0.0", tc.port)
             try:
                 tid = ep.transportCreate(kinds[transport], tc)
             except pj.Error as exc:
@@ -531,6 +533,20 @@ class SipTrunkServer:
         except Exception:
             log.error("sip call failed", exc_info=True)
             self.hang_up(handle, 500)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """PJSIP 2.15 reports a TLS listener as ready on a TCP port another socket already listens
+    on (and never accepts there): bind and listen first, as PJSIP will, to find out."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            probe.listen()
+        except OSError as exc:
+            raise OSError(f"SIP TLS port {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _tls_config(tls: Any, s: SipSettings) -> None:

@@ -15,8 +15,9 @@ against ``--ca-file`` and may present its own (``--cert-file``, ``--key-file``);
 SRTP (SDES) as PJSIP's account setting says.
 
 Events: ``ready`` (its SIP port), ``state`` (the first call's INVITE states), ``media`` (codec,
-clock rate, and the SRTP status line of PJSIP's call dump), ``dtmf_sent``, ``transfer_request`` (the Refer-To URI), ``target_call`` (the transfer
-target's call, answered), ``transfer_call_state``, ``disconnected`` (status code), ``done``.
+clock rate, and the SRTP status line of PJSIP's call dump), ``dtmf_sent``, ``transfer_request``
+(the Refer-To URI), ``target_call`` (the transfer target's call, answered), ``transfer_call_state``,
+``disconnected`` (status code), ``done``.
 """
 
 from __future__ import annotations
