@@ -149,18 +149,26 @@ async def test_plain_rtp_offer_to_mandatory_srtp_is_refused(tmp_path):
         await stop_daemon(stop, task)
 
 
-def _handshake(port: int, ca_file: Path, client: tuple[Path, Path], version: ssl.TLSVersion) -> str:
-    """A TLS handshake with the trunk at one protocol version: the version, or why it failed."""
+def _options(port: int, ca_file: Path, client: tuple[Path, Path], version: ssl.TLSVersion) -> str:
+    """An OPTIONS request over TLS at one protocol version: the response's status line, or why
+    there was none (PJSIP completes the handshake, then closes a connection whose client
+    certificate it does not trust)."""
     context = ssl.create_default_context(cafile=str(ca_file))
     context.load_cert_chain(*client)
     context.minimum_version = context.maximum_version = version
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1 at all
+    request = (f"OPTIONS sip:127.0.0.1:{port};transport=tls SIP/2.0\r\n"
+               "Via: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bK-probe;rport\r\nMax-Forwards: 70\r\n"
+               "From: <sip:probe@127.0.0.1>;tag=probe\r\nTo: <sip:127.0.0.1>\r\nCall-ID: probe@127.0.0.1\r\n"
+               "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, \
                 context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
-            return str(tls.version())
+            tls.sendall(request.encode())
+            answer = tls.recv(4096)
     except (ssl.SSLError, OSError) as exc:
         return f"refused: {exc}"
+    return answer.decode(errors="replace").split("\r\n", 1)[0] if answer else "refused: closed"
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
@@ -176,15 +184,20 @@ async def test_tls_below_1_2_is_refused_and_client_certificates_are_checked(tmp_
         # The same client, trusted certificate in hand, at TLS 1.1 and at 1.2 (PJSIP's own default
         # would accept 1.1).
         client = (trusted_cert, trusted_key)
-        old = await asyncio.to_thread(_handshake, port, pki.ca_file, client, ssl.TLSVersion.TLSv1_1)
+        old = await asyncio.to_thread(_options, port, pki.ca_file, client, ssl.TLSVersion.TLSv1_1)
         assert old.startswith("refused"), old
-        assert await asyncio.to_thread(_handshake, port, pki.ca_file, client, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+        assert await asyncio.to_thread(_options, port, pki.ca_file, client, ssl.TLSVersion.TLSv1_2) == (
+            "SIP/2.0 200 OK")
+        # A certificate from a CA the trunk does not trust: the connection is closed unanswered.
+        stranger = await asyncio.to_thread(_options, port, pki.ca_file, (stranger_cert, stranger_key),
+                                           ssl.TLSVersion.TLSv1_2)
+        assert stranger.startswith("refused"), stranger
 
-        async def call(*tls: str, seconds: str = "4") -> PjsuaCaller:
+        async def call(*tls: str, srtp: str = "optional") -> PjsuaCaller:
             caller = PjsuaCaller()
             try:
                 await caller.start("--uri", _uri(app), "--transport", "tls", "--ca-file", str(pki.ca_file),
-                                   "--srtp", "optional", "--codec", "PCMU", "--seconds", seconds, *tls)
+                                   "--srtp", srtp, "--codec", "PCMU", "--seconds", "4", *tls)
                 await caller.wait_closed()
             finally:
                 await caller.close()
@@ -201,5 +214,10 @@ async def test_tls_below_1_2_is_refused_and_client_certificates_are_checked(tmp_
         media = accepted.named("media")
         assert media and "SRTP status: Active" in media[0]["srtp"], accepted.events
         await until(lambda: len(app.simulator.sessions) == 1, within=5)
+        # srtp optional: a caller offering plain RTP is answered with plain RTP.
+        plain = await call("--cert-file", str(trusted_cert), "--key-file", str(trusted_key), srtp="disabled")
+        media = plain.named("media")
+        assert media and "SRTP status: Not active" in media[0]["srtp"], plain.events
+        await until(lambda: len(app.simulator.sessions) == 2, within=5)
     finally:
         await stop_daemon(stop, task)
