@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 import time
 from typing import Any
 
@@ -35,7 +34,9 @@ from bridge.core.call import Call, CallInfo
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.settings import SipSettings
 from bridge.siptrunk.stack import CallPort, MediaPump, SipStack
+from bridge.siptrunk.tls import check_port_free, tls_config
 from media.codec import AudioFormat, Encoding
+from sip import digest
 from sip import siptrunk as st
 from tenants.config import TenantError, TransferTarget
 from tenants.directory import DirectoryError, Resolution
@@ -207,6 +208,11 @@ class SipTrunkServer:
         self.settings = settings
         self.metrics = switchboard.metrics
         self._allowed = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_sources)
+        auth = settings.auth
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in auth.trusted_sources)
+        self._authority = digest.DigestAuthority(
+            auth.realm, {u.username: u.password.get_secret_value() for u in auth.users},
+            algorithms=tuple(digest.Algorithm(a) for a in auth.algorithms)) if auth.users else None
         self._called = tuple(st.CalledSource(h) for h in settings.called_headers)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pump: MediaPump
@@ -227,14 +233,22 @@ class SipTrunkServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.pump = MediaPump(self._loop)
+        # PJSIP's conference bridge runs at one rate. A stream at another rate goes through its
+        # resampler, which costs about one 20 ms frame each way (measured: bench/README.md "SIP
+        # trunk calls"), so the bridge runs at 8 kHz unless G.722 may be negotiated.
         self.stack = SipStack(self._build, self._teardown, self.reap,
-                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8))
+                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8),
+                              clock_rate=16000 if "G722" in self.settings.codecs else 8000)
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.tls_port if t == 'tls' else self.port}"
                           for t in self.settings.transports)
-        log.info("SIP trunk listening on %s; INVITEs accepted from %s", where,
-                 ", ".join(self.settings.allowed_sources) or "anywhere")
+        auth = self.settings.auth
+        checked = "" if not auth.users else (
+            f", digest-authenticated (realm {auth.realm})" + (
+                f" except from {', '.join(auth.trusted_sources)}" if auth.trusted_sources else ""))
+        log.info("SIP trunk listening on %s; INVITEs accepted from %s%s", where,
+                 ", ".join(self.settings.allowed_sources) or "anywhere", checked)
 
     def _build(self, ep: pj.Endpoint) -> None:  # SIP thread
         s = self.settings
@@ -253,8 +267,8 @@ class SipTrunkServer:
             if s.public_address:
                 tc.publicAddress = s.public_address
             if transport == "tls":
-                _tls_config(tc.tlsConfig, s)
-                _check_port_free(tc.boundAddress or "0.0.0.0", tc.port)
+                tls_config(tc.tlsConfig, s.tls)
+                check_port_free(tc.boundAddress or "0.0.0.0", tc.port)
             try:
                 tid = ep.transportCreate(kinds[transport], tc)
             except pj.Error as exc:
@@ -302,7 +316,7 @@ class SipTrunkServer:
         cfg.callConfig.timerUse = _TIMERS[s.session_timers]
         cfg.mediaConfig.srtpUse = _SRTP[s.srtp]
         # SDES keys ride in the SDP: with srtp_requires_tls, SRTP is negotiated only on a call whose
-        # INVITE came over TLS (PJSIP level 1: a secure next hop); any other call gets 488.
+        # INVITE came over TLS (PJSIP level 1: a secure next hop); PJSIP answers 406 to any other.
         cfg.mediaConfig.srtpSecureSignaling = 1 if s.srtp_requires_tls else 0
         cfg.mediaConfig.transportConfig.port = s.rtp_port
         cfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
@@ -363,15 +377,38 @@ class SipTrunkServer:
         self._live[id(call)] = call
         host = st.source_host(source)
         try:
-            allowed = any(ipaddress.ip_address(host) in net for net in self._allowed)
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
         except ValueError:
-            allowed = False
+            address = None
+        allowed = address is not None and (not self._allowed or any(address in net for net in self._allowed))
         if not allowed:
             self._answer_now(call, 403, "Forbidden")
             self.metrics.calls_refused.labels(TRANSPORT, "source_not_allowed").inc()
             self._log_refusal("sip: INVITE from %s refused: source not allowed", host)
             return
+        if self._authority is not None and not any(address in net for net in self._trusted):
+            if not self._authenticated(call, str(prm.rdata.wholeMsg), host):
+                return
         self.post(self._on_invite, handle)
+
+    def _authenticated(self, call: TrunkCall, text: str, host: str) -> bool:  # SIP thread
+        """Digest-check an INVITE: True to go on; otherwise it has been answered 401 or 403."""
+        assert self._authority is not None
+        method, _ = digest.request_line(text)
+        now = time.monotonic()
+        check = self._authority.check(method, digest.authorization_headers(text), host, now)
+        if check.verdict is digest.Verdict.OK:
+            return True
+        if check.verdict is digest.Verdict.FAILED:
+            self._answer_now(call, 403, "Forbidden")
+            self.metrics.calls_refused.labels(TRANSPORT, "auth_failed").inc()
+            self._log_refusal("sip: INVITE from %s refused: digest authentication failed (%s)", host, check.reason)
+            return False
+        stale = check.verdict is digest.Verdict.STALE
+        self._answer_now(call, 401, "Unauthorized",
+                         headers=[("WWW-Authenticate", c) for c in self._authority.challenges(host, now, stale=stale)])
+        self.metrics.sip_challenges.inc()
+        return False
 
     def _log_refusal(self, message: str, *args: Any) -> None:
         now = time.monotonic()
@@ -379,15 +416,19 @@ class SipTrunkServer:
             self._last_refusal_log = now
             log.warning(message, *args)
 
-    def _answer_now(self, call: TrunkCall, status: int, reason: str = "", retry_after: int | None = None) -> None:
+    def _answer_now(self, call: TrunkCall, status: int, reason: str = "", retry_after: int | None = None,
+                    headers: list[tuple[str, str]] | None = None) -> None:
         op = pj.CallOpParam(True)
         op.statusCode = status
         if reason:
             op.reason = reason
+        extra = list(headers or [])
         if retry_after is not None:
+            extra.append(("Retry-After", str(retry_after)))
+        for name, value in extra:
             header = pj.SipHeader()
-            header.hName = "Retry-After"
-            header.hValue = str(retry_after)
+            header.hName = name
+            header.hValue = value
             op.txOption.headers.append(header)
         call.answer(op)
 
@@ -533,32 +574,6 @@ class SipTrunkServer:
         except Exception:
             log.error("sip call failed", exc_info=True)
             self.hang_up(handle, 500)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """PJSIP 2.15 reports a TLS listener as ready on a TCP port another socket already listens
-    on (and never accepts there): bind and listen first, as PJSIP will, to find out."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-            probe.listen()
-        except OSError as exc:
-            raise OSError(f"SIP TLS port {host}:{port}: {exc.strerror or exc}") from None
-
-
-def _tls_config(tls: Any, s: SipSettings) -> None:
-    """The TLS listener's settings (pjsua2 TlsConfig): certificate, key, trusted CAs, minimum 1.2."""
-    tls.certFile = str(s.tls.cert_file or "")
-    tls.privKeyFile = str(s.tls.key_file or "")
-    tls.CaListFile = str(s.tls.ca_file or "")
-    # ``proto`` wins over the older ``method`` when set; PJSIP's default also accepts TLS 1.0/1.1.
-    tls.method = pj.PJSIP_TLSV1_2_METHOD
-    tls.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
-    tls.verifyClient = s.tls.verify_client
-    tls.requireClientCert = s.tls.verify_client
 
 
 def _host_of(uri: str) -> str:

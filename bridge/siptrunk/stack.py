@@ -80,6 +80,36 @@ def _vector_reader() -> Callable[[Any], bytes]:
 read_vector = _vector_reader()
 
 
+def _vector_writer() -> Callable[[Any, bytes], bool]:
+    """How to fill a pjsua2 ByteVector of the right size in place (SWIG builds a new one element by
+    element: about 11 us per 20 ms frame). Checked once like the reader; False means "build one"."""
+    word = ctypes.sizeof(ctypes.c_void_p)
+
+    def direct(vec: Any, data: bytes) -> bool:
+        addr = int(vec.this)
+        start = ctypes.c_void_p.from_address(addr).value
+        finish = ctypes.c_void_p.from_address(addr + word).value
+        if not start or not finish or finish - start != len(data):
+            return False
+        ctypes.memmove(start, data, len(data))
+        return True
+
+    def never(vec: Any, data: bytes) -> bool:
+        return False
+
+    probe = bytes(range(7, 207))
+    try:
+        vec = pj.ByteVector(bytes(len(probe)))
+        if direct(vec, probe) and bytes(vec) == probe and not direct(vec, probe[:-1]):
+            return direct
+    except (ValueError, TypeError, OSError):
+        pass
+    return never
+
+
+fill_vector = _vector_writer()
+
+
 class MediaPump:
     """Wakes the loop once per media clock tick for every port that received audio."""
 
@@ -120,6 +150,7 @@ class CallPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.outbound: deque[bytes] = deque(maxlen=OUTBOUND_FRAMES)
         self.consumer: Callable[[bytes], None] | None = None
         self._silence = pj.ByteVector(bytes(self.frame_bytes))
+        self._frame = pj.ByteVector(bytes(self.frame_bytes))  # refilled for each agent frame
         self.frames_in = 0
         self.frames_out = 0
         self.underruns = 0
@@ -141,7 +172,8 @@ class CallPort(pj.AudioMediaPort):  # type: ignore[misc]
             frame.size = self.frame_bytes
             return
         self.frames_out += 1
-        frame.buf = pj.ByteVector(data)
+        # The frame's buffer is a copy of what is assigned, so one vector serves every frame.
+        frame.buf = self._frame if fill_vector(self._frame, data) else pj.ByteVector(data)
         frame.size = len(data)
 
     # -- event loop ------------------------------------------------------------------------------

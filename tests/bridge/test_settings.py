@@ -242,3 +242,15 @@ def test_sip_tls_settings_from_a_file(tmp_path: Path, monkeypatch: pytest.Monkey
     # A trunk that is off checks no files.
     monkeypatch.setenv("CALLBRIDGE_SIP__TLS__CERT_FILE", str(tmp_path / "none.pem"))
     assert not load_settings(env_file=None, environ={}).sip.enabled
+
+
+def test_sip_callers_are_checked_by_source_or_digest():
+    with pytest.raises(ConfigError, match=r"sip\.allowed_sources is empty and sip\.auth has no users"):
+        load_settings(env_file=None, environ={}, sip={"allowed_sources": []})
+    with pytest.raises(ConfigError, match=r"sip\.auth\.trusted_sources"):
+        load_settings(env_file=None, environ={}, sip={"auth": {"users": [{"username": "a", "password": "b"}],
+                                                            "trusted_sources": ["pbx.example.com"]}})
+    settings = load_settings(env_file=None, environ={}, sip={
+        "allowed_sources": [], "auth": {"users": [{"username": "pbx", "password": "seven"}],
+                                        "algorithms": ["SHA-256", "MD5"]}})
+    assert settings.sip.auth.users[0].username == "pbx" and "seven" in settings.secret_values()
