@@ -221,3 +221,21 @@ async def test_tls_below_1_2_is_refused_and_client_certificates_are_checked(tmp_
         await until(lambda: len(app.simulator.sessions) == 2, within=5)
     finally:
         await stop_daemon(stop, task)
+
+
+async def test_srtp_over_udp_only_when_srtp_requires_tls_is_false(tmp_path):
+    settings = loopback_settings(tmp_path, sip={
+        "enabled": True, "host": "127.0.0.1", "port": 0, "rtp_port": 42400, "rtp_port_range": 100,
+        "transports": ["udp"], "srtp": "mandatory", "srtp_requires_tls": False})
+    app, stop, task = await start_daemon(settings)
+    caller = PjsuaCaller()
+    try:
+        await caller.start("--uri", f"sip:{DEMO}@127.0.0.1:{app.sip.port}", "--srtp", "mandatory",
+                           "--codec", "PCMU", "--seconds", "3", "--rtp-port", "42500")
+        media = await caller.wait_for("media")
+        assert "SRTP status: Active" in media["srtp"], media
+        await until(lambda: len(app.simulator.sessions) == 1, within=5)
+        assert await caller.wait_closed() == 0
+    finally:
+        await caller.close()
+        await stop_daemon(stop, task)
