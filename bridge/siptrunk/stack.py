@@ -186,6 +186,16 @@ class CallPort(pj.AudioMediaPort):  # type: ignore[misc]
                 consumer(data)
 
 
+def _silence_pjlib_until_init() -> None:
+    """pjlib logs its start-up (``libCreate``) to stdout before ``libInit`` installs the log writer,
+    which would put non-JSON lines among JSON logs: its log level is set to nothing until then."""
+    try:
+        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        lib.pj_log_set_level(ctypes.c_int(0))
+    except (OSError, AttributeError):
+        log.debug("pjlib's log level cannot be set before start-up")
+
+
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     """PJSIP's log lines into this process's logging (PJSIP level 1 error, 2 warning, 3+ info)."""
 
@@ -242,6 +252,7 @@ class SipStack:
                 log.error("the SIP thread did not stop in %.0f s", timeout)
 
     def _run(self) -> None:
+        _silence_pjlib_until_init()
         ep = pj.Endpoint()
         try:
             ep.libCreate()

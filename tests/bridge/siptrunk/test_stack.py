@@ -27,3 +27,19 @@ def test_a_media_frame_keeps_its_own_copy() -> None:
     media.buf = vec
     assert fill_vector(vec, b"wxyz")
     assert read_vector(media.buf) == b"abcd"
+
+
+def test_the_library_prints_nothing_of_its_own(tmp_path) -> None:
+    # Start and stop the stack in a fresh process: pjlib's start-up lines would otherwise land on
+    # stdout, among the daemon's JSON log lines.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from bridge.siptrunk.stack import SipStack\n"
+              "s = SipStack(lambda ep: None, lambda: None, lambda: None, max_calls=4)\n"
+              "s.start(); s.stop(); print('stopped')\n")
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "stopped\n"
