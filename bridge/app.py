@@ -229,8 +229,13 @@ class Application:
             from bridge.siptrunk.server import SipTrunkServer
         except ImportError as exc:
             raise ConfigError(f"sip.enabled needs pjsua2 (pip install 'callbridge[sip]'): {exc}") from None
+        from bridge.siptrunk.stack import SipStackError
+
         self.sip = SipTrunkServer(switchboard, self.settings.sip)
-        await self.sip.start()
+        try:
+            await self.sip.start()
+        except SipStackError as exc:  # a port in use, a certificate PJSIP cannot load
+            raise ConfigError(f"cannot start the SIP trunk (sip settings, CALLBRIDGE_SIP__*): {exc}") from None
         stack.push_async_callback(self.sip.close)
         if self.http is not None:
             self.http.ready_details["sip"] = self.sip.status

@@ -373,6 +373,21 @@ class SipRegistration(_Section):
     retry_interval: int = Field(30, ge=5, le=3600)  # seconds before re-registering after a failure
 
 
+class SipTlsSettings(_Section):
+    """SIP over TLS (``tls`` in ``sip.transports``): this trunk's certificate and whom it trusts.
+
+    Files are PEM. TLS 1.2 is the minimum version (PJSIP's own default also accepts 1.0 and 1.1).
+    """
+
+    port: int = Field(5061, ge=0, le=65535)
+    cert_file: Path | None = None  # this trunk's certificate (its chain may follow in the file)
+    key_file: Path | None = None  # its private key, unencrypted
+    # CA certificates that sign the peers' client certificates (verify_client).
+    ca_file: Path | None = None
+    # Ask every TLS peer for a certificate signed by ca_file; a peer without one cannot connect.
+    verify_client: bool = False
+
+
 class SipUser(_Section):
     username: str = Field(min_length=1)
     password: SecretStr
@@ -406,7 +421,8 @@ class SipSettings(_Section):
     enabled: bool = False
     host: str = "0.0.0.0"
     port: int = Field(5060, ge=0, le=65535)
-    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])  # type: ignore[arg-type]
+    transports: list[Literal["udp", "tcp", "tls"]] = Field(default_factory=lambda: ["udp", "tcp"])  # type: ignore[arg-type]
+    tls: SipTlsSettings = Field(default_factory=SipTlsSettings)
     # The address put in Contact, Via and SDP when the host sits behind NAT.
     public_address: str | None = None
     rtp_port: int = Field(10000, ge=1024, le=65535)
@@ -422,6 +438,11 @@ class SipSettings(_Section):
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                                  "fc00::/7"])
     srtp: Literal["disabled", "optional", "mandatory"] = "disabled"
+    # SRTP keys (SDES) travel in the SDP, readable by anyone on the path of a UDP or TCP call.
+    # True: with srtp optional or mandatory, calls must come over TLS (PJSIP answers 406 to an
+    # INVITE over UDP or TCP), so only tls may be listed in transports. False: SRTP over UDP and
+    # TCP too, the keys in the clear (a private network or VPN only).
+    srtp_requires_tls: bool = True
     session_timers: Literal["inactive", "optional", "required"] = "optional"
     retry_after: int = Field(5, ge=0, le=3600)  # seconds, on 503 (busy, draining)
     # Ring this long (180 Ringing) before answering; 0 answers at once.
@@ -444,6 +465,58 @@ class SipSettings(_Section):
         for value in values:
             ipaddress.ip_network(value, strict=False)
         return values
+
+    @model_validator(mode="after")
+    def _tls_usable(self) -> SipSettings:
+        problems = self.tls_problems() if self.enabled else []
+        plain = [t for t in self.transports if t != "tls"]
+        if self.enabled and self.srtp != "disabled" and self.srtp_requires_tls and plain:
+            problems.append(
+                f"sip.srtp {self.srtp} sends SRTP keys in the SDP, so calls must come over TLS, and every "
+                f"call over {' and '.join(plain)} would be refused (406): list only tls in sip.transports, "
+                "or set sip.srtp_requires_tls false to send the keys over udp/tcp as well")
+        if problems:
+            # A custom error type: the message is shown as written, without "Value error, ".
+            raise PydanticCustomError("sip_tls", "; ".join(problems))
+        return self
+
+    def tls_problems(self) -> list[str]:
+        """What keeps the TLS transport from starting: settings missing, files unreadable."""
+        if "tls" not in self.transports:
+            return []
+        tls = self.tls
+        env = "CALLBRIDGE_SIP__TLS__"
+        missing = [name for name in ("cert_file", "key_file") if getattr(tls, name) is None]
+        if tls.verify_client and tls.ca_file is None:
+            missing.append("ca_file")
+        if missing:
+            names = " and ".join(f"sip.tls.{name} ({env}{name.upper()})" for name in missing)
+            why = "with sip.tls.verify_client " if missing == ["ca_file"] else ""
+            return [f"sip.transports lists tls {why}but {names} {'is' if len(missing) == 1 else 'are'} not set"]
+        problems = []
+        for name, marker in (("cert_file", "CERTIFICATE-----"), ("key_file", "PRIVATE KEY-----"),
+                             ("ca_file", "CERTIFICATE-----")):
+            path = getattr(tls, name)
+            if path is None:
+                continue
+            try:
+                text = Path(path).read_text(encoding="ascii", errors="replace")
+            except OSError as exc:
+                problems.append(f"sip.tls.{name} {path} cannot be read ({exc.strerror or exc})")
+                continue
+            if marker not in text:
+                kind = "private key" if name == "key_file" else "certificate"
+                problems.append(f"sip.tls.{name} {path} holds no PEM {kind} (-----BEGIN ...{marker})")
+        if not problems and tls.cert_file is not None and tls.key_file is not None:
+            # PJSIP loads the pair only when a peer connects: check now that they belong together.
+            import ssl
+
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert_file, tls.key_file, password=b"")
+            except ssl.SSLError as exc:
+                problems.append(f"sip.tls.key_file {tls.key_file} is not the unencrypted private key of "
+                                f"sip.tls.cert_file {tls.cert_file} ({exc.reason or exc})")
+        return problems
 
 
 class WebhookSettings(_Section):

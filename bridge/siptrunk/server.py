@@ -35,6 +35,7 @@ from bridge.core.switchboard import Refusal, Switchboard
 from bridge.security.sources import SourceGate
 from bridge.settings import SipSettings
 from bridge.siptrunk.stack import CallPort, MediaPump, SipStack
+from bridge.siptrunk.tls import check_port_free, tls_config
 from media.codec import AudioFormat, Encoding
 from sip import digest
 from sip import siptrunk as st
@@ -232,6 +233,7 @@ class SipTrunkServer:
         self.registrations: dict[str, dict[str, Any]] = {}
         self._last_refusal_log = 0.0
         self.port = settings.port
+        self.tls_port = settings.tls.port if "tls" in settings.transports else None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -245,7 +247,8 @@ class SipTrunkServer:
                               clock_rate=16000 if "G722" in self.settings.codecs else 8000)
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
-        where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
+        where = ", ".join(f"{t.upper()} {self.settings.host}:{self.tls_port if t == 'tls' else self.port}"
+                          for t in self.settings.transports)
         auth = self.settings.auth
         checked = "" if not auth.users else (
             f", digest-authenticated (realm {auth.realm})" + (
@@ -261,20 +264,26 @@ class SipTrunkServer:
         for codec in ep.codecEnum2():
             name = codec.codecId.rsplit("/", 1)[0] if codec.codecId.count("/") > 1 else codec.codecId
             ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
-        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP}
+        kinds = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
         port = s.port
         for transport in s.transports:
             tc = pj.TransportConfig()
-            tc.port = port
+            tc.port = s.tls.port if transport == "tls" else port
             tc.boundAddress = "" if s.host in ("0.0.0.0", "") else s.host
             if s.public_address:
                 tc.publicAddress = s.public_address
+            if transport == "tls":
+                tls_config(tc.tlsConfig, s.tls)
+                check_port_free(tc.boundAddress or "0.0.0.0", tc.port)
             try:
                 tid = ep.transportCreate(kinds[transport], tc)
             except pj.Error as exc:
-                raise OSError(f"SIP {transport.upper()} port {s.host}:{port}: {exc.reason}") from None
-            if port == 0:  # the kernel picked one (tests): the other transports use it too
-                port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1])
+                raise OSError(f"SIP {transport.upper()} port {s.host}:{tc.port}: {exc.reason}") from None
+            bound = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1])
+            if transport == "tls":
+                self.tls_port = bound
+            elif port == 0:  # the kernel picked one (tests): UDP and TCP share it
+                port = bound
         self.port = port
         host = s.public_address or (s.host if s.host not in ("0.0.0.0", "") else "127.0.0.1")
         trunk = TrunkAccount(self, "trunk")
@@ -312,6 +321,9 @@ class SipTrunkServer:
         cfg.idUri = id_uri
         cfg.callConfig.timerUse = _TIMERS[s.session_timers]
         cfg.mediaConfig.srtpUse = _SRTP[s.srtp]
+        # SDES keys ride in the SDP: with srtp_requires_tls, SRTP is negotiated only on a call whose
+        # INVITE came over TLS (PJSIP level 1: a secure next hop); PJSIP answers 406 to any other.
+        cfg.mediaConfig.srtpSecureSignaling = 1 if s.srtp_requires_tls else 0
         cfg.mediaConfig.transportConfig.port = s.rtp_port
         cfg.mediaConfig.transportConfig.portRange = s.rtp_port_range
         if s.host not in ("0.0.0.0", ""):
@@ -475,7 +487,7 @@ class SipTrunkServer:
 
     def status(self) -> dict[str, Any]:
         """What /ready says of the trunk."""
-        return {"port": self.port, "registrations": [
+        return {"port": self.port, "tls_port": self.tls_port, "registrations": [
             self.registrations.get(str(i), {"registrar": r.registrar, "registered": False, "code": 0})
             for i, r in enumerate(self.settings.registrations)]}
 

@@ -38,6 +38,9 @@ POLL_MS = 10
 START_TIMEOUT = 10.0
 INBOUND_FRAMES = 50  # 1 s of caller audio waiting for the loop; more means the loop is stalled
 OUTBOUND_FRAMES = 25  # 500 ms of agent audio queued toward PJSIP's clock
+# PJSIP 2.15 logs this as an error on a TLS listener without a CA file (sip.tls.ca_file unset):
+# it has no CA certificates to load, which is right when client certificates are not verified.
+BENIGN_TLS_ERROR = "Error reading CA certificates from buffer"
 
 
 class SipStackError(Exception):
@@ -198,7 +201,10 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
 
     def write(self, entry: Any) -> None:
         level = logging.ERROR if entry.level <= 1 else logging.WARNING if entry.level == 2 else logging.DEBUG
-        log.log(level, "pjsip: %s", str(entry.msg).strip())
+        message = str(entry.msg).strip()
+        if message.endswith(BENIGN_TLS_ERROR):
+            level = logging.DEBUG
+        log.log(level, "pjsip: %s", message)
 
 
 class SipStack:

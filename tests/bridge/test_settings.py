@@ -222,6 +222,28 @@ def test_secret_values_are_every_secret_configured():
     assert sorted(settings.secret_values()) == sorted(["sk-one", "admin-two", "three", "four", "five", "six"])
 
 
+def test_sip_tls_settings_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trustme
+
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(tmp_path / "trunk.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "trunk.key"))
+    cfg = tmp_path / "callbridge.yaml"
+    cfg.write_text(f"sip:\n  enabled: true\n  transports: [tls]\n  srtp: mandatory\n"
+                   f"  tls:\n    cert_file: {tmp_path / 'trunk.pem'}\n    key_file: {tmp_path / 'trunk.key'}\n")
+    s = load_settings(cfg, env_file=None, environ={})
+    assert s.sip.tls.port == 5061 and s.sip.srtp_requires_tls and not s.sip.tls.verify_client
+    monkeypatch.setenv("CALLBRIDGE_SIP__TRANSPORTS", '["udp","tls"]')
+    with pytest.raises(ConfigError, match="every call over udp would be refused"):
+        load_settings(cfg, env_file=None, environ={})
+    # SRTP over UDP and TCP too only when asked for, keys in the clear.
+    monkeypatch.setenv("CALLBRIDGE_SIP__SRTP_REQUIRES_TLS", "false")
+    assert load_settings(cfg, env_file=None, environ={}).sip.transports == ["udp", "tls"]
+    # A trunk that is off checks no files.
+    monkeypatch.setenv("CALLBRIDGE_SIP__TLS__CERT_FILE", str(tmp_path / "none.pem"))
+    assert not load_settings(env_file=None, environ={}).sip.enabled
+
+
 def test_sip_callers_are_checked_by_source_or_digest():
     with pytest.raises(ConfigError, match=r"sip\.allowed_sources is empty and sip\.auth has no users"):
         load_settings(env_file=None, environ={}, sip={"allowed_sources": []})

@@ -182,9 +182,10 @@ def test_manifests_agree_with_the_daemon(rendered, monkeypatch):
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"audiosocket": defaults.audiosocket.port, "fastagi": defaults.agi.port,
-                     "http": defaults.http.port, "sip-udp": defaults.sip.port, "sip-tcp": defaults.sip.port}
+                     "http": defaults.http.port, "sip-udp": defaults.sip.port, "sip-tcp": defaults.sip.port,
+                     "sip-tls": defaults.sip.tls.port}
     protocols = {p["name"]: p["protocol"] for p in container["ports"]}
-    assert (protocols["sip-udp"], protocols["sip-tcp"]) == ("UDP", "TCP")
+    assert (protocols["sip-udp"], protocols["sip-tcp"], protocols["sip-tls"]) == ("UDP", "TCP", "TCP")
     service = by_key[("Service", "callbridge")]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]

@@ -164,7 +164,8 @@ def test_compose_wiring():
     callbridge = services["callbridge"]
     published = {int(p.split(":")[-1]) for p in callbridge.get("ports", [])}
     exposed = {int(p.split("/")[0]) for p in callbridge.get("expose", []) if "-" not in p}
-    assert {defaults.audiosocket.port, defaults.agi.port, defaults.http.port, defaults.sip.port} <= published | exposed
+    assert {defaults.audiosocket.port, defaults.agi.port, defaults.http.port, defaults.sip.port,
+            defaults.sip.tls.port} <= published | exposed
     # Only what must be public is published, and on the host's loopback (a TLS proxy on the host
     # forwards to it): FastAGI and AudioSocket stay on the compose network with Asterisk.
     assert published == {defaults.http.port}

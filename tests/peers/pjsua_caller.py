@@ -10,9 +10,14 @@ the transferor in NOTIFYs. Everything it sees is printed to stdout as one JSON o
     python -m tests.peers.pjsua_caller --uri sip:5511999990001@127.0.0.1:5060 --codec G722 \\
         --play speech16k.wav --record heard.wav --dtmf 3.0:5 --seconds 20
 
-Events: ``ready`` (its SIP port), ``state`` (the first call's INVITE states), ``media`` (codec and
-clock rate), ``dtmf_sent``, ``transfer_request`` (the Refer-To URI), ``target_call`` (the transfer
-target's call, answered), ``transfer_call_state``, ``disconnected`` (status code), ``done``.
+Over TLS (``--transport tls``, the URI with ``;transport=tls``) it checks the trunk's certificate
+against ``--ca-file`` and may present its own (``--cert-file``, ``--key-file``); ``--srtp`` offers
+SRTP (SDES) as PJSIP's account setting says.
+
+Events: ``ready`` (its SIP port), ``state`` (the first call's INVITE states), ``media`` (codec,
+clock rate, and the SRTP status line of PJSIP's call dump), ``dtmf_sent``, ``transfer_request``
+(the Refer-To URI), ``target_call`` (the transfer target's call, answered), ``transfer_call_state``,
+``disconnected`` (status code), ``done``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 import pjsua2 as pj
 
 CODECS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
+SRTP = {"disabled": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+        "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
 POLL_MS = 10
 
 
@@ -65,7 +72,16 @@ class Caller:
         tc = pj.TransportConfig()
         tc.port = 0
         tc.boundAddress = "127.0.0.1"
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        kind = pj.PJSIP_TRANSPORT_UDP
+        if self.args.transport == "tls":
+            kind = pj.PJSIP_TRANSPORT_TLS
+            tls = tc.tlsConfig
+            tls.CaListFile = self.args.ca_file or ""
+            tls.verifyServer = bool(self.args.ca_file)
+            tls.certFile = self.args.cert_file or ""
+            tls.privKeyFile = self.args.key_file or ""
+            tls.method = pj.PJSIP_TLSV1_2_METHOD
+        tid = ep.transportCreate(kind, tc)
         ep.libStart()
         port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[-1])
         for codec in ep.codecEnum2():
@@ -75,6 +91,8 @@ class Caller:
         acfg.idUri = f"sip:caller@127.0.0.1:{port}"
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         acfg.mediaConfig.transportConfig.port = self.args.rtp_port
+        acfg.mediaConfig.srtpUse = SRTP[self.args.srtp]
+        acfg.mediaConfig.srtpSecureSignaling = 0  # the caller offers what it is told, on any transport
         self.account = Account(self)
         self.account.create(acfg, True)
         emit("ready", port=port)
@@ -100,7 +118,10 @@ class Caller:
 
     def media_up(self, call: pj.Call, index: int) -> None:
         stream = call.getStreamInfo(index)
-        emit("media", codec=stream.codecName, rate_hz=int(stream.codecClockRate))
+        # PJSIP's call dump has one "SRTP status:" line per stream (pjsua_dump.c): in use or not,
+        # and the crypto suite.
+        srtp = [line.strip() for line in call.dump(True, "").splitlines() if "SRTP status" in line]
+        emit("media", codec=stream.codecName, rate_hz=int(stream.codecClockRate), srtp=" ".join(srtp))
         audio = call.getAudioMedia(index)
         if self.args.play and self.player is None:
             self.player = pj.AudioMediaPlayer()
@@ -188,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="give up after this long")
     parser.add_argument("--rtp-port", type=int, default=0, help="first RTP port (0: any)")
     parser.add_argument("--log", help="PJSIP log file")
+    parser.add_argument("--transport", choices=["udp", "tls"], default="udp", help="SIP transport")
+    parser.add_argument("--srtp", choices=sorted(SRTP), default="disabled", help="SRTP use (SDES) of the offer")
+    parser.add_argument("--ca-file", help="TLS: CA certificates the trunk's certificate must chain to")
+    parser.add_argument("--cert-file", help="TLS: this caller's certificate (PEM)")
+    parser.add_argument("--key-file", help="TLS: this caller's private key (PEM)")
     args = parser.parse_args(argv)
     caller = Caller(args)
     try:

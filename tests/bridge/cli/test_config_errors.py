@@ -253,3 +253,56 @@ def test_call_index_database_down(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("callbridge: ")]
     assert len(lines) == 1 and "cannot open the call index in PostgreSQL" in lines[0], result.stderr
     assert "recording.database_url" in lines[0] and "secret" not in result.stderr
+
+
+def _tls_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1, its key, and the key of another certificate (made here)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert, key, other = tmp_path / "trunk.pem", tmp_path / "trunk.key", tmp_path / "other.key"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+    return cert, key, other
+
+
+def test_sip_tls_without_a_usable_certificate(tmp_path):
+    pytest.importorskip("pjsua2", reason="pjsua2-python has wheels for Linux x86-64 only")
+    cert, key, other = _tls_pair(tmp_path)
+    sip = {"CALLBRIDGE_SIP__ENABLED": "true", "CALLBRIDGE_SIP__HOST": "127.0.0.1", "CALLBRIDGE_SIP__PORT": "0"}
+    tls_only = {**sip, "CALLBRIDGE_SIP__TRANSPORTS": '["tls"]'}
+    _one_clear_line(_run(tmp_path, "serve", env=_loopback(tmp_path, **sip, CALLBRIDGE_SIP__TRANSPORTS='["udp","tls"]')),
+                    "sip.transports lists tls but sip.tls.cert_file (CALLBRIDGE_SIP__TLS__CERT_FILE) and "
+                    "sip.tls.key_file (CALLBRIDGE_SIP__TLS__KEY_FILE) are not set")
+    folder = tmp_path / "certs"
+    folder.mkdir()  # a directory where the file should be: unreadable even as root
+    line = _one_clear_line(_run(tmp_path, "serve", env=_loopback(
+        tmp_path, **tls_only, CALLBRIDGE_SIP__TLS__CERT_FILE=str(folder),
+        CALLBRIDGE_SIP__TLS__KEY_FILE=str(tmp_path / "missing.key"))),
+        f"sip.tls.cert_file {folder} cannot be read (Is a directory)")
+    assert f"sip.tls.key_file {tmp_path / 'missing.key'} cannot be read (No such file or directory)" in line
+    _one_clear_line(_run(tmp_path, "serve", env=_loopback(
+        tmp_path, **tls_only, CALLBRIDGE_SIP__TLS__CERT_FILE=str(key), CALLBRIDGE_SIP__TLS__KEY_FILE=str(key))),
+        f"sip.tls.cert_file {key} holds no PEM certificate")
+    _one_clear_line(_run(tmp_path, "serve", env=_loopback(
+        tmp_path, **tls_only, CALLBRIDGE_SIP__TLS__CERT_FILE=str(cert), CALLBRIDGE_SIP__TLS__KEY_FILE=str(other))),
+        f"sip.tls.key_file {other} is not the unencrypted private key of sip.tls.cert_file {cert}")
+    _one_clear_line(_run(tmp_path, "serve", env=_loopback(
+        tmp_path, **tls_only, CALLBRIDGE_SIP__TLS__CERT_FILE=str(cert), CALLBRIDGE_SIP__TLS__KEY_FILE=str(key),
+        CALLBRIDGE_SIP__TLS__VERIFY_CLIENT="true")),
+        "sip.transports lists tls with sip.tls.verify_client but sip.tls.ca_file (CALLBRIDGE_SIP__TLS__CA_FILE)")
+    # SRTP keys over UDP/TCP only when asked for.
+    _one_clear_line(_run(tmp_path, "serve", env=_loopback(tmp_path, **sip, CALLBRIDGE_SIP__SRTP="mandatory")),
+                    "sip.srtp mandatory sends SRTP keys in the SDP", "every call over udp and tcp would be "
+                    "refused (406)", "sip.srtp_requires_tls")
+    # The TLS port taken by another process.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        _one_clear_line(_run(tmp_path, "serve", env=_loopback(
+            tmp_path, **tls_only, CALLBRIDGE_SIP__TLS__CERT_FILE=str(cert), CALLBRIDGE_SIP__TLS__KEY_FILE=str(key),
+            CALLBRIDGE_SIP__TLS__PORT=str(port))),
+            f"cannot start the SIP trunk (sip settings, CALLBRIDGE_SIP__*): SIP TLS port 127.0.0.1:{port}")
