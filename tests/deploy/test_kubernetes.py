@@ -200,12 +200,23 @@ def test_manifests_agree_with_the_daemon(rendered, monkeypatch):
     policy = by_key[("NetworkPolicy", "callbridge")]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert policy["policyTypes"] == ["Ingress"]
-    rules = {tuple(sorted(p["port"] for p in rule["ports"])): rule["from"] for rule in policy["ingress"]}
-    assert set(rules) == {("http",), ("audiosocket", "fastagi")}
-    assert all(rule for rule in rules.values()), "a rule without 'from' admits every source"
-    assert all(peer.get("podSelector") for peer in rules[("audiosocket", "fastagi")])
+    rules = {tuple(sorted(str(p["port"]) for p in rule["ports"])): rule for rule in policy["ingress"]}
+    pbx_ports = ("10000", "40000", "audiosocket", "fastagi", "sip-tcp", "sip-tls", "sip-udp")
+    assert set(rules) == {("http",), pbx_ports}
+    assert all(rule["from"] for rule in rules.values()), "a rule without 'from' admits every source"
+    assert all(peer.get("podSelector") for peer in rules[pbx_ports]["from"])
     named = {p["name"] for p in container["ports"]}
-    assert {p for ports in rules for p in ports} <= named
+    assert {p for ports in rules for p in ports if not p.isdigit()} <= named
+    # The RTP ranges are the daemon's defaults for SIP calls and for ARI external media.
+    from bridge.settings import load_settings as _defaults
+
+    defaults = _defaults(env_file=None, environ={})
+    ranges = {(p["port"], p["endPort"], p["protocol"]) for p in rules[pbx_ports]["ports"] if "endPort" in p}
+    assert ranges == {(defaults.sip.rtp_port, defaults.sip.rtp_port + defaults.sip.rtp_port_range - 1, "UDP"),
+                      (defaults.ari.rtp_port_min, defaults.ari.rtp_port_max, "UDP")}
+    for port in rules[pbx_ports]["ports"]:
+        match = [c for c in container["ports"] if c["name"] == port["port"]]
+        assert not match or match[0].get("protocol", "TCP") == port["protocol"]
 
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
