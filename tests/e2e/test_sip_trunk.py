@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import re
+import time
+import wave
 
+import numpy as np
 import pytest
 
 from tests.conftest import loopback_settings
@@ -105,3 +110,76 @@ async def test_daemon_hangs_up_with_bye(tmp_path):
                     within=10)
     finally:
         await stop_daemon(stop, task)
+
+
+
+def _calls(app, transport: str) -> float:
+    """Calls of ``transport`` counted under any outcome."""
+    return sum(sample.value for family in app.metrics.registry.collect() if family.name == "callbridge_calls"
+               for sample in family.samples
+               if sample.name == "callbridge_calls_total" and sample.labels.get("transport") == transport)
+
+
+def _answers(run, method: str) -> dict[int, str]:
+    """The final responses SIPp received to its ``method`` requests, by CSeq number, with the
+    time each arrived (SIPp's wall clock) in front."""
+    answers: dict[int, str] = {}
+    for block in run.messages.split("-----------------------------------------------")[1:]:
+        stamp, _, rest = block.partition("\n")
+        if "message received" not in rest:
+            continue
+        message = rest.split("\n\n", 1)[-1]
+        cseq = re.search(rf"^CSeq:\s*(\d+) {method}", message, re.M)
+        if message.startswith("SIP/2.0 2") and cseq:
+            answers[int(cseq.group(1))] = stamp.strip() + "\n" + message
+    return answers
+
+
+def _sdp_direction(message: str) -> str:
+    found = re.search(r"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", message, re.M)
+    return found.group(1) if found else "sendrecv"  # RFC 4566: sendrecv when none is given
+
+
+async def test_hold_unhold_and_codec_change_keep_one_call_with_audio(tmp_path):
+    # PJSIP re-creates the call's stream (a new conference slot) on each of these re-INVITEs;
+    # the trunk must re-join its media port each time or the caller goes silent for the agent.
+    app, stop, task = await start_daemon(_settings(tmp_path))
+    try:
+        wall_minus_monotonic = time.time() - time.monotonic()
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="hold")
+        assert run.returncode == 0, run.output[-2000:] + run.messages[-3000:]
+        answers = _answers(run, "INVITE")
+        assert sorted(answers) == [1, 2, 3, 4]
+        assert re.search(r"^m=audio \d+ RTP/AVP 0\b", answers[1], re.M)
+        assert _sdp_direction(answers[1]) == "sendrecv"
+        assert _sdp_direction(answers[2]) in ("recvonly", "inactive")  # hold (the caller sent sendonly)
+        assert _sdp_direction(answers[3]) == "sendrecv"  # unhold
+        assert re.search(r"^m=audio \d+ RTP/AVP 8\b", answers[4], re.M)  # moved to PCMA
+        assert _sdp_direction(answers[4]) == "sendrecv"
+        codec_changed = datetime.datetime.strptime(answers[4].split("\n", 1)[0], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        # One call, one model session, ended by the caller's BYE.
+        await until(lambda: _value(app, "callbridge_calls_total",
+                                   {"transport": "sip", "outcome": "caller_hangup"}) == 1, within=10)
+        assert _calls(app, "sip") == 1
+        assert len(app.simulator.sessions) == 1
+        session = app.simulator.sessions[0]
+        # SIPp sends RTP only after the codec change (the PCMA pcap): the model heard it.
+        assert session.speech_started_at, "the caller's speech after the codec change never reached the model"
+        assert session.speech_started_at[0] + wall_minus_monotonic > codec_changed
+        # And the recording's caller channel has it too, after a quiet start.
+        await asyncio.wait_for(app.archive.wait_idle(), 10)
+        (wav,) = (tmp_path / "rec").rglob("*.wav")
+        caller = _channel_rms(wav, 0)
+        assert max(caller[:4]) < 100, caller
+        assert max(caller[-8:]) > 500, caller
+    finally:
+        await stop_daemon(stop, task)
+
+
+def _channel_rms(path, channel: int) -> list[float]:
+    """RMS of one channel of a stereo 16-bit WAV, per second."""
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, channel]
+    return [float(np.sqrt(np.mean(samples[i:i + rate].astype(np.float64) ** 2)))
+            for i in range(0, len(samples) - rate + 1, rate)]
