@@ -183,3 +183,25 @@ def _channel_rms(path, channel: int) -> list[float]:
         samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, channel]
     return [float(np.sqrt(np.mean(samples[i:i + rate].astype(np.float64) ** 2)))
             for i in range(0, len(samples) - rate + 1, rate)]
+
+
+async def test_options_keepalive_and_session_timer_refreshes(tmp_path):
+    app, stop, task = await start_daemon(_settings(tmp_path))
+    try:
+        ping = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="options")
+        assert ping.returncode == 0, ping.output[-2000:] + ping.messages[-2000:]
+        (answer,) = _answers(ping, "OPTIONS").values()
+        assert "INVITE" in re.search(r"^Allow:(.*)$", answer, re.M).group(1)  # type: ignore[union-attr]
+        assert not app.simulator.sessions and _calls(app, "sip") == 0  # a keep-alive is no call
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="session_timer")
+        assert run.returncode == 0, run.output[-2000:] + run.messages[-3000:]
+        invites, updates = _answers(run, "INVITE"), _answers(run, "UPDATE")
+        assert sorted(invites) == [1, 3] and sorted(updates) == [2]
+        for answer in (invites[1], updates[2], invites[3]):
+            assert re.search(r"^Session-Expires:\s*90;refresher=uac\s*$", answer, re.M), answer
+            assert re.search(r"^Require:.*\btimer\b", answer, re.M), answer  # RFC 4028 section 9
+        await until(lambda: _value(app, "callbridge_calls_total",
+                                   {"transport": "sip", "outcome": "caller_hangup"}) == 1, within=10)
+        assert _calls(app, "sip") == 1 and len(app.simulator.sessions) == 1
+    finally:
+        await stop_daemon(stop, task)
