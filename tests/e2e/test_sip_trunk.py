@@ -205,3 +205,26 @@ async def test_options_keepalive_and_session_timer_refreshes(tmp_path):
         assert _calls(app, "sip") == 1 and len(app.simulator.sessions) == 1
     finally:
         await stop_daemon(stop, task)
+
+
+async def test_model_unreachable_before_answer_is_503_with_retry_after(tmp_path):
+    # A model endpoint where nothing listens: the INVITE is never answered 200; the PBX gets a
+    # 503 with Retry-After and tries its next route.
+    settings = _settings(tmp_path, retry_after=9).model_copy(update={"model": loopback_settings(
+        tmp_path, model={"provider": "openai", "api_key": "sk-test", "websocket_base_url": "ws://127.0.0.1:9/v1",
+                         "connect_timeout": 2}).model})
+    app, stop, task = await start_daemon(settings)
+    try:
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="refused")
+        assert run.returncode == 0, run.output[-2000:] + run.messages[-2000:]
+        responses = run.responses()
+        assert any(r.startswith("SIP/2.0 180") for r in responses), responses  # ringing while it tried
+        assert any(r.startswith("SIP/2.0 503") for r in responses), responses
+        assert not any(r.startswith("SIP/2.0 200") for r in responses), responses
+        assert "Retry-After: 9" in run.messages
+        assert _value(app, "callbridge_calls_refused_total",
+                      {"transport": "sip", "reason": "model_unavailable"}) == 1
+        assert _value(app, "callbridge_calls_total", {"transport": "sip", "outcome": "refused"}) == 1
+        assert app.switchboard.active_calls == 0
+    finally:
+        await stop_daemon(stop, task)
