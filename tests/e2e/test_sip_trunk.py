@@ -140,19 +140,22 @@ def _sdp_direction(message: str) -> str:
     return found.group(1) if found else "sendrecv"  # RFC 4566: sendrecv when none is given
 
 
-async def test_hold_unhold_and_codec_change_keep_one_call_with_audio(tmp_path):
+@pytest.mark.parametrize("hold", ["sendonly", "inactive"])
+async def test_hold_unhold_and_codec_change_keep_one_call_with_audio(tmp_path, hold):
     # PJSIP re-creates the call's stream (a new conference slot) on each of these re-INVITEs;
     # the trunk must re-join its media port each time or the caller goes silent for the agent.
     app, stop, task = await start_daemon(_settings(tmp_path))
     try:
         wall_minus_monotonic = time.time() - time.monotonic()
-        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="hold")
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="hold", extra=("-set", "hold", hold))
         assert run.returncode == 0, run.output[-2000:] + run.messages[-3000:]
+        assert "CSeq: 2 INVITE" in run.messages and f"a={hold}" in run.messages  # the hold offer went out
         answers = _answers(run, "INVITE")
         assert sorted(answers) == [1, 2, 3, 4]
         assert re.search(r"^m=audio \d+ RTP/AVP 0\b", answers[1], re.M)
         assert _sdp_direction(answers[1]) == "sendrecv"
-        assert _sdp_direction(answers[2]) in ("recvonly", "inactive")  # hold (the caller sent sendonly)
+        # On hold: the answer to sendonly is recvonly (RFC 3264 section 6.1), to inactive inactive.
+        assert _sdp_direction(answers[2]) == {"sendonly": "recvonly", "inactive": "inactive"}[hold]
         assert _sdp_direction(answers[3]) == "sendrecv"  # unhold
         assert re.search(r"^m=audio \d+ RTP/AVP 8\b", answers[4], re.M)  # moved to PCMA
         assert _sdp_direction(answers[4]) == "sendrecv"
