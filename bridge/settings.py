@@ -373,6 +373,33 @@ class SipRegistration(_Section):
     retry_interval: int = Field(30, ge=5, le=3600)  # seconds before re-registering after a failure
 
 
+class SipUser(_Section):
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class SipAuth(_Section):
+    """Digest authentication of INVITEs (RFC 3261 22.4): with users configured, an INVITE from a
+    source outside ``trusted_sources`` is challenged (401) and must answer with a user's
+    credentials; wrong credentials get 403 and never reach the model."""
+
+    realm: str = "callbridge"
+    users: list[SipUser] = Field(default_factory=list)
+    # Offered in this order (RFC 8760); SHA-256 first only if every peer supports it.
+    algorithms: list[Literal["MD5", "SHA-256"]] = Field(default_factory=lambda: ["MD5"], min_length=1)  # type: ignore[arg-type]
+    # Networks whose INVITEs are accepted without a challenge (a PBX on the LAN); [] challenges all.
+    trusted_sources: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_sources")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+        return values
+
+
 class SipSettings(_Section):
     """The SIP trunk (PJSIP through pjsua2): a PBX or carrier sends calls to callbridge directly."""
 
@@ -389,7 +416,8 @@ class SipSettings(_Section):
         default_factory=lambda: ["G722", "PCMU", "PCMA"])  # type: ignore[arg-type]
     # Headers consulted for the dialled number before the Request-URI (then To).
     called_headers: list[Literal["p_called_party_id", "diversion"]] = Field(default_factory=list)
-    # Source networks allowed to send INVITEs; everything else gets 403.
+    # Source networks allowed to send INVITEs; everything else gets 403. [] allows any source,
+    # which is only accepted with digest users configured (sip.auth).
     allowed_sources: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                                  "fc00::/7"])
@@ -399,6 +427,14 @@ class SipSettings(_Section):
     # Ring this long (180 Ringing) before answering; 0 answers at once.
     answer_delay: float = Field(0.0, ge=0.0, le=30.0)
     registrations: list[SipRegistration] = Field(default_factory=list)
+    auth: SipAuth = Field(default_factory=SipAuth)
+
+    @model_validator(mode="after")
+    def _someone_checks_callers(self) -> SipSettings:
+        if not self.allowed_sources and not self.auth.users:
+            raise ValueError("sip.allowed_sources is empty and sip.auth has no users: anyone could call; "
+                             "list the PBX/carrier networks or configure digest users")
+        return self
 
     @field_validator("allowed_sources")
     @classmethod

@@ -99,6 +99,9 @@ class RunConfig:
     # The tenant's noise suppression. Speex, which the adaptive default runs on every steady-noise
     # line, so that every call pays the full suppression cost (the worst case for CPU).
     suppression: str = "speex"
+    # The SIP trunk's sip.codecs (the callers offer PCMU only): with G722 listed PJSIP's bridge
+    # runs at 16 kHz and resamples every narrowband call.
+    sip_codecs: str = "PCMU"
 
 
 def _ramp_seconds(calls: int) -> float:
@@ -143,7 +146,7 @@ def run_once(cfg: RunConfig) -> dict[str, Any]:
         sip_port = 0
         if cfg.transport == "sip":
             sip_port = free_port()
-            env.update(sip_environment(sip_port, cfg.calls))
+            env.update(sip_environment(sip_port, cfg.calls, cfg.sip_codecs.split(",")))
         bridge = start_bridge(run_dir, env, ports, bridge_cpus, cfg.loop, cfg.source)
         time.sleep(1.0)
         idle = sample(bridge.pid)
@@ -476,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suppression", choices=("speex", "adaptive", "webrtc", "off"), default="speex",
                         help="the tenant's noise suppression (default speex: what the adaptive default "
                              "costs on a noisy line)")
+    parser.add_argument("--sip-codecs", default="PCMU",
+                        help="the daemon's sip.codecs, comma-separated (default PCMU; G722,PCMU puts "
+                             "PJSIP's bridge at 16 kHz)")
     parser.add_argument("--profile", action="store_true",
                         help="sample callbridge with py-spy over the steady window (needs py-spy and --out)")
     parser.add_argument("--fixtures", type=Path, default=default_fixtures_dir())
@@ -514,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = RunConfig(transport, n, duration, args.loop, not args.no_pin, args.fixtures,
                         keep=args.out is not None, out_dir=out_dir, profile=args.profile,
                         source=args.source.resolve(), recording=not args.no_recording,
-                        suppression=args.suppression)
+                        suppression=args.suppression, sip_codecs=args.sip_codecs)
         print(f"-- {transport}, {n} calls x {duration:.0f} s ...", flush=True)
         r = run_once(cfg)
         ok, misses = meets_targets(r)

@@ -5,6 +5,7 @@ each its own process, pinned to a core; their CPU time and memory read from ``/p
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -196,14 +197,14 @@ def bridge_environment(run_dir: Path, ports: BridgePorts, simulator_port: int, t
     }
 
 
-def sip_environment(port: int, calls: int) -> dict[str, str]:
+def sip_environment(port: int, calls: int, codecs: list[str] | None = None) -> dict[str, str]:
     """The SIP trunk on ``127.0.0.1:port`` (UDP), with RTP and RTCP ports for every call."""
     return {
         "CALLBRIDGE_SIP__ENABLED": "true",
         "CALLBRIDGE_SIP__HOST": "127.0.0.1",
         "CALLBRIDGE_SIP__PORT": str(port),
         "CALLBRIDGE_SIP__TRANSPORTS": '["udp"]',
-        "CALLBRIDGE_SIP__CODECS": '["PCMU"]',
+        "CALLBRIDGE_SIP__CODECS": json.dumps(codecs or ["PCMU"]),
         "CALLBRIDGE_SIP__RTP_PORT": "30000",
         "CALLBRIDGE_SIP__RTP_PORT_RANGE": str(max(1000, 4 * calls)),
     }

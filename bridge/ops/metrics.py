@@ -99,6 +99,11 @@ class Metrics:
             "1 while the SIP trunk is registered with the carrier (sip.registrations, by position)",
             ["registration"], registry=r,
         )
+        self.sip_challenges = Counter(
+            "callbridge_sip_auth_challenges_total",
+            "INVITEs answered 401 with a digest challenge (sip.auth); failures count as refusals",
+            registry=r,
+        )
         self.calls_active = Gauge(
             "callbridge_calls_active", "Calls currently bridged", ["transport"], registry=r
         )

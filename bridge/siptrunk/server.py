@@ -42,6 +42,7 @@ from bridge.core.switchboard import Refusal, Switchboard
 from bridge.settings import SipSettings
 from bridge.siptrunk.stack import CallPort, MediaPump, SipStack
 from media.codec import AudioFormat, Encoding
+from sip import digest
 from sip import siptrunk as st
 from tenants.config import TenantError, TransferTarget
 from tenants.directory import DirectoryError, Resolution
@@ -216,6 +217,11 @@ class SipTrunkServer:
         self.settings = settings
         self.metrics = switchboard.metrics
         self._allowed = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allowed_sources)
+        auth = settings.auth
+        self._trusted = tuple(ipaddress.ip_network(n, strict=False) for n in auth.trusted_sources)
+        self._authority = digest.DigestAuthority(
+            auth.realm, {u.username: u.password.get_secret_value() for u in auth.users},
+            algorithms=tuple(digest.Algorithm(a) for a in auth.algorithms)) if auth.users else None
         self._called = tuple(st.CalledSource(h) for h in settings.called_headers)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pump: MediaPump
@@ -235,8 +241,12 @@ class SipTrunkServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.pump = MediaPump(self._loop)
+        # PJSIP's conference bridge runs at one rate. A stream at another rate goes through its
+        # resampler, which costs about one 20 ms frame each way (measured: bench/README.md "SIP
+        # trunk calls"), so the bridge runs at 8 kHz unless G.722 may be negotiated.
         self.stack = SipStack(self._build, self._teardown, self.reap,
-                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8))
+                              max_calls=max(4, self.switchboard.settings.limits.max_calls + 8),
+                              clock_rate=16000 if "G722" in self.settings.codecs else 8000)
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
@@ -361,15 +371,38 @@ class SipTrunkServer:
         self._live[id(call)] = call
         host = st.source_host(source)
         try:
-            allowed = any(ipaddress.ip_address(host) in net for net in self._allowed)
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
         except ValueError:
-            allowed = False
+            address = None
+        allowed = address is not None and (not self._allowed or any(address in net for net in self._allowed))
         if not allowed:
             self._answer_now(call, 403, "Forbidden")
             self.metrics.calls_refused.labels(TRANSPORT, "source_not_allowed").inc()
             self._log_refusal("sip: INVITE from %s refused: source not allowed", host)
             return
+        if self._authority is not None and not any(address in net for net in self._trusted):
+            if not self._authenticated(call, str(prm.rdata.wholeMsg), host):
+                return
         self.post(self._on_invite, handle)
+
+    def _authenticated(self, call: TrunkCall, text: str, host: str) -> bool:  # SIP thread
+        """Digest-check an INVITE: True to go on; otherwise it has been answered 401 or 403."""
+        assert self._authority is not None
+        method, _ = digest.request_line(text)
+        now = time.monotonic()
+        check = self._authority.check(method, digest.authorization_headers(text), host, now)
+        if check.verdict is digest.Verdict.OK:
+            return True
+        if check.verdict is digest.Verdict.FAILED:
+            self._answer_now(call, 403, "Forbidden")
+            self.metrics.calls_refused.labels(TRANSPORT, "auth_failed").inc()
+            self._log_refusal("sip: INVITE from %s refused: digest authentication failed (%s)", host, check.reason)
+            return False
+        stale = check.verdict is digest.Verdict.STALE
+        self._answer_now(call, 401, "Unauthorized",
+                         headers=[("WWW-Authenticate", c) for c in self._authority.challenges(host, now, stale=stale)])
+        self.metrics.sip_challenges.inc()
+        return False
 
     def _log_refusal(self, message: str, *args: Any) -> None:
         now = time.monotonic()
@@ -377,15 +410,19 @@ class SipTrunkServer:
             self._last_refusal_log = now
             log.warning(message, *args)
 
-    def _answer_now(self, call: TrunkCall, status: int, reason: str = "", retry_after: int | None = None) -> None:
+    def _answer_now(self, call: TrunkCall, status: int, reason: str = "", retry_after: int | None = None,
+                    headers: list[tuple[str, str]] | None = None) -> None:
         op = pj.CallOpParam(True)
         op.statusCode = status
         if reason:
             op.reason = reason
+        extra = list(headers or [])
         if retry_after is not None:
+            extra.append(("Retry-After", str(retry_after)))
+        for name, value in extra:
             header = pj.SipHeader()
-            header.hName = "Retry-After"
-            header.hValue = str(retry_after)
+            header.hName = name
+            header.hValue = value
             op.txOption.headers.append(header)
         call.answer(op)
 

@@ -220,3 +220,15 @@ def test_secret_values_are_every_secret_configured():
                                   "link_secrets": ["four"]},
                              security={"twilio_auth_tokens": ["five"]}, ari={"password": "six"})
     assert sorted(settings.secret_values()) == sorted(["sk-one", "admin-two", "three", "four", "five", "six"])
+
+
+def test_sip_callers_are_checked_by_source_or_digest():
+    with pytest.raises(ConfigError, match=r"sip\.allowed_sources is empty and sip\.auth has no users"):
+        load_settings(env_file=None, environ={}, sip={"allowed_sources": []})
+    with pytest.raises(ConfigError, match=r"sip\.auth\.trusted_sources"):
+        load_settings(env_file=None, environ={}, sip={"auth": {"users": [{"username": "a", "password": "b"}],
+                                                            "trusted_sources": ["pbx.example.com"]}})
+    settings = load_settings(env_file=None, environ={}, sip={
+        "allowed_sources": [], "auth": {"users": [{"username": "pbx", "password": "seven"}],
+                                        "algorithms": ["SHA-256", "MD5"]}})
+    assert settings.sip.auth.users[0].username == "pbx" and "seven" in settings.secret_values()
