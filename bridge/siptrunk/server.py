@@ -586,15 +586,18 @@ class SipTrunkServer:
         assert handle.gone is not None
         opening = asyncio.ensure_future(switchboard.open_model(resolution.tenant))
         gone = asyncio.ensure_future(handle.gone.wait())
+        abandoned = False
         try:
             await asyncio.wait({opening, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            if not opening.done():  # CANCEL (or our own cancellation) while the model was reached
+            if not opening.done():  # CANCEL (or the daemon stopping) while the model was reached
+                abandoned = True
                 opening.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ModelError, ValueError):
-                    await opening
-        if opening.cancelled():
+                await asyncio.wait({opening})
+                if not opening.cancelled() and opening.exception() is None:  # it opened all the same
+                    await opening.result().close()
+        if abandoned:
             log.info("sip: the caller hung up while ringing")
             return None
         try:

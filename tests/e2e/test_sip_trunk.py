@@ -231,3 +231,37 @@ async def test_model_unreachable_before_answer_is_503_with_retry_after(tmp_path)
         assert app.switchboard.active_calls == 0
     finally:
         await stop_daemon(stop, task)
+
+
+async def test_cancel_while_the_model_session_opens_abandons_it(tmp_path):
+    # A model endpoint that accepts the connection and never answers: the CANCEL that follows
+    # the 180 is answered at once (487), the half-open session is dropped, nothing is refused.
+    connections: list[asyncio.Event] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        closed = asyncio.Event()
+        connections.append(closed)
+        await reader.read()  # until callbridge lets go
+        closed.set()
+        writer.close()
+
+    model = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = model.sockets[0].getsockname()[1]
+    settings = _settings(tmp_path).model_copy(update={"model": loopback_settings(
+        tmp_path, model={"provider": "openai", "api_key": "sk-test",
+                         "websocket_base_url": f"ws://127.0.0.1:{port}/v1", "connect_timeout": 20}).model})
+    app, stop, task = await start_daemon(settings)
+    try:
+        started = time.monotonic()
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="cancel_ringing")
+        assert run.returncode == 0, run.output[-2000:] + run.messages[-2000:]
+        assert time.monotonic() - started < 10  # not held until the model's connect timeout
+        assert any(r.startswith("SIP/2.0 487") for r in run.responses()), run.responses()
+        assert connections, "the model was never dialled"
+        await asyncio.wait_for(connections[0].wait(), 5)  # the opening session was abandoned
+        assert _value(app, "callbridge_calls_refused_total",
+                      {"transport": "sip", "reason": "model_unavailable"}) == 0
+        assert app.switchboard.active_calls == 0 and _calls(app, "sip") == 0
+    finally:
+        await stop_daemon(stop, task)
+        model.close()
