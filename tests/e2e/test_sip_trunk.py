@@ -112,7 +112,6 @@ async def test_daemon_hangs_up_with_bye(tmp_path):
         await stop_daemon(stop, task)
 
 
-
 def _calls(app, transport: str) -> float:
     """Calls of ``transport`` counted under any outcome."""
     return sum(sample.value for family in app.metrics.registry.collect() if family.name == "callbridge_calls"
