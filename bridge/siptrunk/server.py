@@ -39,6 +39,7 @@ import pjsua2 as pj
 from bridge.core.call import Call, CallInfo
 from bridge.core.realtime import ModelError, ModelSession
 from bridge.core.switchboard import Refusal, Switchboard
+from bridge.security.sources import SourceGate
 from bridge.settings import SipSettings
 from bridge.siptrunk.stack import CallPort, MediaPump, SipStack
 from media.codec import AudioFormat, Encoding
@@ -223,6 +224,11 @@ class SipTrunkServer:
             auth.realm, {u.username: u.password.get_secret_value() for u in auth.users},
             algorithms=tuple(digest.Algorithm(a) for a in auth.algorithms)) if auth.users else None
         self._called = tuple(st.CalledSource(h) for h in settings.called_headers)
+        # INVITEs per source address, as every listener's call set-ups (limits.setup_rate): a
+        # flood or a password-guessing run from one address is answered 503 before anything else.
+        limits, security = switchboard.settings.limits, switchboard.settings.security
+        self._gate = SourceGate(TRANSPORT, (), self.metrics, rate=limits.setup_rate, burst=limits.setup_burst,
+                                log_interval=security.refusal_log_interval)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pump: MediaPump
         self.stack: SipStack | None = None
@@ -250,8 +256,12 @@ class SipTrunkServer:
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.port}" for t in self.settings.transports)
-        log.info("SIP trunk listening on %s; INVITEs accepted from %s", where,
-                 ", ".join(self.settings.allowed_sources) or "anywhere")
+        auth = self.settings.auth
+        checked = "" if not auth.users else (
+            f", digest-authenticated (realm {auth.realm})" + (
+                f" except from {', '.join(auth.trusted_sources)}" if auth.trusted_sources else ""))
+        log.info("SIP trunk listening on %s; INVITEs accepted from %s%s", where,
+                 ", ".join(self.settings.allowed_sources) or "anywhere", checked)
 
     def _build(self, ep: pj.Endpoint) -> None:  # SIP thread
         s = self.settings
@@ -379,6 +389,9 @@ class SipTrunkServer:
             self._answer_now(call, 403, "Forbidden")
             self.metrics.calls_refused.labels(TRANSPORT, "source_not_allowed").inc()
             self._log_refusal("sip: INVITE from %s refused: source not allowed", host)
+            return
+        if not self._gate.allows_setup(host):
+            self._answer_now(call, 503, "Service Unavailable", self.settings.retry_after)
             return
         if self._authority is not None and not any(address in net for net in self._trusted):
             if not self._authenticated(call, str(prm.rdata.wholeMsg), host):

@@ -1,4 +1,5 @@
-"""Digest authentication of INVITEs on the SIP trunk, against SIPp (an independent SIP stack)."""
+"""Who may place a call on the SIP trunk, against SIPp (an independent SIP stack): digest
+authentication of INVITEs and the per-source rate of INVITEs."""
 
 from __future__ import annotations
 
@@ -77,5 +78,23 @@ async def test_trusted_network_is_not_challenged(tmp_path):
         assert not any(r.startswith("SIP/2.0 401") for r in run.responses())
         assert _value(app, "callbridge_sip_auth_challenges_total") == 0
         await until(lambda: len(app.simulator.sessions) == 1, within=10)
+    finally:
+        await stop_daemon(stop, task)
+
+
+async def test_invites_over_the_per_source_rate_get_503(tmp_path):
+    settings = loopback_settings(tmp_path, limits={"setup_rate": 0.05, "setup_burst": 2}, sip={
+        "enabled": True, "host": "127.0.0.1", "port": 0, "rtp_port": 42000, "rtp_port_range": 200,
+        "retry_after": 9})
+    app, stop, task = await start_daemon(settings)
+    try:
+        finals = []
+        for _ in range(3):
+            run = await run_sipp(tmp_path, app.sip.port, "5511000000000", scenario="refused")
+            assert run.returncode == 0, run.output[-2000:]
+            finals.append([r for r in run.responses() if not r.startswith(("SIP/2.0 100", "SIP/2.0 180"))][0])
+        assert [f.split()[1] for f in finals] == ["404", "404", "503"], finals
+        assert "Retry-After: 9" in run.messages
+        assert _value(app, "callbridge_connections_refused_total", {"listener": "sip", "reason": "rate"}) == 1
     finally:
         await stop_daemon(stop, task)
