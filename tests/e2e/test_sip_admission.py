@@ -92,7 +92,7 @@ async def test_invites_over_the_per_source_rate_get_503(tmp_path):
         for _ in range(3):
             run = await run_sipp(tmp_path, app.sip.port, "5511000000000", scenario="refused")
             assert run.returncode == 0, run.output[-2000:]
-            finals.append([r for r in run.responses() if not r.startswith(("SIP/2.0 100", "SIP/2.0 180"))][0])
+            finals.append(next(r for r in run.responses() if not r.startswith(("SIP/2.0 100", "SIP/2.0 180"))))
         assert [f.split()[1] for f in finals] == ["404", "404", "503"], finals
         assert "Retry-After: 9" in run.messages
         assert _value(app, "callbridge_connections_refused_total", {"listener": "sip", "reason": "rate"}) == 1
