@@ -403,6 +403,16 @@ def plan_checks(
     else:
         plan.append(("recordings", None, "recording disabled"))
 
+    if settings.sip.enabled:
+        async def sip() -> str:
+            from bridge.cli.check_sip import check_sip_trunk
+
+            return await check_sip_trunk(settings, min(timeout, 5.0), ports=ports)
+
+        plan.append(("SIP trunk", sip, ""))
+    else:
+        plan.append(("SIP trunk", None, "disabled"))
+
     if ports:
         async def listen() -> str:
             return await check_listen_ports(settings, min(timeout, 5.0))
@@ -469,7 +479,8 @@ def register(subparsers: Any) -> None:
     check = subparsers.add_parser(
         "check", help="validate the configuration and reach every configured dependency",
         description="Validate the configuration, then reach the tenant store, the model endpoint, "
-                    "ARI/AMI and object storage when configured. Exit 0 ok, 1 a check failed, "
+                    "ARI/AMI and object storage when configured, and the SIP trunk's ports and "
+                    "registrations. Exit 0 ok, 1 a check failed, "
                     "2 invalid configuration.",
     )
     check.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,

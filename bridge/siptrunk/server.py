@@ -7,13 +7,19 @@ One call, in order (SIP thread on the left, event loop on the right)::
     numbers from the Request-URI / To / headers ---> route, admit
                                                      draining or busy: 503 + Retry-After
                                                      unknown number: 404
-    180 Ringing, 200 OK  <---------------------------  answer
+    180 Ringing          <---------------------------  ring (answer_delay), open the model session
+                                                     model unreachable: 503 + Retry-After
+    200 OK               <---------------------------  answer
     ACK, media active: the call's port is joined ---> the call runs (recording, metrics, ...)
+    re-INVITE (hold, unhold, codec change): PJSIP
+    gives the stream a new conference slot; the
+    port is joined to it again ---------------------> the same call, the same port
     DTMF (RFC 4733 or SIP INFO) -------------------> the call's DTMF path
     BYE from the caller ----------------------------> caller hung up
     BYE to the caller    <---------------------------  agent hung up / limits / drain
     REFER (blind transfer), NOTIFY result ----------> transfer done or failed
-    CANCEL before the answer ----------------------> the call is dropped, nothing reaches the model
+    CANCEL before the answer ----------------------> the call is dropped; no audio reaches the model
+                                                     (a session being opened is closed)
 
 Calls that never reach the model (refused, cancelled) are counted and indexed like every other
 transport's refusals.
@@ -31,6 +37,7 @@ from typing import Any
 import pjsua2 as pj
 
 from bridge.core.call import Call, CallInfo
+from bridge.core.realtime import ModelError, ModelSession
 from bridge.core.switchboard import Refusal, Switchboard
 from bridge.security.sources import SourceGate
 from bridge.settings import SipSettings
@@ -130,6 +137,9 @@ class TrunkCall(pj.Call):  # type: ignore[misc]
                 fmt.init(pj.PJMEDIA_FORMAT_PCM, rate, 1, 20000, 16)
                 port.createPort(f"callbridge-{id(port):x}", fmt)
                 self.handle.port = port
+            # A re-INVITE that changes the SDP (hold, unhold, another codec) makes PJSIP destroy
+            # the stream and its conference slot and create new ones, so the port is joined to
+            # this report's slot every time, not only the first.
             audio.startTransmit(port)
             port.startTransmit(audio)
             self.server.post(self.handle.media_ready, port.rate_hz)
@@ -538,14 +548,18 @@ class SipTrunkServer:
                 return
             key = f"sip-{id(handle):x}"
             switchboard.register_pending(key, resolution, dialled, numbers.caller)
+            session: ModelSession | None = None
             try:
                 self._answer(handle, 180, "Ringing")
                 if self.settings.answer_delay > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(handle.gone.wait(), self.settings.answer_delay)
-                    if handle.gone.is_set():  # CANCEL while ringing
+                    if handle.gone.is_set():  # CANCEL while ringing: no model session was opened
                         log.info("sip: the caller hung up while ringing")
                         return
+                session = await self._open_model(handle, resolution)
+                if session is None:
+                    return
                 self._answer(handle, 200, "OK")
                 handle.answered = True
                 gone: asyncio.Future[Any] = asyncio.ensure_future(handle.gone.wait())
@@ -562,16 +576,20 @@ class SipTrunkServer:
                     self.hang_up(handle, 408)
                     return
                 rate_hz = handle.media.result()
+                info = CallInfo(TRANSPORT, resolution.tenant, resolution.number or dialled,
+                                caller_id=numbers.caller)
+                leg = SipLeg(self, handle, rate_hz)
+                try:
+                    call = switchboard.open_call(info, leg, session)
+                except ValueError as exc:
+                    log.error("sip: cannot set up the call for tenant %s: %s", resolution.tenant.slug, exc)
+                    self.hang_up(handle, 500)
+                    return
+                session = None  # the call owns it now
             finally:
                 switchboard.claim(key)
-            info = CallInfo(TRANSPORT, resolution.tenant, resolution.number or dialled, caller_id=numbers.caller)
-            leg = SipLeg(self, handle, rate_hz)
-            try:
-                call = switchboard.open_call(info, leg)
-            except ValueError as exc:
-                log.error("sip: cannot set up the call for tenant %s: %s", resolution.tenant.slug, exc)
-                self.hang_up(handle, 500)
-                return
+                if session is not None:  # opened, then the caller left or the answer failed
+                    await session.close()
             handle.live = call
             port = handle.port
             if port is not None:
@@ -583,6 +601,48 @@ class SipTrunkServer:
         except Exception:
             log.error("sip call failed", exc_info=True)
             self.hang_up(handle, 500)
+
+    async def _open_model(self, handle: InviteHandle, resolution: Resolution) -> ModelSession | None:
+        """The model session, opened while the caller hears ringing: a model that cannot be
+        reached is answered 503 with Retry-After (the PBX tries its next route) instead of a
+        200 into dead air. None when the call was refused here or the caller gave up."""
+        switchboard = self.switchboard
+        numbers = handle.numbers
+        assert handle.gone is not None
+        opening = asyncio.ensure_future(switchboard.open_model(resolution.tenant))
+        gone = asyncio.ensure_future(handle.gone.wait())
+        abandoned = False
+        try:
+            await asyncio.wait({opening, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not opening.done():  # CANCEL (or the daemon stopping) while the model was reached
+                abandoned = True
+                opening.cancel()
+                await asyncio.wait({opening})
+                if not opening.cancelled() and opening.exception() is None:  # it opened all the same
+                    await opening.result().close()
+        if abandoned:
+            log.info("sip: the caller hung up while ringing")
+            return None
+        try:
+            session = opening.result()
+        except ModelError as exc:
+            self._log_refusal("sip: model unavailable (%s); 503 so that the caller is routed elsewhere", exc)
+            switchboard.refused(TRANSPORT, Refusal.MODEL_UNAVAILABLE, dialled=numbers.dialled,
+                                caller_id=numbers.caller, tenant=resolution.tenant)
+            self._answer(handle, 503, "Service Unavailable", self.settings.retry_after)
+            return None
+        except ValueError as exc:  # the tenant names a provider this deployment cannot serve
+            log.error("sip: cannot set up the call for tenant %s: %s", resolution.tenant.slug, exc)
+            self.metrics.model_errors.labels(switchboard.endpoint.provider.value, "config").inc()
+            self._answer(handle, 500, "Server Internal Error")
+            return None
+        if handle.gone.is_set():  # CANCEL just as the session opened
+            await session.close()
+            log.info("sip: the caller hung up while ringing")
+            return None
+        return session
 
 
 def _host_of(uri: str) -> str:
