@@ -37,9 +37,8 @@ def _busy_ports(sip: SipSettings) -> list[str]:
     host = "" if sip.host in ("0.0.0.0", "") else sip.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     wanted: list[tuple[str, int, int]] = []
-    if sip.port:
-        kinds = {"udp": socket.SOCK_DGRAM, "tcp": socket.SOCK_STREAM}
-        wanted += [(f"SIP {t.upper()}", sip.port, kinds[t]) for t in sip.transports]
+    kinds = {"udp": socket.SOCK_DGRAM, "tcp": socket.SOCK_STREAM, "tls": socket.SOCK_STREAM}
+    wanted += [(f"SIP {t.upper()}", _port(sip, t), kinds[t]) for t in sip.transports if _port(sip, t)]
     wanted.append(("RTP", sip.rtp_port, socket.SOCK_DGRAM))
     busy = []
     for name, port, kind in wanted:
@@ -51,6 +50,14 @@ def _busy_ports(sip: SipSettings) -> list[str]:
             except OSError as exc:
                 busy.append(f"{name} {sip.host}:{port} ({exc.strerror})")
     return busy
+
+
+def _port(sip: SipSettings, transport: str) -> int:
+    return sip.tls.port if transport == "tls" else sip.port
+
+
+def _where(sip: SipSettings) -> str:
+    return ", ".join(f"{t.upper()} {sip.host}:{_port(sip, t)}" for t in sip.transports)
 
 
 def _registrations(sip: SipSettings) -> str:
@@ -76,7 +83,7 @@ def _registration_state(entry: Any) -> tuple[bool, str]:
 async def check_sip_trunk(settings: Settings, wait_seconds: float = 2.0, *, ports: bool = True) -> str:
     sip = settings.sip
     version = await asyncio.to_thread(_pjsua2)
-    where = ", ".join(f"{t.upper()} {sip.host}:{sip.port}" for t in sip.transports)
+    where = _where(sip)
     rtp = f"RTP {sip.rtp_port}-{sip.rtp_port + sip.rtp_port_range}"
     if not ports:
         return f"{version}; {where}, {rtp}; {_registrations(sip)}"
@@ -87,7 +94,7 @@ async def check_sip_trunk(settings: Settings, wait_seconds: float = 2.0, *, port
     health = await _http_json(base + "/health", wait_seconds) if base else None
     if base is None or health is None or not _is_callbridge(health[1]):
         raise CheckFailed("cannot listen on " + ", ".join(busy) + ": another program holds the port; "
-                          "stop it or choose other ports (sip.port, sip.rtp_port)")
+                          "stop it or choose other ports (sip.port, sip.tls.port, sip.rtp_port)")
     held = f"{version}; {where} in use by the callbridge running at {base}"
     ready = await _http_json(base + "/ready", wait_seconds)
     if ready is not None and ready[0] != 200:

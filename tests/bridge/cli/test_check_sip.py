@@ -100,3 +100,24 @@ async def test_next_to_a_running_daemon_its_registrations_are_reported(tmp_path)
         await accepting.close()
         await out_of_service.close()
         await stop_daemon(stop, task)
+
+
+async def test_the_tls_port_is_checked_on_its_own_port(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "trunk.pem", tmp_path / "trunk.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    port, tls_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    settings = _settings(tmp_path, port=port, transports=["udp", "tls"],
+                         tls={"port": tls_port, "cert_file": str(cert), "key_file": str(key)},
+                         srtp_requires_tls=False)
+    detail = await check_sip_trunk(settings, 1.0)
+    assert f"free to listen on UDP 127.0.0.1:{port}, TLS 127.0.0.1:{tls_port}," in detail
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", tls_port))
+        held.listen()
+        with pytest.raises(CheckFailed, match=f"SIP TLS 127.0.0.1:{tls_port} .*another program holds the port"):
+            await check_sip_trunk(settings, 1.0)
