@@ -21,8 +21,8 @@ import trustme
 from bridge.records.callstore import CallQuery
 from bridge.simulator import greeting_samples
 from tests.conftest import load_wav, loopback_settings
-from tests.e2e.test_sip_pjsua import PjsuaCaller
 from tests.peers.baresip import read_wav, write_wav
+from tests.peers.pjsua import PjsuaCaller
 from tests.servers import start_daemon, stop_daemon, until
 
 pytest.importorskip("pjsua2", reason="pjsua2-python has wheels for Linux x86-64 only")
