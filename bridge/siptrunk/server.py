@@ -254,9 +254,14 @@ class SipTrunkServer:
         # trunk calls"), so the bridge runs at 8 kHz unless G.722 may be negotiated.
         self.stack = SipStack(self._build, self._teardown, self.reap,
                               max_calls=max(4, self.switchboard.settings.limits.max_calls + 8),
-                              clock_rate=16000 if "G722" in self.settings.codecs else 8000)
+                              clock_rate=16000 if "G722" in self.settings.codecs else 8000,
+                              on_table_full=self._table_full)
         await asyncio.to_thread(self.stack.start)
         self.stack.register_this_thread("event-loop")
+        admitted, wanted = self.stack.admitted_calls, self.switchboard.settings.limits.max_calls
+        if admitted < wanted:
+            log.warning("sip: PJSIP admits %d concurrent calls (the PJSUA_MAX_CALLS of its build), fewer than "
+                        "limits.max_calls %d: it answers further INVITEs 486 Busy Here itself", admitted, wanted)
         where = ", ".join(f"{t.upper()} {self.settings.host}:{self.tls_port if t == 'tls' else self.port}"
                           for t in self.settings.transports)
         auth = self.settings.auth
@@ -429,6 +434,13 @@ class SipTrunkServer:
         self.metrics.sip_challenges.inc()
         return False
 
+    def _table_full(self) -> None:  # SIP thread, from PJSIP's log writer
+        """PJSIP answered an INVITE 486 because its call table is full: counted as a capacity
+        refusal (the INVITE never reached the trunk, so its numbers are unknown)."""
+        self.metrics.calls_refused.labels(TRANSPORT, Refusal.CAPACITY.value).inc()
+        self._log_refusal("sip: INVITE refused 486 by PJSIP: its %d call slots are in use",
+                          self.stack.admitted_calls if self.stack is not None else 0)
+
     def _log_refusal(self, message: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
@@ -497,7 +509,8 @@ class SipTrunkServer:
 
     def status(self) -> dict[str, Any]:
         """What /ready says of the trunk."""
-        return {"port": self.port, "tls_port": self.tls_port, "registrations": [
+        admitted = self.stack.admitted_calls if self.stack is not None else None
+        return {"port": self.port, "tls_port": self.tls_port, "max_calls": admitted, "registrations": [
             self.registrations.get(str(i), {"registrar": r.registrar, "registered": False, "code": 0})
             for i, r in enumerate(self.settings.registrations)]}
 

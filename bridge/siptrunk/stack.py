@@ -41,6 +41,7 @@ OUTBOUND_FRAMES = 25  # 500 ms of agent audio queued toward PJSIP's clock
 # PJSIP 2.15 logs this as an error on a TLS listener without a CA file (sip.tls.ca_file unset):
 # it has no CA certificates to load, which is right when client certificates are not verified.
 BENIGN_TLS_ERROR = "Error reading CA certificates from buffer"
+TABLE_FULL = "Unable to accept incoming call (too many calls)"  # pjsua_call.c, before its 486
 
 
 class SipStackError(Exception):
@@ -186,24 +187,56 @@ class CallPort(pj.AudioMediaPort):  # type: ignore[misc]
                 consumer(data)
 
 
+def _pjsua_library() -> ctypes.CDLL | None:
+    """The wheel's library through ctypes (the same mapping as the module's): a few pjsua C
+    functions that pjsua2 does not wrap are exported there."""
+    try:
+        return ctypes.CDLL(pj._pjsua2.__file__)
+    except (OSError, AttributeError):
+        return None
+
+
+def admitted_calls(requested: int) -> int:
+    """How many concurrent calls PJSIP admits once initialised: ``uaConfig.maxCalls`` clamped to
+    the ``PJSUA_MAX_CALLS`` of its build (``pjsua_core.c``); ``requested`` if it cannot be read."""
+    lib = _pjsua_library()
+    try:
+        return int(lib.pjsua_call_get_max_count()) if lib is not None else requested
+    except AttributeError:
+        return requested
+
+
 def _silence_pjlib_until_init() -> None:
     """pjlib logs its start-up (``libCreate``) to stdout before ``libInit`` installs the log writer,
     which would put non-JSON lines among JSON logs: its log level is set to nothing until then."""
+    lib = _pjsua_library()
     try:
-        lib = ctypes.CDLL(pj._pjsua2.__file__)
-        lib.pj_log_set_level(ctypes.c_int(0))
-    except (OSError, AttributeError):
-        log.debug("pjlib's log level cannot be set before start-up")
+        if lib is not None:
+            lib.pj_log_set_level(ctypes.c_int(0))
+            return
+    except AttributeError:
+        pass
+    log.debug("pjlib's log level cannot be set before start-up")
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
-    """PJSIP's log lines into this process's logging (PJSIP level 1 error, 2 warning, 3+ info)."""
+    """PJSIP's log lines into this process's logging (PJSIP level 1 error, 2 warning, 3+ info).
+
+    PJSIP answers an INVITE beyond its call table ``486`` itself, before the application hears of
+    it; its log line is the only trace, so ``on_table_full`` is told of each one."""
+
+    def __init__(self, on_table_full: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.on_table_full = on_table_full
 
     def write(self, entry: Any) -> None:
         level = logging.ERROR if entry.level <= 1 else logging.WARNING if entry.level == 2 else logging.DEBUG
         message = str(entry.msg).strip()
         if message.endswith(BENIGN_TLS_ERROR):
             level = logging.DEBUG
+        elif message.endswith(TABLE_FULL) and self.on_table_full is not None:
+            self.on_table_full()
+            level = logging.DEBUG  # counted and reported by the trunk instead
         log.log(level, "pjsip: %s", message)
 
 
@@ -212,13 +245,16 @@ class SipStack:
 
     def __init__(self, build: Callable[[pj.Endpoint], None], teardown: Callable[[], None],
                  between_polls: Callable[[], None], *, max_calls: int,
-                 clock_rate: int = 16000, log_level: int = 2) -> None:
+                 clock_rate: int = 16000, log_level: int = 2,
+                 on_table_full: Callable[[], None] | None = None) -> None:
         self._build = build  # creates transports and accounts, in the SIP thread, after libStart
         self._teardown = teardown  # drops every PJSIP object of the application, before libDestroy
         self._between_polls = between_polls  # housekeeping in the SIP thread, outside callbacks
         self.max_calls = max_calls
         self.clock_rate = clock_rate
         self.log_level = log_level
+        self.on_table_full = on_table_full
+        self.admitted_calls = max_calls  # PJSIP's own limit, read once it is initialised
         self.endpoint: pj.Endpoint | None = None
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -261,7 +297,7 @@ class SipStack:
             cfg.uaConfig.mainThreadOnly = False
             cfg.uaConfig.maxCalls = self.max_calls
             cfg.uaConfig.userAgent = "callbridge"
-            self._log_writer = _LogWriter()
+            self._log_writer = _LogWriter(self.on_table_full)
             cfg.logConfig.writer = self._log_writer
             cfg.logConfig.level = self.log_level
             cfg.logConfig.consoleLevel = self.log_level
@@ -271,6 +307,7 @@ class SipStack:
             cfg.medConfig.maxMediaPorts = max(254, 2 * self.max_calls + 8)
             cfg.medConfig.noVad = True  # frames flow every 20 ms, silence included
             ep.libInit(cfg)
+            self.admitted_calls = admitted_calls(self.max_calls)
             ep.audDevManager().setNullDev()  # no sound card: the null device's clock drives media
             ep.libStart()
             self._build(ep)
