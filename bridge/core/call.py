@@ -167,6 +167,7 @@ class Call:
         self._inbound_queue: deque[bytes | bytearray] = deque()  # model-format audio, one chunk per caller frame
         self._control_queue: deque[str] = deque()
         self._keypad_interrupts: list[Callable[[], Any]] = []
+        self._held = False  # the caller's side has the call on hold (SIP re-INVITE)
         # Set while the model sender waits for something to send; resolved to wake it.
         self._sender_idle: asyncio.Future[None] | None = None
         self._ended = asyncio.Event()
@@ -237,6 +238,8 @@ class Call:
             chunk = self.inbound.process_pcm(samples)
             if not chunk:
                 return
+        if self._held:  # recorded, but music on hold is not the caller speaking
+            return
         queue = self._inbound_queue
         session = self._session
         if (
@@ -298,6 +301,8 @@ class Call:
         self._send_soon(rt.response_create())
 
     def _interrupt_for_keypad(self) -> None:
+        """Cut the agent short (barge-in, then cancel the response): a keypad digit, or a hold."""
+
         async def interrupt() -> None:
             await self._barge_in()
             if self._session is not None and self._responding:
@@ -306,6 +311,19 @@ class Call:
         # Runs on the model sender's order: the truncation and cancel go out before any later event.
         self._keypad_interrupts.append(interrupt)
         self._wake_sender()
+
+    def hold(self, held: bool) -> None:
+        """The caller's side put the call on hold, or took it off hold. While held, what arrives
+        (music on hold, or nothing) is recorded but not sent to the model, and the agent stops:
+        what it was saying is cut where the caller stopped hearing it, as in a barge-in."""
+        if self._ended.is_set() or held == self._held:
+            return
+        self._held = held
+        self.log.info("the caller %s", "put the call on hold" if held else "took the call off hold")
+        if self.tap is not None:
+            self.tap.event("hold", held=held)
+        if held and (self._responding or self.playout.buffered_samples):
+            self._interrupt_for_keypad()
 
     def caller_hung_up(self) -> None:
         self._caller_gone = True

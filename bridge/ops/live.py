@@ -189,7 +189,7 @@ class LiveTap:
                 self._ended = True
             return
         if name in ("transcription", "agent_speaking", "agent_listening", "barge_in", "dtmf", "tool_call",
-                    "transfer"):
+                    "transfer", "hold"):
             self._publish(name, **fields)
 
     def _publish(self, kind: str, /, **fields: Any) -> None:

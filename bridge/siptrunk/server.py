@@ -81,6 +81,7 @@ class InviteHandle:
         self.live: Call | None = None
         self.transfer: asyncio.Future[int] | None = None
         self.final_status = 0
+        self.held = False
 
     # -- events from the SIP thread, run on the loop --------------------------------------------
     def media_ready(self, rate_hz: int) -> None:
@@ -97,6 +98,11 @@ class InviteHandle:
     def dtmf(self, digit: str) -> None:
         if self.live is not None:
             self.live.receive_dtmf(digit)
+
+    def hold(self, held: bool) -> None:
+        self.held = held
+        if self.live is not None:
+            self.live.hold(held)
 
     def transfer_done(self, status: int) -> None:
         if self.transfer is not None and not self.transfer.done():
@@ -123,8 +129,9 @@ class TrunkCall(pj.Call):  # type: ignore[misc]
         for index, media in enumerate(info.media):
             if media.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
-            if media.status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD:
-                log.info("sip: the caller put the call on hold")
+            # Hold (RFC 3264 8.4: the caller's re-INVITE says sendonly or inactive) and unhold
+            # reach the call: it stops the agent and keeps music on hold away from the model.
+            self.server.post(self.handle.hold, media.status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
             if media.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 continue
             stream = self.getStreamInfo(index)
@@ -608,6 +615,8 @@ class SipTrunkServer:
             if port is not None:
                 port.consumer = call.receive_audio
             del port
+            if handle.held:
+                call.hold(True)
             if handle.gone.is_set():
                 call.caller_hung_up()
             await switchboard.run_call(call)

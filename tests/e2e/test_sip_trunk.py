@@ -264,3 +264,30 @@ async def test_cancel_while_the_model_session_opens_abandons_it(tmp_path):
     finally:
         await stop_daemon(stop, task)
         model.close()
+
+
+@pytest.mark.parametrize("hold", ["sendonly", "sendrecv"])
+async def test_audio_during_hold_is_recorded_but_kept_from_the_model(tmp_path, hold):
+    # The caller holds 1.5 s into the greeting, then sends 7 s of audio (a PBX's music on hold;
+    # here speech). Held: the agent is cut where the caller stopped hearing it and the model hears
+    # nothing of it. The same re-INVITE without the hold (sendrecv) lets the speech through.
+    app, stop, task = await start_daemon(_settings(tmp_path))
+    try:
+        run = await run_sipp(tmp_path, app.sip.port, DEMO, scenario="hold_audio", extra=("-set", "hold", hold))
+        assert run.returncode == 0, run.output[-2000:] + run.messages[-3000:]
+        await until(lambda: _value(app, "callbridge_calls_total",
+                                   {"transport": "sip", "outcome": "caller_hangup"}) == 1, within=10)
+        (session,) = app.simulator.sessions
+        await asyncio.wait_for(app.archive.wait_idle(), 10)
+        (wav,) = (tmp_path / "rec").rglob("*.wav")
+        caller = _channel_rms(wav, 0)
+        assert max(caller) > 500, caller  # the audio is in the recording either way
+        if hold == "sendonly":
+            assert not session.speech_started_at, "audio sent during the hold reached the model"
+            assert len(session.truncates) == 1  # the greeting, cut at the hold
+            assert session.truncates[0]["audio_end_ms"] < 2500
+            assert _value(app, "callbridge_barge_ins_total", {"transport": "sip"}) == 1
+        else:
+            assert session.speech_started_at
+    finally:
+        await stop_daemon(stop, task)
