@@ -44,6 +44,9 @@ BENIGN_TLS_ERROR = "Error reading CA certificates from buffer"
 TABLE_FULL = "Unable to accept incoming call (too many calls)"  # pjsua_call.c, before its 486
 
 
+_LIBRARY = threading.Lock()  # held by the stack whose pjsua2 Endpoint exists
+
+
 class SipStackError(Exception):
     """The SIP stack could not start (a port in use, a library error)."""
 
@@ -288,6 +291,19 @@ class SipStack:
                 log.error("the SIP thread did not stop in %.0f s", timeout)
 
     def _run(self) -> None:
+        # pjsua2 allows one Endpoint per process and aborts the process when a second one is
+        # made: a stack waits here until the previous one (a restart, a test) has gone.
+        if not _LIBRARY.acquire(timeout=START_TIMEOUT):
+            self._error = SipStackError("the previous SIP stack of this process has not finished stopping")
+            self._ready.set()
+            return
+        try:
+            self._run_library()
+        finally:
+            gc.collect()  # the Endpoint's destructor frees pjsua2's one instance
+            _LIBRARY.release()
+
+    def _run_library(self) -> None:
         _silence_pjlib_until_init()
         ep = pj.Endpoint()
         try:
@@ -312,12 +328,15 @@ class SipStack:
             ep.libStart()
             self._build(ep)
         except BaseException as exc:  # init failures are reported to start(); the thread ends
-            self._error = exc if not isinstance(exc, pj.Error) else SipStackError(exc.info())
-            self._ready.set()
+            # Without its traceback: the traceback's frames would keep this Endpoint alive.
+            self._error = (exc if not isinstance(exc, pj.Error) else SipStackError(exc.info())).with_traceback(None)
             try:
                 ep.libDestroy()
             except Exception:
                 log.debug("libDestroy after a failed start", exc_info=True)
+            del ep
+            gc.collect()
+            self._ready.set()
             return
         self.endpoint = ep
         self._ready.set()
@@ -348,3 +367,4 @@ class SipStack:
         gc.collect()
         self.endpoint = None
         ep.libDestroy()
+        del ep

@@ -43,3 +43,27 @@ def test_the_library_prints_nothing_of_its_own(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "stopped\n"
+
+
+def test_a_second_stack_waits_for_the_first_to_be_gone() -> None:
+    # pjsua2 aborts the process when a second Endpoint is made while one exists (a restart, or
+    # one test's daemon still stopping when the next starts): the second stack waits instead.
+    import threading
+    import time
+
+    from bridge.siptrunk.stack import SipStack
+
+    first = SipStack(lambda ep: None, lambda: None, lambda: None, max_calls=4)
+    first.start()
+    second = SipStack(lambda ep: None, lambda: None, lambda: None, max_calls=4)
+    starting = threading.Thread(target=second.start)
+    starting.start()
+    try:
+        time.sleep(0.5)
+        assert second.endpoint is None and starting.is_alive()
+        first.stop()
+        starting.join(15)
+        assert second.endpoint is not None
+    finally:
+        first.stop()
+        second.stop()
