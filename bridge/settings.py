@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -42,6 +43,19 @@ from pydantic_settings import (
 
 from bridge.security.networks import network, parse_networks, private_networks
 from tenants.settings import TenantSettings
+
+
+def _valid_networks(values: list[str]) -> list[str]:
+    """Each entry an IP network (a bare address counts as one host), kept as written."""
+    import ipaddress
+
+    for value in values:
+        ipaddress.ip_network(value, strict=False)
+    return values
+
+
+# Networks kept as the strings configured (logged and shown as such), checked at load.
+NetworkList = Annotated[list[str], AfterValidator(_valid_networks)]
 
 
 class ConfigError(Exception):
@@ -338,18 +352,9 @@ class WebRtcSettings(_Section):
     # The addresses offered as host candidates; empty: every non-loopback interface address.
     host_addresses: list[str] = Field(default_factory=list)
     # Remote candidates outside these networks are ignored; empty: any address.
-    peer_networks: list[str] = Field(default_factory=list)
+    peer_networks: NetworkList = Field(default_factory=list)
     # How long ICE and DTLS may take before the call is given up.
     connect_timeout: float = Field(10.0, gt=0, le=60)
-
-    @field_validator("peer_networks")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
-        for value in values:
-            ipaddress.ip_network(value, strict=False)
-        return values
 
     @field_validator("host_addresses")
     @classmethod
@@ -403,16 +408,7 @@ class SipAuth(_Section):
     # Offered in this order (RFC 8760); SHA-256 first only if every peer supports it.
     algorithms: list[Literal["MD5", "SHA-256"]] = Field(default_factory=lambda: ["MD5"], min_length=1)  # type: ignore[arg-type]
     # Networks whose INVITEs are accepted without a challenge (a PBX on the LAN); [] challenges all.
-    trusted_sources: list[str] = Field(default_factory=list)
-
-    @field_validator("trusted_sources")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
-        for value in values:
-            ipaddress.ip_network(value, strict=False)
-        return values
+    trusted_sources: NetworkList = Field(default_factory=list)
 
 
 class SipSettings(_Section):
@@ -434,7 +430,7 @@ class SipSettings(_Section):
     called_headers: list[Literal["p_called_party_id", "diversion"]] = Field(default_factory=list)
     # Source networks allowed to send INVITEs; everything else gets 403. [] allows any source,
     # which is only accepted with digest users configured (sip.auth).
-    allowed_sources: list[str] = Field(
+    allowed_sources: NetworkList = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
                                  "fc00::/7"])
     srtp: Literal["disabled", "optional", "mandatory"] = "disabled"
@@ -456,15 +452,6 @@ class SipSettings(_Section):
             raise ValueError("sip.allowed_sources is empty and sip.auth has no users: anyone could call; "
                              "list the PBX/carrier networks or configure digest users")
         return self
-
-    @field_validator("allowed_sources")
-    @classmethod
-    def _networks(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
-        for value in values:
-            ipaddress.ip_network(value, strict=False)
-        return values
 
     @model_validator(mode="after")
     def _tls_usable(self) -> SipSettings:
