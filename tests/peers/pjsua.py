@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soxr
+
+from bridge.simulator import greeting_samples
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,3 +66,23 @@ class PjsuaCaller:
             await self.proc.wait()
         if self._reader is not None:
             await self._reader
+
+
+def _envelope(x: np.ndarray, frame: int) -> np.ndarray:
+    x = x[: len(x) // frame * frame].astype(np.float64).reshape(-1, frame)
+    return np.sqrt(np.mean(x**2, axis=1))
+
+
+def heard_greeting(heard: np.ndarray, rate_hz: int, language: str) -> tuple[int, float, np.ndarray]:
+    """Where the simulator's greeting starts in what a caller heard: (lag in 20 ms frames, the
+    20 ms loudness-envelope correlation there, the greeting resampled to ``rate_hz``).
+
+    The greeting starts when the model's first audio arrives, up to 2 s into the call on a loaded
+    host: 5 s heard are searched for the greeting at any 20 ms lag below 2 s."""
+    frame = rate_hz // 50
+    reference = np.asarray(soxr.resample(greeting_samples(language), 24000, rate_hz), dtype=np.int16)
+    got, want = _envelope(heard[: 5 * rate_hz], frame), _envelope(reference, frame)
+    n = min(len(got) - 100, len(want))
+    lag, best = max(((lag, float(np.corrcoef(got[lag : lag + n], want[:n])[0, 1])) for lag in range(100)),
+                    key=lambda x: x[1])
+    return lag, best, reference
